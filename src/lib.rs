@@ -1,14 +1,27 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! ocirelay: a thread-per-core io_uring mirror for Docker Hub and other OCI
+//! registries.
+//!
+//! The data path, in the order a request meets it:
+//! `server` (workers, listeners, accept) -> `conn` (HTTP/1.1 connection loop,
+//! `http` parsing) -> `router` (what is asked) -> `registry` (which upstream)
+//! -> `proxy` / `token` (headers, redirects, challenges) -> `upstream` (pools,
+//! TLS, exchange) -> `relay` (streaming the body back) -> `conn` (next
+//! request). Cross-cutting: `config`, `tls`, `auth`, `names`, `url`, `error`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod http;
+pub mod landing;
+pub mod names;
+pub mod proxy;
+pub mod registry;
+pub mod relay;
+pub mod router;
+pub mod server;
+pub mod tls;
+pub mod token;
+pub mod upstream;
+pub mod url;
+pub mod worker;

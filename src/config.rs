@@ -1,0 +1,425 @@
+//! Configuration: one TOML file (or the embedded default), checked once at
+//! start-up into plain values. Every error names the line it comes from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::url::{Origin, Scheme, Url};
+
+/// The embedded default: a Docker Hub mirror on 127.0.0.1:5000.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration error with the line it was found on (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub tls_listeners: Vec<TlsListener>,
+    /// 0 means one per core.
+    pub workers: usize,
+    pub public_url: Option<Url>,
+    pub debug: bool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub registries: Vec<Registry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub upstream_read: Duration,
+    pub client_header: Duration,
+    pub client_idle: Duration,
+    pub client_write: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_token_body_bytes: usize,
+    pub verify_digests: bool,
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// The name clients and the landing page use (`docker.io`, `ghcr.io`).
+    pub name: String,
+    pub upstream: Origin,
+    pub ca_file: Option<PathBuf>,
+    /// Insert `library/` before one-component names (Docker Hub's rule).
+    pub library_prefix: bool,
+    pub default: bool,
+}
+
+// ---- the file's shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    workers: usize,
+    public_url: Option<Spanned<String>>,
+    #[serde(default)]
+    debug: bool,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    tls_listener: Vec<FileTls>,
+    #[serde(default)]
+    registry: Vec<Spanned<FileRegistry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTimeouts {
+    connect_secs: f64,
+    upstream_read_secs: f64,
+    client_header_secs: f64,
+    client_idle_secs: f64,
+    client_write_secs: f64,
+}
+
+impl Default for FileTimeouts {
+    fn default() -> Self {
+        FileTimeouts {
+            connect_secs: 10.0,
+            upstream_read_secs: 60.0,
+            client_header_secs: 20.0,
+            client_idle_secs: 75.0,
+            client_write_secs: 120.0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    max_header_bytes: usize,
+    max_token_body_bytes: usize,
+    verify_digests: bool,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_header_bytes: 16384,
+            max_token_body_bytes: 65536,
+            verify_digests: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    addr: Spanned<String>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRegistry {
+    name: Spanned<String>,
+    upstream: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
+    library_prefix: Option<bool>,
+    #[serde(default)]
+    default: bool,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_CONFIG).expect("the embedded default config is valid")
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError {
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().to_string(),
+        })?;
+        let at = |span: std::ops::Range<usize>, message: String| ConfigError {
+            line: Some(line_of(text, span.start)),
+            message,
+        };
+
+        let mut listen = Vec::new();
+        for l in &file.listen {
+            let addr = l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    l.span(),
+                    format!(
+                        "listen address {:?} is not host:port (IP literal)",
+                        l.get_ref()
+                    ),
+                )
+            })?;
+            listen.push(addr);
+        }
+        let mut tls_listeners = Vec::new();
+        for t in &file.tls_listener {
+            let addr = t.addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    t.addr.span(),
+                    format!(
+                        "tls_listener addr {:?} is not host:port (IP literal)",
+                        t.addr.get_ref()
+                    ),
+                )
+            })?;
+            tls_listeners.push(TlsListener {
+                addr,
+                cert: PathBuf::from(t.cert.get_ref()),
+                key: PathBuf::from(t.key.get_ref()),
+            });
+        }
+        if listen.is_empty() && tls_listeners.is_empty() {
+            return Err(ConfigError {
+                line: None,
+                message: "no listener: set `listen` or add a [[tls_listener]]".into(),
+            });
+        }
+
+        let public_url = match &file.public_url {
+            Some(u) => {
+                let parsed = Url::parse(u.get_ref())
+                    .map_err(|e| at(u.span(), format!("public_url: {e}")))?;
+                if parsed.path_and_query != "/" {
+                    return Err(at(u.span(), "public_url must not have a path".into()));
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
+
+        let t = &file.timeouts;
+        let secs = |name: &str, v: f64| -> Result<Duration, ConfigError> {
+            if v.is_finite() && v > 0.0 && v <= 86400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(ConfigError {
+                    line: find_line(text, name),
+                    message: format!("timeouts.{name} must be between 0 and 86400 seconds"),
+                })
+            }
+        };
+        let timeouts = Timeouts {
+            connect: secs("connect_secs", t.connect_secs)?,
+            upstream_read: secs("upstream_read_secs", t.upstream_read_secs)?,
+            client_header: secs("client_header_secs", t.client_header_secs)?,
+            client_idle: secs("client_idle_secs", t.client_idle_secs)?,
+            client_write: secs("client_write_secs", t.client_write_secs)?,
+        };
+        let l = &file.limits;
+        if !(1024..=1 << 20).contains(&l.max_header_bytes) {
+            return Err(ConfigError {
+                line: find_line(text, "max_header_bytes"),
+                message: "limits.max_header_bytes must be between 1024 and 1048576".into(),
+            });
+        }
+        let limits = Limits {
+            max_header_bytes: l.max_header_bytes,
+            max_token_body_bytes: l.max_token_body_bytes.clamp(1024, 1 << 20),
+            verify_digests: l.verify_digests,
+        };
+
+        let mut registries: Vec<Registry> = Vec::new();
+        for r in &file.registry {
+            let span = r.span();
+            let r = r.get_ref();
+            let name = r.name.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+            {
+                return Err(at(
+                    r.name.span(),
+                    format!(
+                        "registry name {:?} must be a host-like name",
+                        r.name.get_ref()
+                    ),
+                ));
+            }
+            if registries.iter().any(|x| x.name == name) {
+                return Err(at(
+                    r.name.span(),
+                    format!("registry {name:?} is defined twice"),
+                ));
+            }
+            let url = Url::parse(r.upstream.get_ref())
+                .map_err(|e| at(r.upstream.span(), format!("upstream: {e}")))?;
+            if url.path_and_query != "/" {
+                return Err(at(
+                    r.upstream.span(),
+                    "upstream must be scheme://host[:port] with no path".into(),
+                ));
+            }
+            if url.origin.scheme == Scheme::Http && !file.debug {
+                return Err(at(
+                    r.upstream.span(),
+                    format!(
+                        "upstream {} is plain http; set `debug = true` to allow that",
+                        url.origin
+                    ),
+                ));
+            }
+            let ca_file = match &r.ca_file {
+                Some(p) => {
+                    let path = PathBuf::from(p.get_ref());
+                    if !path.is_file() {
+                        return Err(at(
+                            p.span(),
+                            format!("ca_file {} does not exist", path.display()),
+                        ));
+                    }
+                    Some(path)
+                }
+                None => None,
+            };
+            if r.default && registries.iter().any(|x| x.default) {
+                return Err(at(span, "only one registry may be `default = true`".into()));
+            }
+            registries.push(Registry {
+                library_prefix: r.library_prefix.unwrap_or(name == "docker.io"),
+                name,
+                upstream: url.origin,
+                ca_file,
+                default: r.default,
+            });
+        }
+        if registries.is_empty() {
+            return Err(ConfigError {
+                line: None,
+                message: "no [[registry]] configured".into(),
+            });
+        }
+        if !registries.iter().any(|r| r.default) {
+            let i = registries
+                .iter()
+                .position(|r| r.name == "docker.io")
+                .unwrap_or(0);
+            registries[i].default = true;
+        }
+        Ok(Config {
+            listen,
+            tls_listeners,
+            workers: file.workers,
+            public_url,
+            debug: file.debug,
+            timeouts,
+            limits,
+            registries,
+        })
+    }
+
+    pub fn default_registry(&self) -> usize {
+        self.registries.iter().position(|r| r.default).unwrap_or(0)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn find_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_a_docker_hub_mirror_on_5000() {
+        let c = Config::default_config();
+        assert_eq!(c.listen, vec!["127.0.0.1:5000".parse().unwrap()]);
+        let r = &c.registries[c.default_registry()];
+        assert_eq!(r.name, "docker.io");
+        assert_eq!(r.upstream.host, "registry-1.docker.io");
+        assert!(r.library_prefix);
+    }
+
+    #[test]
+    fn the_issue_shape_parses() {
+        let c = Config::parse(
+            r#"
+listen = ["127.0.0.1:5000"]
+[[tls_listener]]
+addr = "0.0.0.0:443"
+cert = "/etc/ocirelay/fullchain.pem"
+key = "/etc/ocirelay/key.pem"
+[[registry]]
+name = "docker.io"
+upstream = "https://registry-1.docker.io"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.tls_listeners.len(), 1);
+        assert!(c.registries[0].default);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = Config::parse("listen = [\"127.0.0.1:5000\"]\n[[registry]]\nname = \"x\"\nupstream = \"ftp://nope\"\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = Config::parse("listen = [\"127.0.0.1:5000\"]\n\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = Config::parse("listen = [\"nope\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\n[[registry]]\nname = \"x\"\nupstream = \"http://h\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("debug"), "{e}");
+    }
+}

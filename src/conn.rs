@@ -1,0 +1,388 @@
+//! One client connection: read a request head, parse it, route it, hand it
+//! to its handler, and go again (keep-alive, pipelining in order) until the
+//! client or a handler closes.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::error::{ErrorCode, ErrorReply};
+use crate::http::{
+    find_head_end, parse_request, write_header, write_status, BodyFraming, ChunkedDecoder,
+    HeadError, RequestHead, MAX_HEADERS,
+};
+use crate::names::NameError;
+use crate::router::{self, Route};
+use crate::worker::Worker;
+use crate::{landing, proxy, token};
+
+/// Where a client connection came in.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCtx {
+    pub tls: bool,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl ClientCtx {
+    /// The base URL the client used to reach us (`public_url` wins), e.g.
+    /// `https://mirror.example.com` — realms handed out are built on it.
+    pub fn base_url(&self, w: &Worker, req: &RequestHead<'_>) -> String {
+        if let Some(u) = &w.cfg.public_url {
+            return u.origin.to_string();
+        }
+        let scheme = if self.tls { "https" } else { "http" };
+        match req.host() {
+            Some(h) => format!("{scheme}://{h}"),
+            None => format!("{scheme}://{}", self.local),
+        }
+    }
+}
+
+/// What the connection does after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    KeepAlive,
+    Close,
+}
+
+/// A request body not read yet: what is already buffered behind the head,
+/// and how it is framed. Handlers that need the body read it through here;
+/// the connection loop then knows how much of its buffer was consumed.
+pub struct PendingBody<'a> {
+    pub framing: BodyFraming,
+    buffered: &'a [u8],
+    consumed: usize,
+    finished: bool,
+    expect_continue: bool,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Malformed,
+    Io,
+}
+
+impl<'a> PendingBody<'a> {
+    fn new(framing: BodyFraming, buffered: &'a [u8], expect_continue: bool) -> Self {
+        PendingBody {
+            framing,
+            buffered,
+            consumed: 0,
+            finished: framing == BodyFraming::None,
+            expect_continue,
+        }
+    }
+
+    /// Reads the whole body (at most `max` bytes), decoding chunked framing.
+    pub async fn read_all<S: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut S,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BodyError> {
+        let mut body = Vec::new();
+        match self.framing {
+            BodyFraming::None => {}
+            BodyFraming::Length(n) => {
+                if n > max as u64 {
+                    return Err(BodyError::TooLarge);
+                }
+                let n = n as usize;
+                let take = n.min(self.buffered.len());
+                body.extend_from_slice(&self.buffered[..take]);
+                self.consumed = take;
+                if body.len() < n {
+                    self.send_continue(io).await?;
+                }
+                while body.len() < n {
+                    let more = read_some(io, n - body.len(), timeout).await?;
+                    body.extend_from_slice(&more);
+                }
+            }
+            BodyFraming::Chunked => {
+                let mut dec = ChunkedDecoder::new();
+                // Each feed adds at most one read's worth, so checking the
+                // size after each keeps the body bounded.
+                let used = dec
+                    .feed(self.buffered, |d| body.extend_from_slice(d))
+                    .map_err(|_| BodyError::Malformed)?;
+                self.consumed = used;
+                if !dec.is_done() {
+                    self.send_continue(io).await?;
+                }
+                while !dec.is_done() {
+                    if body.len() > max {
+                        return Err(BodyError::TooLarge);
+                    }
+                    let more = read_some(io, 16 * 1024, timeout).await?;
+                    let used = dec
+                        .feed(&more, |d| body.extend_from_slice(d))
+                        .map_err(|_| BodyError::Malformed)?;
+                    if used < more.len() {
+                        // Pipelined bytes after a chunked body read from the
+                        // socket: rare; not worth keeping, close afterwards.
+                        return Err(BodyError::Malformed);
+                    }
+                }
+                if body.len() > max {
+                    return Err(BodyError::TooLarge);
+                }
+            }
+        }
+        self.finished = true;
+        Ok(body)
+    }
+
+    async fn send_continue<S: AsyncWriteRent>(&mut self, io: &mut S) -> Result<(), BodyError> {
+        if std::mem::take(&mut self.expect_continue) {
+            let (r, _) = io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                .await;
+            r.map_err(|_| BodyError::Io)?;
+        }
+        Ok(())
+    }
+}
+
+async fn read_some<S: AsyncReadRent>(
+    io: &mut S,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
+    let buf = Vec::with_capacity(max.min(64 * 1024));
+    match monoio::time::timeout(timeout, io.read(buf)).await {
+        Ok((Ok(0), _)) | Ok((Err(_), _)) | Err(_) => Err(BodyError::Io),
+        Ok((Ok(_), b)) => Ok(b),
+    }
+}
+
+/// Serves one client connection to the end.
+pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, cx: ClientCtx) {
+    let limits = w.cfg.limits;
+    let timeouts = w.cfg.timeouts;
+    // Room for a maximal head plus some pipelined bytes behind it.
+    let mut inbuf: Vec<u8> = Vec::with_capacity(limits.max_header_bytes + 4096);
+    let mut out: Vec<u8> = Vec::with_capacity(2048);
+    loop {
+        // ---- read a request head ----
+        let mut scanned = 0;
+        let mut header_deadline: Option<Instant> = None;
+        let head_end = loop {
+            if let Some(end) = find_head_end(&inbuf, scanned) {
+                if end > limits.max_header_bytes {
+                    too_large(&mut io, &mut out).await;
+                    return;
+                }
+                break end;
+            }
+            if inbuf.len() >= limits.max_header_bytes {
+                too_large(&mut io, &mut out).await;
+                return;
+            }
+            scanned = inbuf.len();
+            let wait = if inbuf.is_empty() {
+                timeouts.client_idle
+            } else {
+                let d =
+                    *header_deadline.get_or_insert_with(|| Instant::now() + timeouts.client_header);
+                d.saturating_duration_since(Instant::now())
+            };
+            let len = inbuf.len();
+            let cap = inbuf.capacity();
+            let buf = std::mem::take(&mut inbuf);
+            match monoio::time::timeout(wait, io.read(buf.slice_mut(len..cap))).await {
+                Ok((Ok(n), b)) => {
+                    inbuf = b.into_inner();
+                    if n == 0 {
+                        return; // client closed
+                    }
+                }
+                Ok((Err(_), _)) => return,
+                Err(_) => {
+                    if len > 0 {
+                        // A head that trickles in too slowly: say so, then close.
+                        let e = ErrorReply::new(
+                            408,
+                            ErrorCode::Unknown,
+                            "request head not received in time",
+                        );
+                        let _ = respond_error(&mut io, &mut out, &e, false, true).await;
+                    }
+                    return;
+                }
+            }
+        };
+
+        // ---- parse, route, handle ----
+        let (outcome, consumed) = {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = match parse_request(&inbuf[..head_end], &mut storage) {
+                Ok(h) => h,
+                Err(e) => {
+                    bad_head(&mut io, &mut out, e).await;
+                    return;
+                }
+            };
+            let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
+            let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
+            let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
+            (
+                if close {
+                    Outcome::Close
+                } else {
+                    Outcome::KeepAlive
+                },
+                head_end + body.consumed,
+            )
+        };
+        if outcome == Outcome::Close {
+            let _ = io.shutdown().await;
+            return;
+        }
+        inbuf.drain(..consumed);
+    }
+}
+
+async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
+    w: &Worker,
+    head: &RequestHead<'_>,
+    body: &mut PendingBody<'_>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    cx: &ClientCtx,
+) -> Outcome {
+    let (path, query) = router::split_target(head.target);
+    let route = router::classify(head.method, path);
+    let head_only = head.method == "HEAD";
+    let will_close = !head.keep_alive || body.framing != BodyFraming::None;
+    let reply = match route {
+        Route::Manifest { .. }
+        | Route::Blob { .. }
+        | Route::Tags { .. }
+        | Route::Referrers { .. }
+        | Route::Ping => {
+            return proxy::registry_request(w, head, &route, query, io, out, cx, will_close).await;
+        }
+        Route::Token { registry } => {
+            return token::token_request(w, head, registry, query, body, io, out, cx).await;
+        }
+        Route::Landing => {
+            let page = landing::render(w, head, cx);
+            return respond(
+                io,
+                out,
+                200,
+                &[
+                    ("Content-Type", b"text/html; charset=utf-8"),
+                    ("Cache-Control", b"no-cache"),
+                ],
+                page.as_bytes(),
+                head_only,
+                will_close,
+            )
+            .await;
+        }
+        Route::Health => {
+            return respond(
+                io,
+                out,
+                200,
+                &[("Content-Type", b"text/plain")],
+                b"ok\n",
+                head_only,
+                will_close,
+            )
+            .await;
+        }
+        Route::Push => ErrorReply::new(
+            405,
+            ErrorCode::Unsupported,
+            "this is a read-only mirror: pushes, uploads and deletes are not supported",
+        ),
+        Route::Catalog => ErrorReply::new(
+            404,
+            ErrorCode::Unsupported,
+            "the catalog is not available through this mirror",
+        ),
+        Route::Invalid(NameError::Name) => {
+            ErrorReply::new(400, ErrorCode::NameInvalid, "invalid repository name")
+        }
+        Route::Invalid(NameError::Tag) => {
+            ErrorReply::new(400, ErrorCode::TagInvalid, "invalid tag")
+        }
+        Route::Invalid(NameError::Digest) => {
+            ErrorReply::new(400, ErrorCode::DigestInvalid, "invalid digest")
+        }
+        Route::NotFound => {
+            ErrorReply::new(404, ErrorCode::NameUnknown, format!("no route for {path}"))
+        }
+    };
+    respond_error(io, out, &reply, head_only, will_close).await
+}
+
+/// Writes a complete response with a small body from memory.
+pub async fn respond<S: AsyncWriteRent>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    head_only: bool,
+    close: bool,
+) -> Outcome {
+    out.clear();
+    write_status(out, status);
+    for (n, v) in headers {
+        write_header(out, n, v);
+    }
+    crate::http::response::write_content_length(out, body.len() as u64);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    let buf = std::mem::take(out);
+    let (res, buf) = io.write_all(buf).await;
+    *out = buf;
+    match res {
+        Ok(_) if !close => Outcome::KeepAlive,
+        _ => Outcome::Close,
+    }
+}
+
+/// Writes an OCI JSON error response.
+pub async fn respond_error<S: AsyncWriteRent>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    e: &ErrorReply,
+    head_only: bool,
+    close: bool,
+) -> Outcome {
+    let body = e.body();
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("Content-Type", b"application/json"),
+        ("Docker-Distribution-Api-Version", b"registry/2.0"),
+    ];
+    if e.status == 405 {
+        headers.push(("Allow", b"GET, HEAD"));
+    }
+    respond(io, out, e.status, &headers, &body, head_only, close).await
+}
+
+async fn too_large<S: AsyncWriteRent>(io: &mut S, out: &mut Vec<u8>) {
+    let e = ErrorReply::new(431, ErrorCode::Unknown, "request head too large");
+    respond_error(io, out, &e, false, true).await;
+}
+
+async fn bad_head<S: AsyncWriteRent>(io: &mut S, out: &mut Vec<u8>, err: HeadError) {
+    let e = ErrorReply::new(err.status(), ErrorCode::Unknown, err.message());
+    respond_error(io, out, &e, false, true).await;
+}

@@ -1,0 +1,433 @@
+//! Registry API requests (`/v2/...`): pick the upstream, forward the request
+//! with the headers that matter, follow redirects ourselves, rewrite the
+//! response head (challenges, hop-by-hop headers) into the client's buffer,
+//! and stream the body back.
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use crate::auth;
+use crate::conn::{respond_error, ClientCtx, Outcome};
+use crate::error::UpstreamError;
+use crate::http::{name_eq, write_header, write_status, RequestHead};
+use crate::names::{Digest, Reference};
+use crate::registry::{self, Target};
+use crate::relay::{self, Verifier};
+use crate::router::Route;
+use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
+use crate::url::{Scheme, Url};
+use crate::worker::Worker;
+
+/// Redirect hops followed before giving up (clients allow 10 as well).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Request headers passed on to the upstream registry.
+fn forwarded_request_header(name: &str) -> bool {
+    [
+        "accept",
+        "range",
+        "if-none-match",
+        "if-modified-since",
+        "if-range",
+        "user-agent",
+    ]
+    .iter()
+    .any(|h| name_eq(name, h))
+}
+
+/// Response headers passed back to the client. An allowlist: whatever a CDN
+/// adds (cookies, `alt-svc`, `strict-transport-security`, its own hosts)
+/// has no business on the mirror's responses.
+fn forwarded_response_header(name: &str) -> bool {
+    const EXACT: [&str; 10] = [
+        "content-type",
+        "docker-content-digest",
+        "etag",
+        "last-modified",
+        "accept-ranges",
+        "content-range",
+        "cache-control",
+        "content-encoding",
+        "retry-after",
+        "link",
+    ];
+    const PREFIX: [&str; 4] = ["docker-", "ratelimit-", "x-ratelimit-", "oci-"];
+    EXACT.iter().any(|h| name_eq(name, h))
+        || PREFIX
+            .iter()
+            .any(|p| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p))
+}
+
+/// A request ocirelay sends upstream, possibly across redirects.
+pub struct Fetch<'a> {
+    pub method: &'a str,
+    pub url: Url,
+    pub trust: TrustId,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// Sent only to `auth_origin`, never to a redirect target elsewhere.
+    pub authorization: Option<&'a [u8]>,
+    pub body: Option<&'a [u8]>,
+}
+
+/// Sends `f`, following up to [`MAX_REDIRECTS`] redirects with the method,
+/// headers and query string kept, and credentials dropped whenever the
+/// target is not the origin they were given for.
+pub async fn fetch(
+    w: &Worker,
+    mut f: Fetch<'_>,
+) -> Result<(Conn, ResponseHead, Url), UpstreamError> {
+    let auth_origin = f.url.origin.clone();
+    let mut headers = f.headers.clone();
+    for hop in 0..=MAX_REDIRECTS {
+        headers.truncate(f.headers.len());
+        if let Some(a) = f.authorization {
+            if f.url.origin == auth_origin {
+                headers.push(("Authorization", a));
+            }
+        }
+        let ex = Exchange {
+            method: f.method,
+            url: &f.url,
+            trust: f.trust,
+            headers: &headers,
+            body: f.body,
+        };
+        let (mut conn, head) = w.upstreams.send(&ex).await?;
+        let location = match head.status {
+            301 | 302 | 303 | 307 | 308 => head.header(&conn, "location").map(<[u8]>::to_vec),
+            _ => None,
+        };
+        let Some(location) = location else {
+            return Ok((conn, head, f.url));
+        };
+        if hop == MAX_REDIRECTS {
+            break;
+        }
+        let location = String::from_utf8(location).map_err(|_| UpstreamError::Redirect {
+            reason: "redirect Location is not text".into(),
+        })?;
+        let next = f.url.join(&location).map_err(|e| UpstreamError::Redirect {
+            reason: format!("bad redirect Location: {e}"),
+        })?;
+        if next.origin.scheme == Scheme::Http
+            && f.url.origin.scheme == Scheme::Https
+            && !w.cfg.debug
+        {
+            return Err(UpstreamError::Redirect {
+                reason: "refusing a redirect from https to plain http".into(),
+            });
+        }
+        discard_body(w, &mut conn, &head).await.map(|reusable| {
+            if reusable {
+                w.upstreams.release(conn);
+            }
+        })?;
+        if head.status == 303 && f.method != "HEAD" {
+            f.method = "GET";
+            f.body = None;
+        }
+        f.url = next;
+    }
+    Err(UpstreamError::Redirect {
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+/// Reads and drops a small redirect body so the connection can be reused.
+/// Large or unframed bodies are not worth it: the connection is dropped.
+async fn discard_body(
+    w: &Worker,
+    conn: &mut Conn,
+    head: &ResponseHead,
+) -> Result<bool, UpstreamError> {
+    conn.consume(head.head_len);
+    match head.framing {
+        RespFraming::None => Ok(head.keep_alive),
+        RespFraming::Length(n) if n <= 64 * 1024 && head.keep_alive => {
+            let mut buf = w.take_buf();
+            let r = relay::relay_body(
+                conn,
+                head.framing,
+                &mut relay::Discard,
+                w.cfg.timeouts.client_write,
+                None,
+                false,
+                &mut buf,
+            )
+            .await;
+            w.give_buf(buf);
+            Ok(r.is_ok())
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Handles a `/v2/...` registry request end to end.
+#[allow(clippy::too_many_arguments)]
+pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
+    w: &Worker,
+    req: &RequestHead<'_>,
+    route: &Route<'_>,
+    query: Option<&str>,
+    client: &mut S,
+    out: &mut Vec<u8>,
+    cx: &ClientCtx,
+    will_close: bool,
+) -> Outcome {
+    let head_only = req.method == "HEAD";
+    let cfg = &w.cfg;
+    let (target, path, verify_digest): (Option<Target<'_>>, String, Option<Digest<'_>>) =
+        match *route {
+            Route::Ping => (None, "/v2/".to_string(), None),
+            Route::Manifest { repo, reference } => {
+                let t = registry::select(cfg, repo);
+                let p = format!("/v2/{}/manifests/{}", t.upstream_repo, reference.as_str());
+                let d = match reference {
+                    Reference::Digest(d) => Some(d),
+                    Reference::Tag(_) => None,
+                };
+                (Some(t), p, d)
+            }
+            Route::Blob { repo, digest } => {
+                let t = registry::select(cfg, repo);
+                let p = format!("/v2/{}/blobs/{}", t.upstream_repo, digest.as_str());
+                (Some(t), p, Some(digest))
+            }
+            Route::Tags { repo } => {
+                let t = registry::select(cfg, repo);
+                let p = with_query(
+                    format!("/v2/{}/tags/list", t.upstream_repo),
+                    query,
+                    &["n", "last"],
+                );
+                (Some(t), p, None)
+            }
+            Route::Referrers { repo, digest } => {
+                let t = registry::select(cfg, repo);
+                let p = with_query(
+                    format!("/v2/{}/referrers/{}", t.upstream_repo, digest.as_str()),
+                    query,
+                    &["artifactType"],
+                );
+                (Some(t), p, None)
+            }
+            _ => unreachable!("only registry routes come here"),
+        };
+    let reg_index = target
+        .as_ref()
+        .map_or_else(|| cfg.default_registry(), |t| t.registry);
+    let reg = &cfg.registries[reg_index];
+    let url = Url {
+        origin: reg.upstream.clone(),
+        path_and_query: path,
+    };
+
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(12);
+    let mut authorization = None;
+    let mut ranged = false;
+    for h in req.headers {
+        if name_eq(h.name, "authorization") {
+            authorization = Some(h.value);
+        } else if forwarded_request_header(h.name) {
+            ranged |= name_eq(h.name, "range");
+            headers.push((h.name, h.value));
+        }
+    }
+    let fetch_req = Fetch {
+        method: if head_only { "HEAD" } else { "GET" },
+        url,
+        trust: TrustId(reg_index),
+        headers,
+        authorization,
+        body: None,
+    };
+    let (mut conn, head, final_url) = match fetch(w, fetch_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ocirelay[{}]: {} {} -> {e}", w.id, req.method, req.target);
+            return respond_error(client, out, &e.reply(&reg.name), head_only, will_close).await;
+        }
+    };
+
+    // ---- response head, rewritten straight into the client's buffer ----
+    let rechunk = head.framing == RespFraming::Close && req.minor == 1;
+    let close = will_close || (head.framing == RespFraming::Close && !rechunk);
+    out.clear();
+    write_status(out, head.status);
+    let from_registry = final_url.origin == reg.upstream;
+    for (name, value) in head.headers(&conn) {
+        if name_eq(name, "www-authenticate") {
+            if from_registry && head.status == 401 {
+                rewrite_challenge(w, reg_index, value, target.as_ref(), req, cx, out);
+            }
+        } else if name_eq(name, "content-length") {
+            // Framed below for bodies; HEAD keeps the upstream's length.
+            if head.framing == RespFraming::None {
+                write_header(out, name, value);
+            }
+        } else if forwarded_response_header(name) {
+            write_header(out, name, value);
+        }
+    }
+    match head.framing {
+        RespFraming::Length(n) => crate::http::response::write_content_length(out, n),
+        RespFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        RespFraming::Close if rechunk => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        RespFraming::Close | RespFraming::None => {}
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.consume(head.head_len);
+
+    let head_buf = std::mem::take(out);
+    match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
+        Ok(b) => *out = b,
+        Err(_) => return Outcome::Close,
+    }
+
+    // ---- body ----
+    let verifier = match verify_digest {
+        Some(d) if cfg.limits.verify_digests && head.status == 200 && !ranged && !head_only => {
+            Verifier::new(&d)
+        }
+        _ => None,
+    };
+    let mut buf = w.take_buf();
+    let result = relay::relay_body(
+        &mut conn,
+        head.framing,
+        client,
+        cfg.timeouts.client_write,
+        verifier,
+        rechunk,
+        &mut buf,
+    )
+    .await;
+    w.give_buf(buf);
+    match result {
+        Ok(done) => {
+            if done.reusable && head.keep_alive {
+                w.upstreams.release(conn);
+            }
+            if close {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            }
+        }
+        Err(e) => {
+            // The head is out: the only honest signal left is to cut the
+            // connection. The upstream connection is dropped, not pooled.
+            eprintln!(
+                "ocirelay[{}]: {} {} body aborted: {e}",
+                w.id, req.method, req.target
+            );
+            Outcome::Close
+        }
+    }
+}
+
+/// Rewrites an upstream challenge for the client and learns its realm.
+fn rewrite_challenge(
+    w: &Worker,
+    reg_index: usize,
+    value: &[u8],
+    target: Option<&Target<'_>>,
+    req: &RequestHead<'_>,
+    cx: &ClientCtx,
+    out: &mut Vec<u8>,
+) {
+    let Some(ch) = auth::parse_challenge(value) else {
+        return; // unparseable: dropping it beats leaking an upstream host
+    };
+    if !ch.is_bearer() {
+        // Basic and others carry no URL; the client answers us and we
+        // forward its credentials.
+        write_header(out, "WWW-Authenticate", value);
+        return;
+    }
+    if let Some(realm) = ch.param("realm").and_then(|r| Url::parse(r).ok()) {
+        if realm.origin.scheme == Scheme::Https || w.cfg.debug {
+            w.learn_realm(reg_index, realm);
+        }
+    }
+    let mut realm = cx.base_url(w, req);
+    realm.push_str(&token_path(w, reg_index));
+    out.extend_from_slice(b"WWW-Authenticate: ");
+    auth::write_rewritten(out, &ch, &realm, |scopes| {
+        auth::map_scopes(scopes, |name| match target {
+            Some(t) if name == t.upstream_repo => Some(t.client_repo.to_string()),
+            _ => None,
+        })
+    });
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The path of ocirelay's token endpoint for a registry.
+pub fn token_path(w: &Worker, reg_index: usize) -> String {
+    if reg_index == w.cfg.default_registry() {
+        "/token".to_string()
+    } else {
+        format!("/token/{}", w.cfg.registries[reg_index].name)
+    }
+}
+
+/// Appends the allowed parameters of the client's query to `path`, verbatim.
+fn with_query(mut path: String, query: Option<&str>, allowed: &[&str]) -> String {
+    let Some(q) = query else { return path };
+    let mut first = true;
+    for pair in q.split('&') {
+        let key = pair.split('=').next().unwrap_or("");
+        if allowed.contains(&key) {
+            path.push(if first { '?' } else { '&' });
+            path.push_str(pair);
+            first = false;
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pagination_and_filter_params_are_forwarded() {
+        assert_eq!(
+            with_query(
+                "/v2/a/tags/list".into(),
+                Some("n=10&last=x&ns=docker.io"),
+                &["n", "last"]
+            ),
+            "/v2/a/tags/list?n=10&last=x"
+        );
+        assert_eq!(with_query("/p".into(), None, &["n"]), "/p");
+    }
+
+    #[test]
+    fn hop_by_hop_and_cdn_headers_are_not_forwarded() {
+        for keep in [
+            "Content-Type",
+            "Docker-Content-Digest",
+            "ETag",
+            "RateLimit-Remaining",
+            "docker-ratelimit-source",
+            "Content-Range",
+        ] {
+            assert!(forwarded_response_header(keep), "{keep}");
+        }
+        for drop in [
+            "Connection",
+            "Transfer-Encoding",
+            "Set-Cookie",
+            "Alt-Svc",
+            "Strict-Transport-Security",
+            "Location",
+            "Keep-Alive",
+            "Server",
+        ] {
+            assert!(!forwarded_response_header(drop), "{drop}");
+        }
+    }
+}

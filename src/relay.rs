@@ -1,0 +1,336 @@
+//! Streaming a response body from an upstream connection to the client
+//! through one bounded, reused buffer, optionally checking its digest.
+//!
+//! A body whose digest does not match is never completed: the final bytes are
+//! withheld and the connection is closed, so the client sees a failed
+//! transfer instead of a corrupt blob.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::http::{ChunkedDecoder, ChunkedError};
+use crate::names::{Algorithm, Digest};
+use crate::upstream::{Conn, RespFraming};
+
+/// Why a relay stopped before the body was complete.
+#[derive(Debug)]
+pub enum RelayError {
+    /// The upstream failed, stalled or closed early.
+    Upstream(io::Error),
+    /// The client went away or stopped reading.
+    Client(io::Error),
+    /// The body's digest did not match the one requested.
+    DigestMismatch,
+    /// The upstream's chunked framing was broken.
+    Framing(ChunkedError),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Upstream(e) => write!(f, "upstream body: {e}"),
+            RelayError::Client(e) => write!(f, "client: {e}"),
+            RelayError::DigestMismatch => f.write_str("digest mismatch"),
+            RelayError::Framing(e) => write!(f, "upstream chunked framing: {e}"),
+        }
+    }
+}
+
+/// Incremental digest check of a body against the digest that named it.
+pub struct Verifier {
+    ctx: ring::digest::Context,
+    expected: Vec<u8>,
+}
+
+impl Verifier {
+    /// A verifier for `digest`, or `None` for algorithms ocirelay cannot check.
+    pub fn new(digest: &Digest<'_>) -> Option<Verifier> {
+        let alg = match digest.algorithm() {
+            Algorithm::Sha256 => &ring::digest::SHA256,
+            Algorithm::Sha512 => &ring::digest::SHA512,
+            Algorithm::Other => return None,
+        };
+        Some(Verifier {
+            ctx: ring::digest::Context::new(alg),
+            expected: hex_decode(digest.encoded())?,
+        })
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.ctx.update(data);
+    }
+
+    pub fn matches(self) -> bool {
+        self.ctx.finish().as_ref() == self.expected.as_slice()
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the relay did.
+pub struct Relayed {
+    pub bytes: u64,
+    /// The upstream connection ended exactly at the end of this body and
+    /// may serve another request.
+    pub reusable: bool,
+}
+
+/// Relays the body of a response whose head was already sent to the client.
+/// `rechunk`: the upstream body is close-delimited and the client gets it
+/// chunked. `buf` is the relay buffer (returned, possibly replaced).
+pub async fn relay_body<S: AsyncWriteRent>(
+    conn: &mut Conn,
+    framing: RespFraming,
+    client: &mut S,
+    client_timeout: Duration,
+    mut verify: Option<Verifier>,
+    rechunk: bool,
+    buf: &mut Vec<u8>,
+) -> Result<Relayed, RelayError> {
+    match framing {
+        RespFraming::None => Ok(Relayed {
+            bytes: 0,
+            reusable: true,
+        }),
+        RespFraming::Length(n) => relay_length(conn, n, client, client_timeout, verify, buf).await,
+        RespFraming::Chunked => relay_chunked(conn, client, client_timeout, verify, buf).await,
+        RespFraming::Close => {
+            let mut bytes = 0;
+            // Leftover first.
+            buf.clear();
+            buf.extend_from_slice(conn.buffered());
+            let n = buf.len();
+            conn.consume(n);
+            loop {
+                if !buf.is_empty() {
+                    if let Some(v) = verify.as_mut() {
+                        v.update(buf);
+                    }
+                    bytes += buf.len() as u64;
+                    if rechunk {
+                        let mut framed = format!("{:x}\r\n", buf.len()).into_bytes();
+                        framed.extend_from_slice(buf);
+                        framed.extend_from_slice(b"\r\n");
+                        write_client(client, framed, client_timeout).await?;
+                    } else {
+                        write_buf(client, buf, client_timeout).await?;
+                    }
+                }
+                buf.clear();
+                let n = read_upstream(conn, buf).await?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if verify.is_some_and(|v| !v.matches()) {
+                return Err(RelayError::DigestMismatch);
+            }
+            if rechunk {
+                write_client(client, b"0\r\n\r\n".to_vec(), client_timeout).await?;
+            }
+            Ok(Relayed {
+                bytes,
+                reusable: false,
+            })
+        }
+    }
+}
+
+async fn relay_length<S: AsyncWriteRent>(
+    conn: &mut Conn,
+    total: u64,
+    client: &mut S,
+    client_timeout: Duration,
+    mut verify: Option<Verifier>,
+    buf: &mut Vec<u8>,
+) -> Result<Relayed, RelayError> {
+    let mut remaining = total;
+    let take = (conn.buffered().len() as u64).min(remaining) as usize;
+    buf.clear();
+    buf.extend_from_slice(&conn.buffered()[..take]);
+    conn.consume(take);
+    loop {
+        if !buf.is_empty() {
+            remaining -= buf.len() as u64;
+            if let Some(v) = verify.as_mut() {
+                v.update(buf);
+            }
+            // The last piece is held back until the digest is known good.
+            if remaining == 0 && verify.take().is_some_and(|v| !v.matches()) {
+                return Err(RelayError::DigestMismatch);
+            }
+            write_buf(client, buf, client_timeout).await?;
+        }
+        if remaining == 0 {
+            return Ok(Relayed {
+                bytes: total,
+                reusable: true,
+            });
+        }
+        let want = (buf.capacity() as u64).min(remaining) as usize;
+        buf.clear();
+        let n = read_upstream_max(conn, buf, want).await?;
+        if n == 0 {
+            return Err(RelayError::Upstream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("upstream closed with {remaining} of {total} body bytes missing"),
+            )));
+        }
+    }
+}
+
+async fn relay_chunked<S: AsyncWriteRent>(
+    conn: &mut Conn,
+    client: &mut S,
+    client_timeout: Duration,
+    mut verify: Option<Verifier>,
+    buf: &mut Vec<u8>,
+) -> Result<Relayed, RelayError> {
+    let mut dec = ChunkedDecoder::new();
+    let mut bytes = 0u64;
+    buf.clear();
+    buf.extend_from_slice(conn.buffered());
+    let n = buf.len();
+    conn.consume(n);
+    loop {
+        if !buf.is_empty() {
+            let consumed = dec
+                .feed(buf, |data| {
+                    bytes += data.len() as u64;
+                    if let Some(v) = verify.as_mut() {
+                        v.update(data);
+                    }
+                })
+                .map_err(RelayError::Framing)?;
+            let extra = buf.len() - consumed;
+            buf.truncate(consumed);
+            if dec.is_done() && verify.take().is_some_and(|v| !v.matches()) {
+                return Err(RelayError::DigestMismatch);
+            }
+            write_buf(client, buf, client_timeout).await?;
+            if dec.is_done() {
+                // Bytes after the end of the body mean the framing is off:
+                // do not reuse this connection.
+                return Ok(Relayed {
+                    bytes,
+                    reusable: extra == 0,
+                });
+            }
+        }
+        buf.clear();
+        if read_upstream(conn, buf).await? == 0 {
+            return Err(RelayError::Upstream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed inside a chunked body",
+            )));
+        }
+    }
+}
+
+/// Reads up to the buffer's capacity into `buf` (which must be empty).
+async fn read_upstream(conn: &mut Conn, buf: &mut Vec<u8>) -> Result<usize, RelayError> {
+    let cap = buf.capacity();
+    read_upstream_max(conn, buf, cap).await
+}
+
+async fn read_upstream_max(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, RelayError> {
+    let owned = std::mem::take(buf);
+    let (res, back) = conn.read_body(owned.slice_mut(0..max)).await;
+    match back {
+        Some(slice) => *buf = slice.into_inner(),
+        None => *buf = Vec::with_capacity(crate::worker::RELAY_BUF),
+    }
+    res.map_err(RelayError::Upstream)
+}
+
+/// Writes all of `buf` to the client within `limit`, keeping the buffer.
+async fn write_buf<S: AsyncWriteRent>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), RelayError> {
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(limit, client.write_all(owned)).await {
+        Ok((res, back)) => {
+            *buf = back;
+            res.map(|_| ()).map_err(RelayError::Client)
+        }
+        Err(_) => {
+            *buf = Vec::with_capacity(crate::worker::RELAY_BUF);
+            Err(RelayError::Client(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client write timed out",
+            )))
+        }
+    }
+}
+
+/// Writes an owned buffer to the client within `limit`.
+pub async fn write_client<S: AsyncWriteRent, B: IoBuf>(
+    client: &mut S,
+    data: B,
+    limit: Duration,
+) -> Result<B, RelayError> {
+    match monoio::time::timeout(limit, client.write_all(data)).await {
+        Ok((Ok(_), b)) => Ok(b),
+        Ok((Err(e), _)) => Err(RelayError::Client(e)),
+        Err(_) => Err(RelayError::Client(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client write timed out",
+        ))),
+    }
+}
+
+/// An [`AsyncWriteRent`] that accepts and forgets everything.
+pub struct Discard;
+
+impl AsyncWriteRent for Discard {
+    async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let n = buf.bytes_init();
+        (Ok(n), buf)
+    }
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(0), buf)
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_accepts_the_right_bytes_only() {
+        // sha256("hello")
+        let d = Digest::parse(
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        )
+        .unwrap();
+        let mut v = Verifier::new(&d).unwrap();
+        v.update(b"hel");
+        v.update(b"lo");
+        assert!(v.matches());
+        let mut v = Verifier::new(&d).unwrap();
+        v.update(b"hellO");
+        assert!(!v.matches());
+        let other = Digest::parse("blake3:abc").unwrap();
+        assert!(Verifier::new(&other).is_none());
+    }
+}

@@ -1,0 +1,222 @@
+//! Start-up and the workers: N threads, each one monoio runtime pinned to a
+//! CPU, with its own SO_REUSEPORT listeners, its own upstream pools and TLS
+//! configs. The kernel spreads connections across the listeners; after
+//! start-up nothing crosses threads.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio_rustls::{TlsAcceptor, TlsConnector};
+use rustls::pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::conn::{self, ClientCtx};
+use crate::tls::{self, ServerMaterial};
+use crate::upstream::Upstreams;
+use crate::worker::Worker;
+
+/// What every worker is built from (read-only, shared at start-up only).
+struct Shared {
+    cfg: Arc<Config>,
+    /// Parsed certificate/key per `tls_listeners` entry.
+    server_tls: Vec<ServerMaterial>,
+    /// Extra CA roots per registry.
+    extra_roots: Vec<Vec<CertificateDer<'static>>>,
+}
+
+/// Addresses actually bound (port 0 resolved), for the start-up message.
+pub struct Bound {
+    pub plain: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+/// Loads TLS material, starts the workers and blocks until they end.
+/// `ready` is called once every worker listens.
+pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
+    let server_tls = cfg
+        .tls_listeners
+        .iter()
+        .map(|l| tls::load_server(&l.cert, &l.key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let extra_roots = cfg
+        .registries
+        .iter()
+        .map(|r| {
+            r.ca_file
+                .as_deref()
+                .map(tls::load_certs)
+                .unwrap_or(Ok(Vec::new()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    for roots in &extra_roots {
+        tls::client_config(roots).map_err(io::Error::other)?;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if cfg.workers == 0 { cores } else { cfg.workers };
+    let mut cfg = cfg;
+    let mut shared = Arc::new(Shared {
+        cfg: Arc::new(cfg.clone()),
+        server_tls,
+        extra_roots,
+    });
+
+    // Worker 0 binds first so that port 0 resolves to one real port, which
+    // the other workers then share through SO_REUSEPORT.
+    let mut handles = Vec::new();
+    let mut bound = None;
+    for id in 0..workers {
+        let (tx, rx) = mpsc::channel::<io::Result<Bound>>();
+        let sh = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("ocirelay-w{id}"))
+            .spawn(move || worker_thread(id, id % cores, sh, tx))?;
+        let b = rx
+            .recv()
+            .map_err(|_| io::Error::other("worker died during start-up"))??;
+        if id == 0 {
+            cfg.listen = b.plain.clone();
+            for (l, a) in cfg.tls_listeners.iter_mut().zip(&b.tls) {
+                l.addr = *a;
+            }
+            shared = Arc::new(Shared {
+                cfg: Arc::new(cfg.clone()),
+                server_tls: shared.server_tls.clone(),
+                extra_roots: shared.extra_roots.clone(),
+            });
+            bound = Some(b);
+        }
+        handles.push(handle);
+    }
+    if let Some(b) = &bound {
+        ready(b);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn worker_thread(id: usize, cpu: usize, sh: Arc<Shared>, started: mpsc::Sender<io::Result<Bound>>) {
+    let pinned = monoio::utils::bind_to_cpu_set([cpu]).is_ok();
+    let uring = monoio::utils::detect_uring();
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    eprintln!(
+        "ocirelay: worker {id} on {} driver{}",
+        if uring { "io_uring" } else { "legacy (epoll)" },
+        if pinned {
+            format!(", pinned to cpu {cpu}")
+        } else {
+            String::new()
+        }
+    );
+    rt.block_on(async move {
+        match start_worker(id, &sh).await {
+            Ok((bound, tasks)) => {
+                let _ = started.send(Ok(bound));
+                for t in tasks {
+                    t.await;
+                }
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+            }
+        }
+    });
+}
+
+async fn start_worker(
+    id: usize,
+    sh: &Shared,
+) -> io::Result<(Bound, Vec<monoio::task::JoinHandle<()>>)> {
+    let cfg = sh.cfg.clone();
+    let connectors = sh
+        .extra_roots
+        .iter()
+        .map(|roots| tls::client_config(roots).map(TlsConnector::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let w = Rc::new(Worker::new(
+        id,
+        cfg.clone(),
+        Upstreams::new(connectors, cfg.timeouts),
+    ));
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(1024);
+    let mut bound = Bound {
+        plain: Vec::new(),
+        tls: Vec::new(),
+    };
+    let mut tasks = Vec::new();
+    for addr in &cfg.listen {
+        let l = TcpListener::bind_with_config(addr, &opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        bound.plain.push(l.local_addr()?);
+        tasks.push(monoio::spawn(accept_loop(w.clone(), l, None)));
+    }
+    for (i, t) in cfg.tls_listeners.iter().enumerate() {
+        let l = TcpListener::bind_with_config(t.addr, &opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", t.addr)))?;
+        bound.tls.push(l.local_addr()?);
+        let acceptor =
+            TlsAcceptor::from(tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?);
+        tasks.push(monoio::spawn(accept_loop(w.clone(), l, Some(acceptor))));
+    }
+    Ok((bound, tasks))
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                eprintln!("ocirelay[{}]: accept failed: {e}", w.id);
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let cx = ClientCtx {
+            tls: tls.is_some(),
+            peer,
+            local,
+        };
+        let w = w.clone();
+        match &tls {
+            None => {
+                monoio::spawn(conn::serve(w, stream, cx));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let limit = w.cfg.timeouts.client_header;
+                monoio::spawn(async move {
+                    if let Ok(Ok(s)) = monoio::time::timeout(limit, acceptor.accept(stream)).await {
+                        conn::serve(w, s, cx).await;
+                    }
+                });
+            }
+        }
+    }
+}

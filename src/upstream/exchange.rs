@@ -1,0 +1,267 @@
+//! One request/response exchange with an upstream: write the request head
+//! (and a small body), read and parse the response head. The body is left on
+//! the connection for the caller to stream.
+
+use std::io;
+
+use monoio::io::AsyncWriteRentExt;
+
+use super::pool::{Conn, PoolKey, TrustId, Upstreams};
+use crate::error::UpstreamError;
+use crate::http::{find_head_end, has_token, name_eq, parse_content_length};
+use crate::url::Url;
+
+/// Header lines in an upstream response head we accept.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// A request to send upstream.
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub url: &'a Url,
+    pub trust: TrustId,
+    /// Header lines to send besides Host and Content-Length.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub body: Option<&'a [u8]>,
+}
+
+/// How an upstream response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespFraming {
+    /// No body (HEAD, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head. Header names and values are ranges into the
+/// connection's buffer, valid until the head is consumed.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub head_len: usize,
+    pub framing: RespFraming,
+    pub keep_alive: bool,
+    headers: Vec<[u32; 4]>,
+}
+
+impl ResponseHead {
+    /// Header lines `(name, value)` borrowed from `conn`'s buffer.
+    pub fn headers<'c>(&'c self, conn: &'c Conn) -> impl Iterator<Item = (&'c str, &'c [u8])> + 'c {
+        let buf = conn.buffered();
+        self.headers.iter().map(move |r| {
+            let name = std::str::from_utf8(&buf[r[0] as usize..r[1] as usize]).unwrap_or("");
+            (name, &buf[r[2] as usize..r[3] as usize])
+        })
+    }
+
+    /// First value of header `name`.
+    pub fn header<'c>(&'c self, conn: &'c Conn, name: &str) -> Option<&'c [u8]> {
+        self.headers(conn)
+            .find(|(n, _)| name_eq(n, name))
+            .map(|(_, v)| v)
+    }
+}
+
+impl Upstreams {
+    /// Sends `ex` and reads the response head. A pooled connection that
+    /// fails before any response byte is replaced by a fresh one, once, for
+    /// GET and HEAD.
+    pub async fn send(&self, ex: &Exchange<'_>) -> Result<(Conn, ResponseHead), UpstreamError> {
+        let key = PoolKey {
+            origin: ex.url.origin.clone(),
+            trust: ex.trust,
+        };
+        let mut req = build_request(ex);
+        let head_only = ex.method == "HEAD";
+        if let Some(conn) = self.checkout(&key) {
+            match attempt(conn, req, head_only).await {
+                Ok(r) => return Ok(r),
+                Err((e, back)) if e.retryable() && matches!(ex.method, "GET" | "HEAD") => {
+                    req = back
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        let conn = self.connect(&key).await?;
+        attempt(conn, req, head_only).await.map_err(|(e, _)| e)
+    }
+}
+
+fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + ex.body.map_or(0, <[u8]>::len));
+    out.extend_from_slice(ex.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(ex.url.path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(ex.url.origin.authority().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in ex.headers {
+        crate::http::write_header(&mut out, name, value);
+    }
+    if let Some(body) = ex.body {
+        crate::http::response::write_content_length(&mut out, body.len() as u64);
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(body) = ex.body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+async fn attempt(
+    mut conn: Conn,
+    req: Vec<u8>,
+    head_only: bool,
+) -> Result<(Conn, ResponseHead), (UpstreamError, Vec<u8>)> {
+    let host = || conn.key.origin.host.clone();
+    let timeout = conn.read_timeout;
+    let (res, req) = match monoio::time::timeout(timeout, conn.io.write_all(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Err((
+                UpstreamError::Timeout {
+                    host: host(),
+                    phase: "sending request",
+                },
+                Vec::new(),
+            ))
+        }
+    };
+    if let Err(source) = res {
+        let before_response = conn.reused;
+        return Err((
+            UpstreamError::Io {
+                host: host(),
+                source,
+                before_response,
+            },
+            req,
+        ));
+    }
+    match read_head(&mut conn, head_only).await {
+        Ok(head) => Ok((conn, head)),
+        Err(e) => Err((e, req)),
+    }
+}
+
+/// Reads until a complete response head is buffered and parses it; skips
+/// interim 1xx responses.
+async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, UpstreamError> {
+    let mut scanned = 0;
+    let mut got_any = false;
+    loop {
+        if let Some(end) = find_head_end(conn.buffered(), scanned) {
+            let head =
+                parse_head(conn, end, head_only).map_err(|reason| UpstreamError::BadResponse {
+                    host: conn.key.origin.host.clone(),
+                    reason,
+                })?;
+            if (100..200).contains(&head.status) {
+                conn.consume(head.head_len);
+                scanned = 0;
+                continue;
+            }
+            return Ok(head);
+        }
+        scanned = conn.buffered().len();
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(UpstreamError::Io {
+                    host: conn.key.origin.host.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before response",
+                    ),
+                    before_response: conn.reused && !got_any,
+                })
+            }
+            Ok(_) => got_any = true,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(UpstreamError::Timeout {
+                    host: conn.key.origin.host.clone(),
+                    phase: "waiting for response",
+                })
+            }
+            Err(source) => {
+                return Err(UpstreamError::Io {
+                    host: conn.key.origin.host.clone(),
+                    source,
+                    before_response: conn.reused && !got_any,
+                })
+            }
+        }
+    }
+}
+
+fn parse_head(conn: &Conn, end: usize, head_only: bool) -> Result<ResponseHead, &'static str> {
+    let buf = conn.buffered();
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    match resp.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete head"),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
+        Err(_) => return Err("malformed head"),
+    }
+    let status = resp.code.ok_or("no status")?;
+    let minor = resp.version.ok_or("no version")?;
+    let base = buf.as_ptr() as usize;
+    let mut headers = Vec::with_capacity(resp.headers.len());
+    let mut length = None;
+    let mut chunked = false;
+    let mut keep_alive = minor == 1;
+    for h in resp.headers.iter() {
+        let ns = h.name.as_ptr() as usize - base;
+        let vs = h.value.as_ptr() as usize - base;
+        headers.push([
+            ns as u32,
+            (ns + h.name.len()) as u32,
+            vs as u32,
+            (vs + h.value.len()) as u32,
+        ]);
+        if name_eq(h.name, "content-length") {
+            let n = parse_content_length(h.value).ok_or("invalid Content-Length")?;
+            if length.is_some_and(|m| m != n) {
+                return Err("conflicting Content-Length");
+            }
+            length = Some(n);
+        } else if name_eq(h.name, "transfer-encoding") {
+            // The last coding decides; anything but chunked is read to close.
+            let last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            chunked = last.eq_ignore_ascii_case(b"chunked");
+            if !chunked {
+                keep_alive = false;
+            }
+        } else if name_eq(h.name, "connection") {
+            if has_token(h.value, "close") {
+                keep_alive = false;
+            } else if has_token(h.value, "keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        RespFraming::None
+    } else if chunked {
+        RespFraming::Chunked
+    } else if let Some(n) = length {
+        RespFraming::Length(n)
+    } else {
+        keep_alive = false;
+        RespFraming::Close
+    };
+    Ok(ResponseHead {
+        status,
+        head_len: end,
+        framing,
+        keep_alive,
+        headers,
+    })
+}

@@ -1,0 +1,190 @@
+//! Per-worker upstream connections: the pool of idle keep-alive connections
+//! and the [`Conn`] type that carries one connection plus its read buffer.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio_rustls::TlsConnector;
+
+use super::dns::Resolver;
+use super::io::UpstreamIo;
+use crate::config::Timeouts;
+use crate::url::Origin;
+
+/// Index of a trust configuration (roots + extra CA) in [`Upstreams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrustId(pub usize);
+
+/// Everything that decides whether a connection may be reused for a request:
+/// scheme, host (also the SNI name), port, and the trust settings it was
+/// verified with. A connection made under one trust context is never handed
+/// to a request of another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub origin: Origin,
+    pub trust: TrustId,
+}
+
+/// Idle connections kept per key; more are closed.
+const MAX_IDLE_PER_KEY: usize = 64;
+/// Idle connections older than this are not reused: upstreams (and their
+/// load balancers) drop idle connections after a while, and a reused dead
+/// connection costs a retry.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
+/// Read buffer of a connection: large enough for any sane response head.
+pub(crate) const CONN_BUF: usize = 32 * 1024;
+
+/// One upstream connection with its read buffer.
+pub struct Conn {
+    pub(crate) io: UpstreamIo,
+    pub(crate) key: PoolKey,
+    /// Bytes read and not yet consumed are `buf[pos..]`.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pos: usize,
+    /// Whether this connection served a request before (a failure on a reused
+    /// connection before any response byte is retried once).
+    pub(crate) reused: bool,
+    pub(crate) idle_since: Instant,
+    pub(crate) read_timeout: Duration,
+}
+
+impl Conn {
+    pub(crate) fn new(io: UpstreamIo, key: PoolKey, read_timeout: Duration) -> Conn {
+        Conn {
+            io,
+            key,
+            buf: Vec::with_capacity(CONN_BUF),
+            pos: 0,
+            reused: false,
+            idle_since: Instant::now(),
+            read_timeout,
+        }
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// Buffered bytes not consumed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks `n` buffered bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.pos = 0;
+            self.buf.clear();
+        }
+    }
+
+    /// Reads more bytes into the connection's own buffer (appending), with
+    /// the read timeout. Returns 0 at end of stream.
+    pub(crate) async fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        if self.buf.len() == self.buf.capacity() {
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let cap = buf.capacity();
+        let slice = buf.slice_mut(len..cap);
+        let (res, slice) = match monoio::time::timeout(self.read_timeout, self.io.read(slice)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "upstream read timed out",
+                ))
+            }
+        };
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Reads body bytes into `buf`, with the read timeout. Callers drain
+    /// [`Conn::buffered`] first. On timeout the buffer went with the
+    /// cancelled read (`None`), and the connection must be dropped.
+    pub async fn read_body<T: IoBufMut>(&mut self, buf: T) -> (io::Result<usize>, Option<T>) {
+        debug_assert!(self.buffered().is_empty());
+        match monoio::time::timeout(self.read_timeout, self.io.read(buf)).await {
+            Ok((r, b)) => (r, Some(b)),
+            Err(_) => (
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "upstream read timed out",
+                )),
+                None,
+            ),
+        }
+    }
+}
+
+/// A worker's upstream machinery: resolver, TLS connectors, idle pool.
+pub struct Upstreams {
+    pub(crate) resolver: Resolver,
+    pub(crate) tls: Vec<TlsConnector>,
+    pub(crate) timeouts: Timeouts,
+    idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
+}
+
+impl Upstreams {
+    /// `tls[i]` is the connector for `TrustId(i)`.
+    pub fn new(tls: Vec<TlsConnector>, timeouts: Timeouts) -> Upstreams {
+        Upstreams {
+            resolver: Resolver::default(),
+            tls,
+            timeouts,
+            idle: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// An idle connection for `key`, if a fresh enough one is pooled.
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(key)?;
+        while let Some(conn) = list.pop() {
+            if conn.idle_since.elapsed() < MAX_IDLE_AGE {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn release(&self, mut conn: Conn) {
+        if !conn.buffered().is_empty() {
+            return; // stray bytes: the framing is off, do not reuse
+        }
+        conn.reused = true;
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.key.clone()).or_default();
+        list.retain(|c| c.idle_since.elapsed() < MAX_IDLE_AGE);
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push(conn);
+        }
+    }
+
+    /// Number of idle pooled connections (for tests and metrics).
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}

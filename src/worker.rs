@@ -1,0 +1,76 @@
+//! Per-worker state: everything a worker thread needs to serve requests,
+//! owned by that thread alone (`Rc`, `RefCell`; no locks).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::upstream::Upstreams;
+use crate::url::Url;
+
+/// Size of a body relay buffer. Large reads and writes keep syscalls (and
+/// TLS record overhead) per byte low.
+pub const RELAY_BUF: usize = 256 * 1024;
+/// Relay buffers kept for reuse per worker.
+const MAX_POOLED_BUFS: usize = 32;
+/// How long a learned token realm is trusted before it is learned again.
+const REALM_TTL: Duration = Duration::from_secs(600);
+
+pub struct Worker {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub upstreams: Upstreams,
+    /// Token realm learned from each registry's own challenge, by index.
+    realms: RefCell<Vec<Option<(Url, Instant)>>>,
+    bufs: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Worker {
+    pub fn new(id: usize, cfg: Arc<Config>, upstreams: Upstreams) -> Worker {
+        let n = cfg.registries.len();
+        Worker {
+            id,
+            cfg,
+            upstreams,
+            realms: RefCell::new(vec![None; n]),
+            bufs: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The upstream token realm of registry `reg`, if learned recently.
+    pub fn realm(&self, reg: usize) -> Option<Url> {
+        match &self.realms.borrow()[reg] {
+            Some((url, at)) if at.elapsed() < REALM_TTL => Some(url.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records the realm an upstream challenge of registry `reg` named.
+    pub fn learn_realm(&self, reg: usize, url: Url) {
+        let mut realms = self.realms.borrow_mut();
+        match &mut realms[reg] {
+            Some((old, at)) if *old == url => *at = Instant::now(),
+            slot => *slot = Some((url, Instant::now())),
+        }
+    }
+
+    /// A relay buffer (empty, capacity [`RELAY_BUF`]).
+    pub fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RELAY_BUF))
+    }
+
+    /// Returns a relay buffer for reuse.
+    pub fn give_buf(&self, mut buf: Vec<u8>) {
+        if buf.capacity() >= RELAY_BUF {
+            buf.clear();
+            let mut bufs = self.bufs.borrow_mut();
+            if bufs.len() < MAX_POOLED_BUFS {
+                bufs.push(buf);
+            }
+        }
+    }
+}
