@@ -1,0 +1,226 @@
+//! Shared harness for ocirelay's integration tests: starts the real
+//! `ocirelay` binary against a [`HubDouble`] and stops it (by its own PID)
+//! when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use hubdouble::client::{basic_auth, Client, Response};
+pub use hubdouble::{Host, HubDouble, Options};
+
+/// A running ocirelay process.
+pub struct Relay {
+    child: Child,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub dir: tempdir::Dir,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "ocirelay-test-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The `[[registry]]` block pointing at `hub`.
+pub fn registry_block(hub: &HubDouble, name: &str) -> String {
+    let mut s = format!(
+        "[[registry]]\nname = \"{name}\"\nupstream = \"{}\"\n",
+        hub.registry_url()
+    );
+    if let Some(ca) = hub.ca_path() {
+        s.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+    }
+    s
+}
+
+/// Config text with short timeouts suitable for tests, plus `extra`.
+pub fn config_for(hub: &HubDouble, extra: &str) -> String {
+    format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\ndebug = {}\n{extra}\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 2\nclient_header_secs = 2\nclient_idle_secs = 5\nclient_write_secs = 5\n\n{}",
+        !hub.is_tls(),
+        registry_block(hub, "docker.io")
+    )
+}
+
+impl Relay {
+    /// Starts ocirelay against `hub` with the test config.
+    pub fn start(hub: &HubDouble) -> Relay {
+        Relay::start_with(&config_for(hub, ""))
+    }
+
+    /// Starts ocirelay with the given config text.
+    pub fn start_with(config: &str) -> Relay {
+        let dir = tempdir::Dir::new("relay");
+        let path = dir.path().join("ocirelay.toml");
+        std::fs::write(&path, config).unwrap();
+        Relay::start_file(path, dir)
+    }
+
+    fn start_file(path: PathBuf, dir: tempdir::Dir) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ocirelay");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut http, mut https) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut line = String::new();
+        loop {
+            assert!(Instant::now() < deadline, "ocirelay did not become ready");
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!(
+                    "ocirelay exited during start-up: {}",
+                    stderr.lock().unwrap()
+                );
+            }
+            let l = line.trim();
+            if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
+                http = Some(a.parse().unwrap());
+            } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
+                https = Some(a.parse().unwrap());
+            } else if l == "ocirelay ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        Relay {
+            child,
+            http: http.expect("an http listener"),
+            https,
+            dir,
+            stderr,
+        }
+    }
+
+    /// A plain-HTTP client to the relay.
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(self.http, None).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
+
+    /// Everything the relay wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Gets an anonymous pull token for `repo` the way a client does: ping,
+/// follow the challenge's realm (which must point at the relay), get the token.
+pub fn anonymous_token(relay: &Relay, c: &mut Client, scope_repo: &str) -> String {
+    let r = c
+        .get(&format!("/v2/{scope_repo}/manifests/latest"))
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let realm = challenge_param(&r, "realm").expect("realm");
+    let base = format!("http://{}", relay.http);
+    let path = realm
+        .strip_prefix(&base)
+        .unwrap_or_else(|| panic!("realm {realm} must point at the relay {base}"));
+    let service = challenge_param(&r, "service").unwrap();
+    let scope = challenge_param(&r, "scope").unwrap();
+    let t = c
+        .get(&format!(
+            "{path}?service={}&scope={}",
+            enc(&service),
+            enc(&scope)
+        ))
+        .unwrap();
+    assert_eq!(t.status, 200, "{}", t.text());
+    t.json().unwrap()["token"].as_str().unwrap().to_string()
+}
+
+/// A param of the response's `WWW-Authenticate` challenge (simple parser for
+/// the well-formed challenges under test).
+pub fn challenge_param(r: &Response, name: &str) -> Option<String> {
+    let h = r.header("www-authenticate")?;
+    let key = format!("{name}=\"");
+    let i = h.find(&key)? + key.len();
+    let j = h[i..].find('"')? + i;
+    Some(h[i..j].to_string())
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// sha256 digest string of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    hubdouble::sha256_digest(data)
+}
