@@ -109,7 +109,7 @@ pub fn classify<'a>(method: &str, path: &'a str) -> Route<'a> {
     if !read || rest.contains("/blobs/uploads") {
         return Route::Push;
     }
-    classify_v2(rest.strip_suffix('/').unwrap_or(rest))
+    classify_v2(rest)
 }
 
 /// `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list`,
@@ -256,6 +256,9 @@ mod tests {
         assert_eq!(classify("GET", "/v2/_catalog"), Route::Catalog);
         assert_eq!(classify("GET", "/favicon.ico"), Route::NotFound);
         assert_eq!(classify("GET", "/v2/alpine"), Route::NotFound);
+        // Distribution has no trailing-slash forms of resource paths.
+        assert_eq!(classify("GET", "/v2/alpine/manifests/latest/"), Route::NotFound);
+        assert_eq!(classify("GET", &format!("/v2/alpine/blobs/{D}/")), Route::NotFound);
         assert_eq!(split_target("/token?a=b"), ("/token", Some("a=b")));
     }
 }
