@@ -11,7 +11,7 @@ use crate::error::UpstreamError;
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::names::{Digest, Reference};
 use crate::registry::{self, Target};
-use crate::relay::{self, Verifier};
+use crate::relay::{self, ClientFraming, Verifier};
 use crate::router::Route;
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
 use crate::url::{Scheme, Url};
@@ -150,7 +150,7 @@ async fn discard_body(
                 &mut relay::Discard,
                 w.cfg.timeouts.client_write,
                 None,
-                false,
+                ClientFraming::Same,
                 &mut buf,
             )
             .await;
@@ -249,8 +249,8 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
     };
 
     // ---- response head, rewritten straight into the client's buffer ----
-    let rechunk = head.framing == RespFraming::Close && req.minor == 1;
-    let close = will_close || (head.framing == RespFraming::Close && !rechunk);
+    let to_client = ClientFraming::for_client(head.framing, req.minor);
+    let close = will_close || to_client.close_delimited(head.framing);
     out.clear();
     write_status(out, head.status);
     let from_registry = final_url.origin == reg.upstream;
@@ -268,12 +268,7 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             write_header(out, name, value);
         }
     }
-    match head.framing {
-        RespFraming::Length(n) => crate::http::response::write_content_length(out, n),
-        RespFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        RespFraming::Close if rechunk => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        RespFraming::Close | RespFraming::None => {}
-    }
+    to_client.write_headers(head.framing, out);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -300,7 +295,7 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
         client,
         cfg.timeouts.client_write,
         verifier,
-        rechunk,
+        to_client,
         &mut buf,
     )
     .await;

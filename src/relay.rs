@@ -83,25 +83,69 @@ pub struct Relayed {
     pub reusable: bool,
 }
 
+/// How the client receives a body, relative to how the upstream sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// Byte for byte (Content-Length, or chunked passed through).
+    Same,
+    /// Close-delimited upstream body, chunked to an HTTP/1.1 client.
+    Rechunk,
+    /// Chunked upstream body, decoded for an HTTP/1.0 client (which then
+    /// sees a close-delimited body).
+    Dechunk,
+}
+
+impl ClientFraming {
+    /// The framing an HTTP/1.`minor` client needs for an upstream `framing`.
+    pub fn for_client(framing: RespFraming, minor: u8) -> ClientFraming {
+        match (framing, minor) {
+            (RespFraming::Close, 1) => ClientFraming::Rechunk,
+            (RespFraming::Chunked, 0) => ClientFraming::Dechunk,
+            _ => ClientFraming::Same,
+        }
+    }
+
+    /// Whether the client connection must close to end the body.
+    pub fn close_delimited(self, framing: RespFraming) -> bool {
+        self == ClientFraming::Dechunk
+            || (framing == RespFraming::Close && self != ClientFraming::Rechunk)
+    }
+
+    /// Writes the framing header lines for the client's response head.
+    pub fn write_headers(self, framing: RespFraming, out: &mut Vec<u8>) {
+        match (framing, self) {
+            (RespFraming::Length(n), _) => crate::http::response::write_content_length(out, n),
+            (RespFraming::Chunked, ClientFraming::Same)
+            | (RespFraming::Close, ClientFraming::Rechunk) => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Relays the body of a response whose head was already sent to the client.
-/// `rechunk`: the upstream body is close-delimited and the client gets it
-/// chunked. `buf` is the relay buffer (returned, possibly replaced).
+/// `buf` is the relay buffer (kept, or replaced if a cancelled I/O took it).
 pub async fn relay_body<S: AsyncWriteRent>(
     conn: &mut Conn,
     framing: RespFraming,
     client: &mut S,
     client_timeout: Duration,
     mut verify: Option<Verifier>,
-    rechunk: bool,
+    to_client: ClientFraming,
     buf: &mut Vec<u8>,
 ) -> Result<Relayed, RelayError> {
+    let rechunk = to_client == ClientFraming::Rechunk;
     match framing {
         RespFraming::None => Ok(Relayed {
             bytes: 0,
             reusable: true,
         }),
         RespFraming::Length(n) => relay_length(conn, n, client, client_timeout, verify, buf).await,
-        RespFraming::Chunked => relay_chunked(conn, client, client_timeout, verify, buf).await,
+        RespFraming::Chunked => {
+            let decode = to_client == ClientFraming::Dechunk;
+            relay_chunked(conn, client, client_timeout, verify, decode, buf).await
+        }
         RespFraming::Close => {
             let mut bytes = 0;
             // Leftover first.
@@ -192,10 +236,13 @@ async fn relay_chunked<S: AsyncWriteRent>(
     client: &mut S,
     client_timeout: Duration,
     mut verify: Option<Verifier>,
+    decode: bool,
     buf: &mut Vec<u8>,
 ) -> Result<Relayed, RelayError> {
     let mut dec = ChunkedDecoder::new();
     let mut bytes = 0u64;
+    // Decoded payload for HTTP/1.0 clients (rare: a separate buffer is fine).
+    let mut decoded = Vec::new();
     buf.clear();
     buf.extend_from_slice(conn.buffered());
     let n = buf.len();
@@ -208,6 +255,9 @@ async fn relay_chunked<S: AsyncWriteRent>(
                     if let Some(v) = verify.as_mut() {
                         v.update(data);
                     }
+                    if decode {
+                        decoded.extend_from_slice(data);
+                    }
                 })
                 .map_err(RelayError::Framing)?;
             let extra = buf.len() - consumed;
@@ -215,7 +265,12 @@ async fn relay_chunked<S: AsyncWriteRent>(
             if dec.is_done() && verify.take().is_some_and(|v| !v.matches()) {
                 return Err(RelayError::DigestMismatch);
             }
-            write_buf(client, buf, client_timeout).await?;
+            if decode {
+                decoded = write_client(client, decoded, client_timeout).await?;
+                decoded.clear();
+            } else {
+                write_buf(client, buf, client_timeout).await?;
+            }
             if dec.is_done() {
                 // Bytes after the end of the body mean the framing is off:
                 // do not reuse this connection.

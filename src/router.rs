@@ -257,8 +257,14 @@ mod tests {
         assert_eq!(classify("GET", "/favicon.ico"), Route::NotFound);
         assert_eq!(classify("GET", "/v2/alpine"), Route::NotFound);
         // Distribution has no trailing-slash forms of resource paths.
-        assert_eq!(classify("GET", "/v2/alpine/manifests/latest/"), Route::NotFound);
-        assert_eq!(classify("GET", &format!("/v2/alpine/blobs/{D}/")), Route::NotFound);
+        assert_eq!(
+            classify("GET", "/v2/alpine/manifests/latest/"),
+            Route::NotFound
+        );
+        assert_eq!(
+            classify("GET", &format!("/v2/alpine/blobs/{D}/")),
+            Route::NotFound
+        );
         assert_eq!(split_target("/token?a=b"), ("/token", Some("a=b")));
     }
 }

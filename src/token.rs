@@ -12,8 +12,8 @@ use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::proxy::{fetch, Fetch};
 use crate::registry;
-use crate::relay;
-use crate::upstream::{RespFraming, TrustId};
+use crate::relay::{self, ClientFraming};
+use crate::upstream::TrustId;
 use crate::url::{Scheme, Url};
 use crate::worker::Worker;
 
@@ -137,8 +137,8 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
         }
     };
 
-    let rechunk = head.framing == RespFraming::Close && req.minor == 1;
-    let close = close || (head.framing == RespFraming::Close && !rechunk);
+    let to_client = ClientFraming::for_client(head.framing, req.minor);
+    let close = close || to_client.close_delimited(head.framing);
     out.clear();
     write_status(out, head.status);
     for (name, value) in head.headers(&conn) {
@@ -157,12 +157,7 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
             write_header(out, name, value);
         }
     }
-    match head.framing {
-        RespFraming::Length(n) => crate::http::response::write_content_length(out, n),
-        RespFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        RespFraming::Close if rechunk => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        _ => {}
-    }
+    to_client.write_headers(head.framing, out);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -180,7 +175,7 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
         client,
         cfg.timeouts.client_write,
         None,
-        rechunk,
+        to_client,
         &mut buf,
     )
     .await;
@@ -230,7 +225,7 @@ async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Url>, Upstre
         &mut crate::relay::Discard,
         w.cfg.timeouts.client_write,
         None,
-        false,
+        ClientFraming::Same,
         &mut buf,
     )
     .await

@@ -603,3 +603,30 @@ fn tls_listener_serves_the_same_api() {
         .unwrap();
     assert_eq!(t.status, 200);
 }
+
+#[test]
+fn http10_clients_get_chunked_upstream_bodies_decoded_and_closed() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let relay = Relay::start(&hub);
+    let mut c = relay.client();
+    let token = anonymous_token(&relay, &mut c, "library/alpine");
+    let mut raw = relay.client();
+    raw.write_raw(
+        format!("GET /v2/alpine/tags/list HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    // read_raw returns when the relay closes: the body ends with the connection.
+    let got = raw.read_raw(Duration::from_secs(10)).unwrap();
+    assert!(!raw.is_connected(), "the relay closes to end the body");
+    let text = String::from_utf8(got).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close"), "{head}");
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["name"], "library/alpine");
+}
