@@ -242,7 +242,7 @@ pub fn rewrite_scope_params(
             out.push('&');
         }
         match pair.split_once('=') {
-            Some((k, v)) if k == "scope" => {
+            Some(("scope", v)) => {
                 let decoded = percent_decode(v)?;
                 out.push_str("scope=");
                 percent_encode(&map_scopes(&decoded, &map_name), &mut out);

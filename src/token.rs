@@ -153,7 +153,8 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
         .any(|h| name_eq(name, h));
         // A Bearer challenge from the token server would name an upstream
         // host; Basic ones (bad credentials) are passed on.
-        if keep && !(name_eq(name, "www-authenticate") && !value.starts_with(b"Basic")) {
+        let bearer_challenge = name_eq(name, "www-authenticate") && !value.starts_with(b"Basic");
+        if keep && !bearer_challenge {
             write_header(out, name, value);
         }
     }

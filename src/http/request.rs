@@ -198,20 +198,11 @@ mod tests {
 
     #[test]
     fn keep_alive_defaults_follow_the_version() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n").unwrap().1, true);
-        assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-                .unwrap()
-                .1,
-            false
-        );
-        assert_eq!(parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().1, false);
-        assert_eq!(
-            parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-                .unwrap()
-                .1,
-            true
-        );
+        let keep = |raw: &[u8]| parse(raw).unwrap().1;
+        assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
 
     #[test]

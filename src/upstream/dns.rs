@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 const TTL: Duration = Duration::from_secs(60);
 const MAX_ENTRIES: usize = 1024;
 
+/// Resolved addresses and when they were resolved, by (host, port).
+type Cache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 #[derive(Default)]
 pub struct Resolver {
-    cache: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: RefCell<Cache>,
 }
 
 impl Resolver {
