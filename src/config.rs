@@ -37,11 +37,25 @@ pub struct Config {
     pub tls_listeners: Vec<TlsListener>,
     /// 0 means one per core.
     pub workers: usize,
+    pub driver: Driver,
     pub public_url: Option<Url>,
     pub debug: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub registries: Vec<Registry>,
+}
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// io_uring when the kernel offers it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring or fail at start-up.
+    IoUring,
+    /// epoll, always.
+    Legacy,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +102,8 @@ struct File {
     listen: Vec<Spanned<String>>,
     #[serde(default)]
     workers: usize,
+    #[serde(default)]
+    driver: Driver,
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     debug: bool,
@@ -348,6 +364,7 @@ impl Config {
             listen,
             tls_listeners,
             workers: file.workers,
+            driver: file.driver,
             public_url,
             debug: file.debug,
             timeouts,

@@ -13,7 +13,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use monoio_rustls::{TlsAcceptor, TlsConnector};
 use rustls::pki_types::CertificateDer;
 
-use crate::config::Config;
+use crate::config::{Config, Driver};
 use crate::conn::{self, ClientCtx};
 use crate::tls::{self, ServerMaterial};
 use crate::upstream::Upstreams;
@@ -104,18 +104,12 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
 
 fn worker_thread(id: usize, cpu: usize, sh: Arc<Shared>, started: mpsc::Sender<io::Result<Bound>>) {
     let pinned = monoio::utils::bind_to_cpu_set([cpu]).is_ok();
-    let uring = monoio::utils::detect_uring();
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(1024)
-        .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
-        .build();
-    let mut rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = started.send(Err(e));
-            return;
-        }
+    // io_uring when the kernel has it (and the operator did not say
+    // otherwise); epoll when it is missing or disabled by sysctl.
+    let uring = match sh.cfg.driver {
+        Driver::Auto => monoio::utils::detect_uring(),
+        Driver::IoUring => true,
+        Driver::Legacy => false,
     };
     eprintln!(
         "ocirelay: worker {id} on {} driver{}",
@@ -126,19 +120,41 @@ fn worker_thread(id: usize, cpu: usize, sh: Arc<Shared>, started: mpsc::Sender<i
             String::new()
         }
     );
-    rt.block_on(async move {
+    let tx = started.clone();
+    let body = async move {
         match start_worker(id, &sh).await {
             Ok((bound, tasks)) => {
-                let _ = started.send(Ok(bound));
+                let _ = tx.send(Ok(bound));
                 for t in tasks {
                     t.await;
                 }
             }
             Err(e) => {
-                let _ = started.send(Err(e));
+                let _ = tx.send(Err(e));
             }
         }
-    });
+    };
+    let pool = || Box::new(monoio::blocking::DefaultThreadPool::new(1));
+    let built = if uring {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .attach_thread_pool(pool())
+            .build()
+            .map(|mut rt| rt.block_on(body))
+    } else {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(pool())
+            .build()
+            .map(|mut rt| rt.block_on(body))
+    };
+    if let Err(e) = built {
+        let _ = started.send(Err(io::Error::new(
+            e.kind(),
+            format!("cannot start the {} driver: {e}", if uring { "io_uring" } else { "legacy" }),
+        )));
+    }
 }
 
 async fn start_worker(

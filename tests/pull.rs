@@ -630,3 +630,37 @@ fn http10_clients_get_chunked_upstream_bodies_decoded_and_closed() {
     let j: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(j["name"], "library/alpine");
 }
+
+#[test]
+fn the_legacy_epoll_driver_serves_a_pull_too() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let relay = Relay::start_with(&config_for(&hub, "driver = \"legacy\""));
+    let layer = hub.seeded().alpine.layers[0].clone();
+    let mut c = relay.client();
+    let token = anonymous_token(&relay, &mut c, "library/alpine");
+    let b = c
+        .get_with(
+            &format!("/v2/alpine/blobs/{}", layer.digest),
+            &[("Authorization", &bearer(&token))],
+        )
+        .unwrap();
+    assert_eq!(sha256(&b.body), layer.digest);
+    assert!(
+        relay.stderr().contains("legacy (epoll) driver"),
+        "{}",
+        relay.stderr()
+    );
+}
+
+#[test]
+fn workers_log_the_driver_they_run_on() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let relay = Relay::start(&hub);
+    let mut c = relay.client();
+    assert_eq!(c.get("/healthz").unwrap().status, 200);
+    let log = relay.stderr();
+    assert!(
+        log.contains("worker 0 on ") && log.contains("worker 1 on "),
+        "{log}"
+    );
+}
