@@ -23,6 +23,8 @@ use crate::{landing, proxy, token};
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCtx {
     pub tls: bool,
+    /// The client socket, for an abortive close (see [`Outcome::Abort`]).
+    pub fd: std::os::fd::RawFd,
     pub peer: SocketAddr,
     pub local: SocketAddr,
 }
@@ -47,6 +49,10 @@ impl ClientCtx {
 pub enum Outcome {
     KeepAlive,
     Close,
+    /// Reset the connection: a body already under way failed, and for a
+    /// close-delimited body an orderly close would make a truncated (or
+    /// unverified) body look complete.
+    Abort,
 }
 
 /// A request body not read yet: what is already buffered behind the head,
@@ -58,6 +64,9 @@ pub struct PendingBody<'a> {
     consumed: usize,
     finished: bool,
     expect_continue: bool,
+    /// Bytes read from the socket past the end of the body: the start of the
+    /// next pipelined request, handed back to the connection loop.
+    overflow: Vec<u8>,
 }
 
 /// Why a request body could not be read.
@@ -76,6 +85,7 @@ impl<'a> PendingBody<'a> {
             consumed: 0,
             finished: framing == BodyFraming::None,
             expect_continue,
+            overflow: Vec::new(),
         }
     }
 
@@ -124,11 +134,8 @@ impl<'a> PendingBody<'a> {
                     let used = dec
                         .feed(&more, |d| body.extend_from_slice(d))
                         .map_err(|_| BodyError::Malformed)?;
-                    if used < more.len() {
-                        // Pipelined bytes after a chunked body read from the
-                        // socket: rare; not worth keeping, close afterwards.
-                        return Err(BodyError::Malformed);
-                    }
+                    // Bytes after the body belong to the next request.
+                    self.overflow.extend_from_slice(&more[used..]);
                 }
                 if body.len() > max {
                     return Err(BodyError::TooLarge);
@@ -220,7 +227,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, 
         };
 
         // ---- parse, route, handle ----
-        let (outcome, consumed) = {
+        let (outcome, consumed, overflow) = {
             let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let head = match parse_request(&inbuf[..head_end], &mut storage) {
                 Ok(h) => h,
@@ -232,20 +239,26 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, 
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
             let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
-            (
-                if close {
-                    Outcome::Close
-                } else {
-                    Outcome::KeepAlive
-                },
-                head_end + body.consumed,
-            )
+            let outcome = match outcome {
+                Outcome::Abort => Outcome::Abort,
+                _ if close => Outcome::Close,
+                _ => Outcome::KeepAlive,
+            };
+            (outcome, head_end + body.consumed, std::mem::take(&mut body.overflow))
         };
-        if outcome == Outcome::Close {
-            let _ = io.shutdown().await;
-            return;
+        match outcome {
+            Outcome::KeepAlive => {}
+            Outcome::Close => {
+                let _ = io.shutdown().await;
+                return;
+            }
+            Outcome::Abort => {
+                abort(cx.fd);
+                return; // dropping `io` closes the socket with a reset
+            }
         }
         inbuf.drain(..consumed);
+        inbuf.extend_from_slice(&overflow);
     }
 }
 
@@ -324,6 +337,25 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         }
     };
     respond_error(io, out, &reply, head_only, will_close).await
+}
+
+/// Makes the next close of `fd` a reset (SO_LINGER with a zero timeout).
+fn abort(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the client socket, still open and owned by the
+    // connection being ended; setsockopt only reads `linger`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Writes a complete response with a small body from memory.

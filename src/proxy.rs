@@ -7,7 +7,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::auth;
 use crate::conn::{respond_error, ClientCtx, Outcome};
-use crate::error::UpstreamError;
+use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::names::{Digest, Reference};
 use crate::registry::{self, Target};
@@ -275,20 +275,66 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
     out.extend_from_slice(b"\r\n");
     conn.consume(head.head_len);
 
-    let head_buf = std::mem::take(out);
-    match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
-        Ok(b) => *out = b,
-        Err(_) => return Outcome::Close,
-    }
-
-    // ---- body ----
-    let verifier = match verify_digest {
+    let mut verifier = match verify_digest {
         Some(d) if cfg.limits.verify_digests && head.status == 200 && !ranged && !head_only => {
             Verifier::new(&d)
         }
         _ => None,
     };
     let mut buf = w.take_buf();
+
+    // A small body named by its digest (manifests, configs, empty blobs) is
+    // read whole and checked before the head goes out, so a mismatch is a
+    // clean 502 rather than a cut connection.
+    if let (Some(v), RespFraming::Length(n)) = (verifier.as_mut(), head.framing) {
+        if n <= buf.capacity() as u64 {
+            let checked = match relay::read_small_body(&mut conn, n, &mut buf).await {
+                Ok(()) => {
+                    v.update(&buf);
+                    verifier.take().is_some_and(Verifier::matches)
+                }
+                Err(_) => false,
+            };
+            if !checked {
+                w.give_buf(buf);
+                let e = ErrorReply::new(
+                    502,
+                    ErrorCode::Unavailable,
+                    format!("upstream registry {} sent content that does not match the requested digest", reg.name),
+                );
+                eprintln!("ocirelay[{}]: {} {} -> {}", w.id, req.method, req.target, e.message);
+                return respond_error(client, out, &e, head_only, will_close).await;
+            }
+            out.extend_from_slice(&buf);
+            w.give_buf(buf);
+            if head.keep_alive {
+                w.upstreams.release(conn);
+            }
+            let head_buf = std::mem::take(out);
+            return match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
+                Ok(b) => {
+                    *out = b;
+                    if close {
+                        Outcome::Close
+                    } else {
+                        Outcome::KeepAlive
+                    }
+                }
+                Err(_) => Outcome::Close,
+            };
+        }
+    }
+
+    let head_buf = std::mem::take(out);
+    match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
+        Ok(b) => *out = b,
+        Err(_) => {
+            w.give_buf(buf);
+            return Outcome::Close;
+        }
+    }
+
+    // ---- body, streamed ----
     let result = relay::relay_body(
         &mut conn,
         head.framing,
@@ -312,13 +358,13 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             }
         }
         Err(e) => {
-            // The head is out: the only honest signal left is to cut the
+            // The head is out: the only honest signal left is to reset the
             // connection. The upstream connection is dropped, not pooled.
             eprintln!(
                 "ocirelay[{}]: {} {} body aborted: {e}",
                 w.id, req.method, req.target
             );
-            Outcome::Close
+            Outcome::Abort
         }
     }
 }

@@ -188,6 +188,28 @@ pub async fn relay_body<S: AsyncWriteRent>(
     }
 }
 
+/// Reads a whole Content-Length body of `n` bytes (at most the capacity of
+/// `buf`) into `buf`, so it can be checked before anything is sent.
+pub async fn read_small_body(conn: &mut Conn, n: u64, buf: &mut Vec<u8>) -> Result<(), RelayError> {
+    let n = n as usize;
+    debug_assert!(n <= buf.capacity());
+    let take = conn.buffered().len().min(n);
+    buf.clear();
+    buf.extend_from_slice(&conn.buffered()[..take]);
+    conn.consume(take);
+    while buf.len() < n {
+        let mut chunk = Vec::with_capacity(n - buf.len());
+        if read_upstream(conn, &mut chunk).await? == 0 {
+            return Err(RelayError::Upstream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed before the end of the body",
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(())
+}
+
 async fn relay_length<S: AsyncWriteRent>(
     conn: &mut Conn,
     total: u64,

@@ -216,6 +216,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<TlsAccept
         let _ = stream.set_nodelay(true);
         let cx = ClientCtx {
             tls: tls.is_some(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
             peer,
             local,
         };

@@ -95,7 +95,11 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
                 let e = ErrorReply::new(413, ErrorCode::Unknown, "token request body too large");
                 return respond_error(client, out, &e, false, true).await;
             }
-            Err(_) => return Outcome::Close,
+            Err(BodyError::Malformed) => {
+                let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed chunked request body");
+                return respond_error(client, out, &e, false, true).await;
+            }
+            Err(BodyError::Io) => return Outcome::Close,
         };
         let text = String::from_utf8(raw).unwrap_or_default();
         match auth::rewrite_scope_params(text.trim(), map_name) {
@@ -188,7 +192,8 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
             }
             Outcome::KeepAlive
         }
-        _ => Outcome::Close,
+        Ok(_) => Outcome::Close,
+        Err(_) => Outcome::Abort,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Shared harness for ocirelay's integration tests: starts the real
 //! `ocirelay` binary against a [`HubDouble`] and stops it (by its own PID)
 //! when dropped.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
