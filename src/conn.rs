@@ -244,7 +244,11 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, 
                 _ if close => Outcome::Close,
                 _ => Outcome::KeepAlive,
             };
-            (outcome, head_end + body.consumed, std::mem::take(&mut body.overflow))
+            (
+                outcome,
+                head_end + body.consumed,
+                std::mem::take(&mut body.overflow),
+            )
         };
         match outcome {
             Outcome::KeepAlive => {}

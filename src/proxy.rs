@@ -302,7 +302,10 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
                     ErrorCode::Unavailable,
                     format!("upstream registry {} sent content that does not match the requested digest", reg.name),
                 );
-                eprintln!("ocirelay[{}]: {} {} -> {}", w.id, req.method, req.target, e.message);
+                eprintln!(
+                    "ocirelay[{}]: {} {} -> {}",
+                    w.id, req.method, req.target, e.message
+                );
                 return respond_error(client, out, &e, head_only, will_close).await;
             }
             out.extend_from_slice(&buf);

@@ -152,7 +152,10 @@ fn worker_thread(id: usize, cpu: usize, sh: Arc<Shared>, started: mpsc::Sender<i
     if let Err(e) = built {
         let _ = started.send(Err(io::Error::new(
             e.kind(),
-            format!("cannot start the {} driver: {e}", if uring { "io_uring" } else { "legacy" }),
+            format!(
+                "cannot start the {} driver: {e}",
+                if uring { "io_uring" } else { "legacy" }
+            ),
         )));
     }
 }
