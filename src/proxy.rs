@@ -3,6 +3,8 @@
 //! response head (challenges, hop-by-hop headers) into the client's buffer,
 //! and stream the body back.
 
+use std::time::Duration;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::auth;
@@ -15,7 +17,7 @@ use crate::relay::{self, ClientFraming, Verifier};
 use crate::router::Route;
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
 use crate::url::{Scheme, Url};
-use crate::worker::Worker;
+use crate::worker::{Worker, RELAY_BUF};
 
 /// Redirect hops followed before giving up (clients allow 10 as well).
 pub const MAX_REDIRECTS: usize = 10;
@@ -268,11 +270,7 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             write_header(out, name, value);
         }
     }
-    to_client.write_headers(head.framing, out);
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_head(out, head.framing, to_client, close);
     conn.consume(head.head_len);
 
     let mut verifier = match verify_digest {
@@ -281,13 +279,13 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
         }
         _ => None,
     };
-    let mut buf = w.take_buf();
 
     // A small body named by its digest (manifests, configs, empty blobs) is
     // read whole and checked before the head goes out, so a mismatch is a
     // clean 502 rather than a cut connection.
     if let (Some(v), RespFraming::Length(n)) = (verifier.as_mut(), head.framing) {
-        if n <= buf.capacity() as u64 {
+        if n <= RELAY_BUF as u64 {
+            let mut buf = w.take_buf();
             let checked = match relay::read_small_body(&mut conn, n, &mut buf).await {
                 Ok(()) => {
                     v.update(&buf);
@@ -300,7 +298,10 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
                 let e = ErrorReply::new(
                     502,
                     ErrorCode::Unavailable,
-                    format!("upstream registry {} sent content that does not match the requested digest", reg.name),
+                    format!(
+                        "upstream registry {} sent content that does not match the requested digest",
+                        reg.name
+                    ),
                 );
                 eprintln!(
                     "ocirelay[{}]: {} {} -> {}",
@@ -313,36 +314,71 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             if head.keep_alive {
                 w.upstreams.release(conn);
             }
-            let head_buf = std::mem::take(out);
-            return match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
-                Ok(b) => {
-                    *out = b;
-                    if close {
-                        Outcome::Close
-                    } else {
-                        Outcome::KeepAlive
-                    }
-                }
-                Err(_) => Outcome::Close,
+            return match send_out(client, out, cfg.timeouts.client_write).await {
+                true => after_response(close),
+                false => Outcome::Close,
             };
         }
     }
+    send_streamed(w, req, conn, &head, client, out, to_client, close, verifier).await
+}
 
-    let head_buf = std::mem::take(out);
-    match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
-        Ok(b) => *out = b,
-        Err(_) => {
-            w.give_buf(buf);
-            return Outcome::Close;
-        }
+/// Ends a response head in `out`: body framing, `Connection: close` when the
+/// connection ends after this response, and the blank line.
+pub fn end_head(out: &mut Vec<u8>, framing: RespFraming, to_client: ClientFraming, close: bool) {
+    to_client.write_headers(framing, out);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
 
-    // ---- body, streamed ----
+/// Sends what `out` holds (a head, maybe a small body); false if the client
+/// is gone.
+async fn send_out<S: AsyncWriteRent>(client: &mut S, out: &mut Vec<u8>, limit: Duration) -> bool {
+    match relay::write_client(client, std::mem::take(out), limit).await {
+        Ok(b) => {
+            *out = b;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn after_response(close: bool) -> Outcome {
+    if close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
+    }
+}
+
+/// Sends the finished head in `out`, then streams the upstream body after
+/// it. The upstream connection goes back to the pool only if its body ended
+/// cleanly; a failure once the head is out resets the client connection,
+/// the only honest signal left.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_streamed<S: AsyncWriteRent>(
+    w: &Worker,
+    req: &RequestHead<'_>,
+    mut conn: Conn,
+    head: &ResponseHead,
+    client: &mut S,
+    out: &mut Vec<u8>,
+    to_client: ClientFraming,
+    close: bool,
+    verifier: Option<Verifier>,
+) -> Outcome {
+    let limit = w.cfg.timeouts.client_write;
+    if !send_out(client, out, limit).await {
+        return Outcome::Close;
+    }
+    let mut buf = w.take_buf();
     let result = relay::relay_body(
         &mut conn,
         head.framing,
         client,
-        cfg.timeouts.client_write,
+        limit,
         verifier,
         to_client,
         &mut buf,
@@ -354,15 +390,9 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             if done.reusable && head.keep_alive {
                 w.upstreams.release(conn);
             }
-            if close {
-                Outcome::Close
-            } else {
-                Outcome::KeepAlive
-            }
+            after_response(close)
         }
         Err(e) => {
-            // The head is out: the only honest signal left is to reset the
-            // connection. The upstream connection is dropped, not pooled.
             eprintln!(
                 "ocirelay[{}]: {} {} body aborted: {e}",
                 w.id, req.method, req.target

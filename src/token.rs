@@ -10,7 +10,7 @@ use crate::auth;
 use crate::conn::{respond_error, BodyError, ClientCtx, Outcome, PendingBody};
 use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
-use crate::proxy::{fetch, Fetch};
+use crate::proxy::{end_head, fetch, send_streamed, Fetch};
 use crate::registry;
 use crate::relay::{self, ClientFraming};
 use crate::upstream::TrustId;
@@ -162,39 +162,9 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
             write_header(out, name, value);
         }
     }
-    to_client.write_headers(head.framing, out);
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_head(out, head.framing, to_client, close);
     conn.consume(head.head_len);
-    let head_buf = std::mem::take(out);
-    match relay::write_client(client, head_buf, cfg.timeouts.client_write).await {
-        Ok(b) => *out = b,
-        Err(_) => return Outcome::Close,
-    }
-    let mut buf = w.take_buf();
-    let r = relay::relay_body(
-        &mut conn,
-        head.framing,
-        client,
-        cfg.timeouts.client_write,
-        None,
-        to_client,
-        &mut buf,
-    )
-    .await;
-    w.give_buf(buf);
-    match r {
-        Ok(done) if !close => {
-            if done.reusable && head.keep_alive {
-                w.upstreams.release(conn);
-            }
-            Outcome::KeepAlive
-        }
-        Ok(_) => Outcome::Close,
-        Err(_) => Outcome::Abort,
-    }
+    send_streamed(w, req, conn, &head, client, out, to_client, close, None).await
 }
 
 /// Asks the upstream's `/v2/` for its challenge and remembers the realm.
