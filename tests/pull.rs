@@ -664,3 +664,32 @@ fn workers_log_the_driver_they_run_on() {
         "{log}"
     );
 }
+
+#[test]
+fn upstream_names_are_resolved_and_verified_against_the_name() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    // `localhost` goes through the resolver (on the blocking pool) and TLS is
+    // verified for the name, not the address.
+    let by_name = config_for(&hub, "").replace(
+        &format!("upstream = \"{}\"", hub.registry_url()),
+        &format!(
+            "upstream = \"https://localhost:{}\"",
+            hub.registry_addr().port()
+        ),
+    );
+    let relay = Relay::start_with(&by_name);
+    let mut c = relay.client();
+    let r = c.get("/v2/").unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let token = anonymous_token(&relay, &mut c, "library/alpine");
+    let m = c
+        .get_with(
+            "/v2/alpine/manifests/latest",
+            &[
+                ("Authorization", &bearer(&token)),
+                ("Accept", MANIFEST_ACCEPT),
+            ],
+        )
+        .unwrap();
+    assert_eq!(m.status, 200);
+}
