@@ -123,6 +123,11 @@ fn anonymous_pull_of_manifest_and_blobs_matches_the_digests() {
         assert_eq!(b.status, 200);
         assert_eq!(b.body.len() as u64, blob.size);
         assert_eq!(sha256(&b.body), blob.digest);
+        assert_eq!(
+            b.header("docker-content-digest"),
+            Some(blob.digest.as_str())
+        );
+        assert_eq!(b.header_all("etag"), vec![format!("\"{}\"", blob.digest)]);
         assert_no_upstream_host(&b, &hub);
     }
     // The CDN was reached by ocirelay, never with credentials.
