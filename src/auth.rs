@@ -236,21 +236,50 @@ pub fn rewrite_scope_params(
     query: &str,
     map_name: impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
+    rewrite_token_params(query, map_name, None)
+}
+
+/// Rewrites the parameters of a token request (query or form body) for the
+/// upstream: scopes mapped with `map_name`, `service` replaced by the
+/// upstream's own when known, ocirelay's `ns` dropped; everything else kept
+/// byte for byte.
+pub fn rewrite_token_params(
+    query: &str,
+    map_name: impl Fn(&str) -> Option<String>,
+    service: Option<&str>,
+) -> Option<String> {
     let mut out = String::with_capacity(query.len() + 16);
-    for (i, pair) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
-        if i > 0 {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split('=').next().unwrap_or("");
+        if key == "ns" {
+            continue;
+        }
+        if !out.is_empty() {
             out.push('&');
         }
-        match pair.split_once('=') {
-            Some(("scope", v)) => {
+        match (key, pair.split_once('=')) {
+            ("scope", Some((_, v))) => {
                 let decoded = percent_decode(v)?;
                 out.push_str("scope=");
                 percent_encode(&map_scopes(&decoded, &map_name), &mut out);
+            }
+            ("service", _) if service.is_some() => {
+                out.push_str("service=");
+                percent_encode(service.unwrap_or_default(), &mut out);
             }
             _ => out.push_str(pair),
         }
     }
     Some(out)
+}
+
+/// The realm URL and service of a Bearer challenge.
+pub fn bearer_realm(ch: &Challenge<'_>) -> Option<(crate::url::Url, Option<String>)> {
+    if !ch.is_bearer() {
+        return None;
+    }
+    let url = crate::url::Url::parse(ch.param("realm")?).ok()?;
+    Some((url, ch.param("service").map(str::to_string)))
 }
 
 #[cfg(test)]
@@ -318,5 +347,17 @@ mod tests {
             "service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull&scope=repository%3Alibrary%2Fbusybox%3Apull&account=x%2By"
         );
         assert!(rewrite_scope_params("scope=%zz", |_| None).is_none());
+    }
+
+    #[test]
+    fn token_params_get_the_upstream_service_and_lose_ns() {
+        let q = "service=registry.docker.io&ns=ghcr.io&scope=repository%3Aghcr.io%2Fo%2Fi%3Apull";
+        let out = rewrite_token_params(
+            q,
+            |n| n.strip_prefix("ghcr.io/").map(str::to_string),
+            Some("ghcr.io"),
+        )
+        .unwrap();
+        assert_eq!(out, "service=ghcr.io&scope=repository%3Ao%2Fi%3Apull");
     }
 }

@@ -43,6 +43,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub registries: Vec<Registry>,
+    /// The mirror's own domain: `<prefix>.<domain>` selects a registry.
+    pub domain: Option<String>,
+    /// Every host name that selects a registry (from `hosts` and `domain`).
+    pub host_routes: Vec<HostRoute>,
 }
 
 /// Which monoio driver the workers run on.
@@ -91,6 +95,18 @@ pub struct Registry {
     /// Insert `library/` before one-component names (Docker Hub's rule).
     pub library_prefix: bool,
     pub default: bool,
+    /// Host names that route to this registry (`ghcr.mirror.example.com`).
+    pub hosts: Vec<String>,
+    /// The label that, with `domain`, makes this registry's host
+    /// (`ghcr` -> `ghcr.mirror.example.com`).
+    pub prefix: Option<String>,
+}
+
+/// A host name that selects a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    pub host: String,
+    pub registry: usize,
 }
 
 // ---- the file's shape ----
@@ -113,8 +129,15 @@ struct File {
     limits: FileLimits,
     #[serde(default)]
     tls_listener: Vec<FileTls>,
+    domain: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    builtin_registries: bool,
     #[serde(default)]
     registry: Vec<Spanned<FileRegistry>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -174,6 +197,9 @@ struct FileRegistry {
     library_prefix: Option<bool>,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -282,70 +308,21 @@ impl Config {
             verify_digests: l.verify_digests,
         };
 
-        let mut registries: Vec<Registry> = Vec::new();
-        for r in &file.registry {
-            let span = r.span();
-            let r = r.get_ref();
-            let name = r.name.get_ref().trim().to_ascii_lowercase();
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
-            {
-                return Err(at(
-                    r.name.span(),
-                    format!(
-                        "registry name {:?} must be a host-like name",
-                        r.name.get_ref()
-                    ),
-                ));
+        let mut registries = if file.builtin_registries {
+            builtin_registries()
+        } else {
+            Vec::new()
+        };
+        let own = parse_registries(text, &file.registry, file.debug)?;
+        if own.iter().any(|r| r.default) {
+            registries.iter_mut().for_each(|r| r.default = false);
+        }
+        // A registry of the file replaces the built-in one of the same name.
+        for r in own {
+            match registries.iter().position(|b| b.name == r.name) {
+                Some(i) => registries[i] = r,
+                None => registries.push(r),
             }
-            if registries.iter().any(|x| x.name == name) {
-                return Err(at(
-                    r.name.span(),
-                    format!("registry {name:?} is defined twice"),
-                ));
-            }
-            let url = Url::parse(r.upstream.get_ref())
-                .map_err(|e| at(r.upstream.span(), format!("upstream: {e}")))?;
-            if url.path_and_query != "/" {
-                return Err(at(
-                    r.upstream.span(),
-                    "upstream must be scheme://host[:port] with no path".into(),
-                ));
-            }
-            if url.origin.scheme == Scheme::Http && !file.debug {
-                return Err(at(
-                    r.upstream.span(),
-                    format!(
-                        "upstream {} is plain http; set `debug = true` to allow that",
-                        url.origin
-                    ),
-                ));
-            }
-            let ca_file = match &r.ca_file {
-                Some(p) => {
-                    let path = PathBuf::from(p.get_ref());
-                    if !path.is_file() {
-                        return Err(at(
-                            p.span(),
-                            format!("ca_file {} does not exist", path.display()),
-                        ));
-                    }
-                    Some(path)
-                }
-                None => None,
-            };
-            if r.default && registries.iter().any(|x| x.default) {
-                return Err(at(span, "only one registry may be `default = true`".into()));
-            }
-            registries.push(Registry {
-                library_prefix: r.library_prefix.unwrap_or(name == "docker.io"),
-                name,
-                upstream: url.origin,
-                ca_file,
-                default: r.default,
-            });
         }
         if registries.is_empty() {
             return Err(ConfigError {
@@ -360,6 +337,28 @@ impl Config {
                 .unwrap_or(0);
             registries[i].default = true;
         }
+        let domain = match &file.domain {
+            Some(d) => {
+                let host = d
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if !valid_host(&host) {
+                    return Err(at(
+                        d.span(),
+                        format!("domain {:?} is not a host name", d.get_ref()),
+                    ));
+                }
+                Some(host)
+            }
+            None => None,
+        };
+        let host_routes =
+            host_routes(&registries, domain.as_deref()).map_err(|message| ConfigError {
+                line: find_line(text, "domain").or_else(|| find_line(text, "hosts")),
+                message,
+            })?;
         Ok(Config {
             listen,
             tls_listeners,
@@ -370,12 +369,160 @@ impl Config {
             timeouts,
             limits,
             registries,
+            domain,
+            host_routes,
         })
     }
 
     pub fn default_registry(&self) -> usize {
         self.registries.iter().position(|r| r.default).unwrap_or(0)
     }
+}
+
+/// Checks the `[[registry]]` entries of one file.
+fn parse_registries(
+    text: &str,
+    entries: &[Spanned<FileRegistry>],
+    debug: bool,
+) -> Result<Vec<Registry>, ConfigError> {
+    let at = |span: std::ops::Range<usize>, message: String| ConfigError {
+        line: Some(line_of(text, span.start)),
+        message,
+    };
+    let mut registries: Vec<Registry> = Vec::new();
+    for r in entries {
+        let span = r.span();
+        let r = r.get_ref();
+        let name = r.name.get_ref().trim().to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+        {
+            return Err(at(
+                r.name.span(),
+                format!(
+                    "registry name {:?} must be a host-like name",
+                    r.name.get_ref()
+                ),
+            ));
+        }
+        if registries.iter().any(|x| x.name == name) {
+            return Err(at(
+                r.name.span(),
+                format!("registry {name:?} is defined twice"),
+            ));
+        }
+        let url = Url::parse(r.upstream.get_ref())
+            .map_err(|e| at(r.upstream.span(), format!("upstream: {e}")))?;
+        if url.path_and_query != "/" {
+            return Err(at(
+                r.upstream.span(),
+                "upstream must be scheme://host[:port] with no path".into(),
+            ));
+        }
+        if url.origin.scheme == Scheme::Http && !debug {
+            return Err(at(
+                r.upstream.span(),
+                format!(
+                    "upstream {} is plain http; set `debug = true` to allow that",
+                    url.origin
+                ),
+            ));
+        }
+        let ca_file = match &r.ca_file {
+            Some(p) => {
+                let path = PathBuf::from(p.get_ref());
+                if !path.is_file() {
+                    return Err(at(
+                        p.span(),
+                        format!("ca_file {} does not exist", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        if r.default && registries.iter().any(|x| x.default) {
+            return Err(at(span, "only one registry may be `default = true`".into()));
+        }
+        let mut hosts = Vec::new();
+        for h in &r.hosts {
+            let host = h.get_ref().trim().to_ascii_lowercase();
+            if !valid_host(&host) {
+                return Err(at(
+                    h.span(),
+                    format!("host {:?} is not a host name", h.get_ref()),
+                ));
+            }
+            hosts.push(host);
+        }
+        let prefix = match &r.prefix {
+            Some(p) => {
+                let label = p.get_ref().trim().to_ascii_lowercase();
+                if label.contains('.') || !valid_host(&label) {
+                    return Err(at(
+                        p.span(),
+                        format!("prefix {:?} must be one DNS label", p.get_ref()),
+                    ));
+                }
+                Some(label)
+            }
+            None => None,
+        };
+        registries.push(Registry {
+            library_prefix: r.library_prefix.unwrap_or(name == "docker.io"),
+            name,
+            upstream: url.origin,
+            ca_file,
+            default: r.default,
+            hosts,
+            prefix,
+        });
+    }
+    Ok(registries)
+}
+
+/// The registries of the embedded default config: every file starts from
+/// these unless it says `builtin_registries = false`.
+fn builtin_registries() -> Vec<Registry> {
+    let file: File = toml::from_str(DEFAULT_CONFIG).expect("the embedded default config parses");
+    parse_registries(DEFAULT_CONFIG, &file.registry, false)
+        .expect("the embedded registries are valid")
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+        && !h.starts_with(['.', '-'])
+        && !h.ends_with(['.', '-'])
+}
+
+/// Host routes from `hosts` and `<prefix>.<domain>`; a host claimed twice is
+/// an error.
+fn host_routes(registries: &[Registry], domain: Option<&str>) -> Result<Vec<HostRoute>, String> {
+    let mut routes: Vec<HostRoute> = Vec::new();
+    for (i, r) in registries.iter().enumerate() {
+        let derived = match (domain, &r.prefix) {
+            (Some(d), Some(p)) => Some(format!("{p}.{d}")),
+            _ => None,
+        };
+        for host in r.hosts.iter().cloned().chain(derived) {
+            if let Some(other) = routes.iter().find(|x| x.host == host) {
+                if other.registry != i {
+                    return Err(format!(
+                        "host {host} routes to both {} and {}",
+                        registries[other.registry].name, r.name
+                    ));
+                }
+                continue;
+            }
+            routes.push(HostRoute { host, registry: i });
+        }
+    }
+    Ok(routes)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -423,6 +570,67 @@ upstream = "https://registry-1.docker.io"
         .unwrap();
         assert_eq!(c.tls_listeners.len(), 1);
         assert!(c.registries[0].default);
+    }
+
+    #[test]
+    fn builtin_registries_are_the_base_and_can_be_overridden() {
+        let c = Config::default_config();
+        let names: Vec<&str> = c.registries.iter().map(|r| r.name.as_str()).collect();
+        for n in [
+            "docker.io",
+            "quay.io",
+            "gcr.io",
+            "k8s.gcr.io",
+            "registry.k8s.io",
+            "ghcr.io",
+            "docker.cloudsmith.io",
+            "public.ecr.aws",
+            "mcr.microsoft.com",
+            "nvcr.io",
+            "docker.elastic.co",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let c = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\n[[registry]]\nname = \"ghcr.io\"\nupstream = \"https://ghcr.internal:8443\"\nprefix = \"gh\"\n",
+        )
+        .unwrap();
+        let g = c.registries.iter().find(|r| r.name == "ghcr.io").unwrap();
+        assert_eq!(g.upstream.host, "ghcr.internal");
+        assert_eq!(c.registries.len(), 11, "replaced, not added");
+        assert_eq!(c.registries[c.default_registry()].name, "docker.io");
+        let only = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\nbuiltin_registries = false\n[[registry]]\nname = \"r.example\"\nupstream = \"https://r.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(only.registries.len(), 1);
+        assert!(only.registries[0].default);
+    }
+
+    #[test]
+    fn domain_gives_each_registry_its_customary_host() {
+        let c = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\ndomain = \"Mirror.Example.com\"\n[[registry]]\nname = \"corp\"\nupstream = \"https://corp.example\"\nhosts = [\"registry.corp.test\"]\n",
+        )
+        .unwrap();
+        let host_of = |name: &str| -> Vec<String> {
+            let i = c.registries.iter().position(|r| r.name == name).unwrap();
+            c.host_routes
+                .iter()
+                .filter(|h| h.registry == i)
+                .map(|h| h.host.clone())
+                .collect()
+        };
+        assert_eq!(host_of("docker.io"), ["docker.mirror.example.com"]);
+        assert_eq!(host_of("ghcr.io"), ["ghcr.mirror.example.com"]);
+        assert_eq!(host_of("k8s.gcr.io"), ["k8s-gcr.mirror.example.com"]);
+        assert_eq!(host_of("registry.k8s.io"), ["k8s.mirror.example.com"]);
+        assert_eq!(host_of("corp"), ["registry.corp.test"]);
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\n[[registry]]\nname = \"a.example\"\nupstream = \"https://a.example\"\nhosts = [\"x.test\"]\n[[registry]]\nname = \"b.example\"\nupstream = \"https://b.example\"\nhosts = [\"x.test\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("x.test"), "{e}");
     }
 
     #[test]

@@ -12,12 +12,12 @@ use crate::conn::{respond_error, ClientCtx, Outcome};
 use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::names::{Digest, Reference};
-use crate::registry::{self, Target};
+use crate::registry::{self, Hints, Target};
 use crate::relay::{self, ClientFraming, Verifier};
 use crate::router::Route;
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
 use crate::url::{Scheme, Url};
-use crate::worker::{Worker, RELAY_BUF};
+use crate::worker::{Realm, Worker, RELAY_BUF};
 
 /// Redirect hops followed before giving up (clients allow 10 as well).
 pub const MAX_REDIRECTS: usize = 10;
@@ -177,46 +177,49 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
 ) -> Outcome {
     let head_only = req.method == "HEAD";
     let cfg = &w.cfg;
-    let (target, path, verify_digest): (Option<Target<'_>>, String, Option<Digest<'_>>) =
-        match *route {
-            Route::Ping => (None, "/v2/".to_string(), None),
-            Route::Manifest { repo, reference } => {
-                let t = registry::select(cfg, repo);
-                let p = format!("/v2/{}/manifests/{}", t.upstream_repo, reference.as_str());
-                let d = match reference {
-                    Reference::Digest(d) => Some(d),
-                    Reference::Tag(_) => None,
-                };
-                (Some(t), p, d)
-            }
-            Route::Blob { repo, digest } => {
-                let t = registry::select(cfg, repo);
-                let p = format!("/v2/{}/blobs/{}", t.upstream_repo, digest.as_str());
-                (Some(t), p, Some(digest))
-            }
-            Route::Tags { repo } => {
-                let t = registry::select(cfg, repo);
-                let p = with_query(
-                    format!("/v2/{}/tags/list", t.upstream_repo),
-                    query,
-                    &["n", "last"],
-                );
-                (Some(t), p, None)
-            }
-            Route::Referrers { repo, digest } => {
-                let t = registry::select(cfg, repo);
-                let p = with_query(
-                    format!("/v2/{}/referrers/{}", t.upstream_repo, digest.as_str()),
-                    query,
-                    &["artifactType"],
-                );
-                (Some(t), p, None)
-            }
-            _ => unreachable!("only registry routes come here"),
-        };
-    let reg_index = target
-        .as_ref()
-        .map_or_else(|| cfg.default_registry(), |t| t.registry);
+    let hints = Hints::new(req.host(), query);
+    let picked = match *route {
+        Route::Ping => registry::for_request(cfg, hints).map(|i| (None, i)),
+        Route::Manifest { repo, .. }
+        | Route::Blob { repo, .. }
+        | Route::Tags { repo }
+        | Route::Referrers { repo, .. } => registry::select(cfg, hints, repo).map(|t| {
+            let i = t.registry;
+            (Some(t), i)
+        }),
+        _ => unreachable!("only registry routes come here"),
+    };
+    let (target, reg_index): (Option<Target<'_>>, usize) = match picked {
+        Ok(p) => p,
+        Err(e) => return respond_error(client, out, &e.reply(cfg), head_only, will_close).await,
+    };
+    let name = target.as_ref().map_or("", |t| t.upstream_repo.as_ref());
+    let (path, verify_digest): (String, Option<Digest<'_>>) = match *route {
+        Route::Manifest { reference, .. } => (
+            format!("/v2/{name}/manifests/{}", reference.as_str()),
+            match reference {
+                Reference::Digest(d) => Some(d),
+                Reference::Tag(_) => None,
+            },
+        ),
+        Route::Blob { digest, .. } => (
+            format!("/v2/{name}/blobs/{}", digest.as_str()),
+            Some(digest),
+        ),
+        Route::Tags { .. } => (
+            with_query(format!("/v2/{name}/tags/list"), query, &["n", "last"]),
+            None,
+        ),
+        Route::Referrers { digest, .. } => (
+            with_query(
+                format!("/v2/{name}/referrers/{}", digest.as_str()),
+                query,
+                &["artifactType"],
+            ),
+            None,
+        ),
+        _ => ("/v2/".to_string(), None),
+    };
     let reg = &cfg.registries[reg_index];
     let url = Url {
         origin: reg.upstream.clone(),
@@ -438,9 +441,9 @@ fn rewrite_challenge(
         write_header(out, "WWW-Authenticate", value);
         return;
     }
-    if let Some(realm) = ch.param("realm").and_then(|r| Url::parse(r).ok()) {
-        if realm.origin.scheme == Scheme::Https || w.cfg.debug {
-            w.learn_realm(reg_index, realm);
+    if let Some((url, service)) = auth::bearer_realm(&ch) {
+        if url.origin.scheme == Scheme::Https || w.cfg.debug {
+            w.learn_realm(reg_index, Realm { url, service });
         }
     }
     let mut realm = cx.base_url(w, req);

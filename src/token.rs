@@ -11,11 +11,11 @@ use crate::conn::{respond_error, BodyError, ClientCtx, Outcome, PendingBody};
 use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::proxy::{end_head, fetch, send_streamed, Fetch};
-use crate::registry;
+use crate::registry::{self, Hints};
 use crate::relay::{self, ClientFraming};
 use crate::upstream::TrustId;
 use crate::url::{Scheme, Url};
-use crate::worker::Worker;
+use crate::worker::{Realm, Worker};
 
 /// Handles `GET|POST /token[/<registry>]`.
 #[allow(clippy::too_many_arguments)]
@@ -31,21 +31,13 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
 ) -> Outcome {
     let cfg = &w.cfg;
     let close = !req.keep_alive;
-    let Some(reg_index) = registry::for_token(cfg, named) else {
-        let names: Vec<&str> = cfg.registries.iter().map(|r| r.name.as_str()).collect();
-        let e = ErrorReply::new(
-            404,
-            ErrorCode::NameUnknown,
-            format!(
-                "no registry named {:?} here; this mirror serves: {}",
-                named.unwrap_or(""),
-                names.join(", ")
-            ),
-        );
-        return respond_error(client, out, &e, false, true).await;
+    let hints = Hints::new(req.host(), query);
+    let reg_index = match registry::for_token(cfg, named, hints, query) {
+        Ok(i) => i,
+        Err(e) => return respond_error(client, out, &e.reply(cfg), false, true).await,
     };
     let reg = &cfg.registries[reg_index];
-    let map_name = |name: &str| Some(registry::upstream_name(reg, name).into_owned());
+    let map_name = |name: &str| Some(registry::scope_name(reg, name));
 
     let realm = match w.realm(reg_index) {
         Some(r) => r,
@@ -64,9 +56,10 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
     };
 
     // The query: the realm's own parameters, then the client's, scopes mapped.
-    let mut url = realm;
+    let service = realm.service.as_deref();
+    let mut url = realm.url.clone();
     if let Some(q) = query.filter(|q| !q.is_empty()) {
-        let Some(mapped) = auth::rewrite_scope_params(q, map_name) else {
+        let Some(mapped) = auth::rewrite_token_params(q, map_name, service) else {
             let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed query string");
             return respond_error(client, out, &e, false, true).await;
         };
@@ -102,7 +95,7 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
             Err(BodyError::Io) => return Outcome::Close,
         };
         let text = String::from_utf8(raw).unwrap_or_default();
-        match auth::rewrite_scope_params(text.trim(), map_name) {
+        match auth::rewrite_token_params(text.trim(), map_name, service) {
             Some(f) => form = f.into_bytes(),
             None => {
                 let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed form body");
@@ -169,7 +162,7 @@ pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
 
 /// Asks the upstream's `/v2/` for its challenge and remembers the realm.
 /// `Ok(None)`: the upstream does not use token auth.
-async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Url>, UpstreamError> {
+async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Realm>, UpstreamError> {
     let reg = &w.cfg.registries[reg_index];
     let f = Fetch {
         method: "GET",
@@ -186,9 +179,9 @@ async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Url>, Upstre
     let realm = if head.status == 401 {
         head.header(&conn, "www-authenticate")
             .and_then(auth::parse_challenge)
-            .filter(|c| c.is_bearer())
-            .and_then(|c| c.param("realm").and_then(|r| Url::parse(r).ok()))
-            .filter(|u| u.origin.scheme == Scheme::Https || w.cfg.debug)
+            .and_then(|c| auth::bearer_realm(&c))
+            .filter(|(u, _)| u.origin.scheme == Scheme::Https || w.cfg.debug)
+            .map(|(url, service)| Realm { url, service })
     } else {
         None
     };

@@ -17,12 +17,19 @@ const MAX_POOLED_BUFS: usize = 32;
 /// How long a learned token realm is trusted before it is learned again.
 const REALM_TTL: Duration = Duration::from_secs(600);
 
+/// Where a registry's tokens come from, as its own challenge said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Realm {
+    pub url: Url,
+    pub service: Option<String>,
+}
+
 pub struct Worker {
     pub id: usize,
     pub cfg: Arc<Config>,
     pub upstreams: Upstreams,
     /// Token realm learned from each registry's own challenge, by index.
-    realms: RefCell<Vec<Option<(Url, Instant)>>>,
+    realms: RefCell<Vec<Option<(Realm, Instant)>>>,
     bufs: RefCell<Vec<Vec<u8>>>,
 }
 
@@ -39,19 +46,19 @@ impl Worker {
     }
 
     /// The upstream token realm of registry `reg`, if learned recently.
-    pub fn realm(&self, reg: usize) -> Option<Url> {
+    pub fn realm(&self, reg: usize) -> Option<Realm> {
         match &self.realms.borrow()[reg] {
-            Some((url, at)) if at.elapsed() < REALM_TTL => Some(url.clone()),
+            Some((realm, at)) if at.elapsed() < REALM_TTL => Some(realm.clone()),
             _ => None,
         }
     }
 
     /// Records the realm an upstream challenge of registry `reg` named.
-    pub fn learn_realm(&self, reg: usize, url: Url) {
+    pub fn learn_realm(&self, reg: usize, realm: Realm) {
         let mut realms = self.realms.borrow_mut();
         match &mut realms[reg] {
-            Some((old, at)) if *old == url => *at = Instant::now(),
-            slot => *slot = Some((url, Instant::now())),
+            Some((old, at)) if *old == realm => *at = Instant::now(),
+            slot => *slot = Some((realm, Instant::now())),
         }
     }
 
