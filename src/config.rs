@@ -317,10 +317,20 @@ impl Config {
         if own.iter().any(|r| r.default) {
             registries.iter_mut().for_each(|r| r.default = false);
         }
-        // A registry of the file replaces the built-in one of the same name.
-        for r in own {
+        // A registry of the file replaces the built-in one of the same name,
+        // keeping the built-in's host label and hosts unless it sets its own.
+        for mut r in own {
             match registries.iter().position(|b| b.name == r.name) {
-                Some(i) => registries[i] = r,
+                Some(i) => {
+                    let builtin = &registries[i];
+                    if r.prefix.is_none() {
+                        r.prefix = builtin.prefix.clone();
+                    }
+                    if r.hosts.is_empty() {
+                        r.hosts = builtin.hosts.clone();
+                    }
+                    registries[i] = r;
+                }
                 None => registries.push(r),
             }
         }
@@ -597,6 +607,17 @@ upstream = "https://registry-1.docker.io"
         .unwrap();
         let g = c.registries.iter().find(|r| r.name == "ghcr.io").unwrap();
         assert_eq!(g.upstream.host, "ghcr.internal");
+        assert_eq!(g.prefix.as_deref(), Some("gh"));
+        let q = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\n[[registry]]\nname = \"quay.io\"\nupstream = \"https://quay.internal\"\n",
+        )
+        .unwrap();
+        let quay = q.registries.iter().find(|r| r.name == "quay.io").unwrap();
+        assert_eq!(
+            quay.prefix.as_deref(),
+            Some("quay"),
+            "the built-in label is kept"
+        );
         assert_eq!(c.registries.len(), 11, "replaced, not added");
         assert_eq!(c.registries[c.default_registry()].name, "docker.io");
         let only = Config::parse(

@@ -60,6 +60,7 @@ fn forwarded_response_header(name: &str) -> bool {
 }
 
 /// A request ocirelay sends upstream, possibly across redirects.
+#[derive(Clone)]
 pub struct Fetch<'a> {
     pub method: &'a str,
     pub url: Url,
@@ -245,6 +246,10 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
         authorization,
         body: None,
     };
+    let get_instead = Fetch {
+        method: "GET",
+        ..fetch_req.clone()
+    };
     let (mut conn, head, final_url) = match fetch(w, fetch_req).await {
         Ok(r) => r,
         Err(e) => {
@@ -252,6 +257,18 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             return respond_error(client, out, &e.reply(&reg.name), head_only, will_close).await;
         }
     };
+    // containerd needs Content-Length and Docker-Content-Digest on a manifest
+    // HEAD (or it falls back to GET itself); some registries (gcr) leave them
+    // out. Then the manifest is fetched and measured here instead.
+    if head_only
+        && matches!(route, Route::Manifest { .. })
+        && head.status == 200
+        && (head.header(&conn, "content-length").is_none()
+            || head.header(&conn, "docker-content-digest").is_none())
+    {
+        drop(conn);
+        return manifest_head_via_get(w, get_instead, &reg.name, client, out, will_close).await;
+    }
 
     // ---- response head, rewritten straight into the client's buffer ----
     let to_client = ClientFraming::for_client(head.framing, req.minor);
@@ -286,6 +303,18 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
             if head.framing == RespFraming::None {
                 write_header(out, name, value);
             }
+        } else if name_eq(name, "link")
+            && target
+                .as_ref()
+                .is_some_and(|t| t.client_repo != t.upstream_repo)
+        {
+            // Pagination links name the upstream's repository; the client
+            // must come back with its own name (prefix, no library/).
+            let t = target.as_ref().expect("checked above");
+            let from = format!("/v2/{}/", t.upstream_repo);
+            let to = format!("/v2/{}/", t.client_repo);
+            let v = String::from_utf8_lossy(value).replace(&from, &to);
+            write_header(out, name, v.as_bytes());
         } else if forwarded_response_header(name) {
             write_header(out, name, value);
         }
@@ -341,6 +370,87 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
         }
     }
     send_streamed(w, req, conn, &head, client, out, to_client, close, verifier).await
+}
+
+/// Most bytes of a manifest read to answer a HEAD (containerd's own limit).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Answers a manifest HEAD from a GET: the upstream's status and headers,
+/// the length and digest measured here, no body.
+async fn manifest_head_via_get<S: AsyncWriteRent>(
+    w: &Worker,
+    get: Fetch<'_>,
+    registry: &str,
+    client: &mut S,
+    out: &mut Vec<u8>,
+    will_close: bool,
+) -> Outcome {
+    let (mut conn, head, _) = match fetch(w, get).await {
+        Ok(r) => r,
+        Err(e) => return respond_error(client, out, &e.reply(registry), true, will_close).await,
+    };
+    // The header ranges point into the connection's buffer: copy what is
+    // forwarded before the head is consumed.
+    out.clear();
+    write_status(out, head.status);
+    for (name, value) in head.headers(&conn) {
+        let measured = name_eq(name, "content-length") || name_eq(name, "docker-content-digest");
+        if !measured && forwarded_response_header(name) {
+            write_header(out, name, value);
+        }
+    }
+    conn.consume(head.head_len);
+    let mut body = relay::Collect::new(MAX_MANIFEST as usize);
+    let mut buf = w.take_buf();
+    let decoded = ClientFraming::for_client(head.framing, 0);
+    let timeout = w.cfg.timeouts.client_write;
+    let r = relay::relay_body(
+        &mut conn,
+        head.framing,
+        &mut body,
+        timeout,
+        None,
+        decoded,
+        &mut buf,
+    )
+    .await;
+    w.give_buf(buf);
+    match r {
+        Ok(done) => {
+            if done.reusable && head.keep_alive {
+                w.upstreams.release(conn);
+            }
+        }
+        Err(_) => {
+            let e = ErrorReply::new(
+                502,
+                ErrorCode::Unavailable,
+                format!("upstream registry {registry} sent no complete manifest of at most 4 MiB"),
+            );
+            return respond_error(client, out, &e, true, will_close).await;
+        }
+    }
+    let body = body.into_inner();
+    finish_measured(
+        out,
+        body.len() as u64,
+        &relay::sha256_digest(&body),
+        will_close,
+    );
+    match send_out(client, out, w.cfg.timeouts.client_write).await {
+        true => after_response(will_close),
+        false => Outcome::Close,
+    }
+}
+
+/// Ends a measured HEAD answer: length, digest, blank line.
+fn finish_measured(out: &mut Vec<u8>, len: u64, digest: &str, close: bool) {
+    crate::http::response::write_content_length(out, len);
+    write_header(out, "Docker-Content-Digest", digest.as_bytes());
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Ends a response head in `out`: body framing, `Connection: close` when the

@@ -389,6 +389,59 @@ impl AsyncWriteRent for Discard {
     }
 }
 
+/// An [`AsyncWriteRent`] that keeps what it is given, up to a limit; past it
+/// the write fails, which ends the relay.
+pub struct Collect {
+    data: Vec<u8>,
+    max: usize,
+}
+
+impl Collect {
+    pub fn new(max: usize) -> Collect {
+        Collect {
+            data: Vec::new(),
+            max,
+        }
+    }
+
+    pub fn into_inner(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+impl AsyncWriteRent for Collect {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let n = buf.bytes_init();
+        if self.data.len() + n > self.max {
+            return (Err(io::Error::other("body over the limit")), buf);
+        }
+        // SAFETY: `read_ptr` is valid for `bytes_init` bytes (IoBuf contract).
+        let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), n) };
+        self.data.extend_from_slice(bytes);
+        (Ok(n), buf)
+    }
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(0), buf)
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in d.as_ref() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
