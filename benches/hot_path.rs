@@ -1,0 +1,2 @@
+//! Placeholder until the hot-path benchmarks land.
+fn main() {}
