@@ -1,8 +1,10 @@
-//! The CDN host (like production.cloudflare.docker.com): serves blob bytes for signed,
-//! unexpired `verify=` URLs only, with ranges; refuses any `Authorization` like R2 does.
+//! The CDN host (like production.cloudflare.docker.com): serves blob bytes (and, with manifest
+//! redirects, manifests) for signed, unexpired `verify=` or CloudFront-style URLs only, with
+//! ranges; in k8s mode also the anonymous `/regional/<region>/v2/...` registries. Refuses any
+//! `Authorization` like R2 does.
 
 use crate::http::{Body, Request, Response};
-use crate::registry::cdn_data_path;
+use crate::registry::{self, cdn_data_path};
 use crate::signing::UrlError;
 use crate::state::Shared;
 use crate::time::unix_now;
@@ -102,6 +104,17 @@ pub(crate) fn blob_response(req: &Request, data: Arc<[u8]>) -> Response {
         .header("Accept-Ranges", "bytes")
 }
 
+/// Whether `path` is one of the signed-object paths ([`signed_object`]).
+pub(crate) fn is_signed_path(path: &str) -> bool {
+    path.starts_with("/registry-v2/")
+        || path.starts_with("/hop/")
+        || path.starts_with("/manifests/")
+}
+
+fn no_such_key() -> Response {
+    s3_error(404, "NoSuchKey", "The specified key does not exist.")
+}
+
 /// Handles one request to the CDN host.
 pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
     if req.header("authorization").is_some() {
@@ -111,6 +124,24 @@ pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
             "Authorization header is not supported: Missing x-amz-content-sha256",
         );
     }
+    if let Some(rest) = req.path().strip_prefix("/regional/") {
+        // k8s mode: `/regional/<region>/v2/...`, an anonymous read-only registry.
+        let (region, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let v2 = &req.path()["/regional/".len() + region.len()..];
+        if !sh.knobs.is_region(region) || !(tail == "v2" || tail.starts_with("v2/")) {
+            return no_such_key();
+        }
+        let prefix = &req.path()[..req.path().len() - v2.len()];
+        return registry::handle_regional(sh, req, prefix, v2);
+    }
+    signed_object(sh, req)
+}
+
+/// Serves a signed object: blob data `/registry-v2/.../data`, a manifest `/manifests/sha256/<hex>`,
+/// or a `/hop/<n>/...` relative redirect to one. Signatures may be Docker Hub's `verify=` or
+/// CloudFront's `Expires=&Signature=&Key-Pair-Id=`. Used by the CDN host and, for relative
+/// blob redirects, by the registry host.
+pub(crate) fn signed_object(sh: &Shared, req: &Request) -> Response {
     if req.method != "GET" && !req.is_head() {
         return s3_error(
             405,
@@ -123,18 +154,27 @@ pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
         Some(rest) => match rest.split_once('/') {
             Some((n, tail)) => match n.parse::<u32>() {
                 Ok(n) => (n, format!("/{tail}")),
-                Err(_) => return s3_error(404, "NoSuchKey", "The specified key does not exist."),
+                Err(_) => return no_such_key(),
             },
-            None => return s3_error(404, "NoSuchKey", "The specified key does not exist."),
+            None => return no_such_key(),
         },
         None => (0, path.to_string()),
     };
     let params = req.query_params();
-    let verify = params
-        .iter()
-        .find(|(k, _)| k == "verify")
-        .map(|(_, v)| v.as_str());
-    match sh.signer.verify_url(&data_path, verify, unix_now()) {
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let now = unix_now();
+    let checked = if param("Signature").is_some() || param("Key-Pair-Id").is_some() {
+        sh.signer.verify_cloudfront(
+            &data_path,
+            param("Expires"),
+            param("Signature"),
+            param("Key-Pair-Id"),
+            now,
+        )
+    } else {
+        sh.signer.verify_url(&data_path, param("verify"), now)
+    };
+    match checked {
         Ok(()) => {}
         Err(UrlError::Expired) => return s3_error(403, "AccessDenied", "Request has expired"),
         Err(_) => return s3_error(403, "AccessDenied", "Access Denied"),
@@ -153,6 +193,18 @@ pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
         )
         .header("Location", next);
     }
+    if let Some(hex) = data_path.strip_prefix("/manifests/sha256/") {
+        let digest = format!("sha256:{hex}");
+        let found = crate::content::is_sha256_digest(&digest)
+            .then(|| sh.content.manifest(&digest))
+            .flatten();
+        return match found {
+            Some(m) => registry::manifest_response(sh, req, &digest, m)
+                .header("Cache-Control", "public, max-age=14400")
+                .header("Server", "cloudflare"),
+            None => no_such_key(),
+        };
+    }
     let digest = data_path
         .strip_prefix("/registry-v2/docker/registry/v2/blobs/sha256/")
         .and_then(|rest| rest.strip_suffix("/data"))
@@ -162,7 +214,7 @@ pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
         .filter(|d| crate::content::is_sha256_digest(d) && cdn_data_path(d) == data_path)
         .and_then(|d| sh.content.blob(&d).map(|b| (d, b)));
     let Some((digest, data)) = blob else {
-        return s3_error(404, "NoSuchKey", "The specified key does not exist.");
+        return no_such_key();
     };
     let hex = &digest[7..];
     blob_response(req, data)

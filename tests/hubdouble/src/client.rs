@@ -567,6 +567,103 @@ pub fn fetch(
     c.request(method, &u.target, headers, None)
 }
 
+/// One request made by [`follow`].
+#[derive(Clone, Debug)]
+pub struct Hop {
+    /// Method sent.
+    pub method: String,
+    /// Absolute URL requested.
+    pub url: String,
+    /// Status received.
+    pub status: u16,
+    /// `Location` received, as sent (redirects only).
+    pub location: Option<String>,
+    /// Whether `Authorization` was sent on this hop.
+    pub sent_authorization: bool,
+}
+
+/// What [`follow`] ended with.
+#[derive(Clone, Debug)]
+pub struct Followed {
+    /// The first response that was not a followed redirect.
+    pub response: Response,
+    /// Every request made, in order (the last one produced `response`).
+    pub hops: Vec<Hop>,
+}
+
+impl Followed {
+    /// The URL that produced [`Followed::response`].
+    pub fn final_url(&self) -> &str {
+        &self.hops.last().expect("at least one hop").url
+    }
+}
+
+fn origin(u: &Url) -> (String, String, u16) {
+    (u.scheme.clone(), u.host.to_ascii_lowercase(), u.port)
+}
+
+/// Sends `method` to `url` and follows redirects (301, 302, 303, 307, 308) at most
+/// `max_redirects` times, each on a fresh connection, like a careful client: the method is
+/// kept (HEAD stays HEAD; a 303 turns anything but HEAD into GET), `Location` is resolved per
+/// RFC 3986 (relative paths and dot segments included), and an `Authorization` in `headers`
+/// is sent only while the origin (scheme, host, port) is the first URL's. `ca_pem` may hold
+/// several CAs ([`crate::ca_bundle_pem`]).
+pub fn follow(
+    url: &str,
+    ca_pem: Option<&str>,
+    method: &str,
+    headers: &[(&str, &str)],
+    max_redirects: usize,
+) -> io::Result<Followed> {
+    let first = Url::parse(url).ok_or_else(|| invalid(format!("bad url {url}")))?;
+    let home = origin(&first);
+    let mut current = first;
+    let mut method = method.to_string();
+    let mut hops = Vec::new();
+    loop {
+        let same_origin = origin(&current) == home;
+        let sent: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(k, _)| same_origin || !k.eq_ignore_ascii_case("authorization"))
+            .copied()
+            .collect();
+        let url_text = format!(
+            "{}://{}{}",
+            current.scheme,
+            current.authority(),
+            current.target
+        );
+        let mut c = Client::from_url(&url_text, ca_pem)?;
+        let resp = c.request(&method, &current.target, &sent, None)?;
+        let location = resp.header("location").map(str::to_string);
+        hops.push(Hop {
+            method: method.clone(),
+            url: url_text,
+            status: resp.status,
+            location: location.clone(),
+            sent_authorization: sent
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization")),
+        });
+        let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308);
+        let Some(location) = location.filter(|_| redirect) else {
+            return Ok(Followed {
+                response: resp,
+                hops,
+            });
+        };
+        if hops.len() > max_redirects {
+            return Err(invalid(format!("more than {max_redirects} redirects")));
+        }
+        current = current
+            .join(&location)
+            .ok_or_else(|| invalid(format!("bad Location {location}")))?;
+        if resp.status == 303 && method != "HEAD" {
+            method = "GET".into();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,6 +313,8 @@ pub(crate) struct Response {
     pub close: bool,
     /// A blob body that the cut fault may truncate.
     pub cuttable: bool,
+    /// With `head_only`: send no `Content-Length` (gcr.io-like manifest HEADs).
+    pub omit_length: bool,
 }
 
 impl Response {
@@ -324,6 +326,7 @@ impl Response {
             head_only: false,
             close: false,
             cuttable: false,
+            omit_length: false,
         }
     }
 
@@ -386,7 +389,7 @@ pub(crate) fn write_response<S: Write>(
     let chunked = matches!(resp.body, Body::Chunked(_));
     if chunked {
         head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    } else {
+    } else if !(resp.head_only && resp.omit_length) {
         let _ = write!(head, "Content-Length: {}\r\n", resp.body.len());
     }
     if resp.close {

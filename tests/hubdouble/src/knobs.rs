@@ -1,7 +1,9 @@
 //! Runtime-switchable behaviour and faults, shared with the server threads.
 
 use crate::Host;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 use std::sync::Mutex;
 
 /// Which token fields the token host returns.
@@ -14,6 +16,32 @@ pub enum TokenFields {
     TokenOnly,
     /// Only `access_token`.
     AccessTokenOnly,
+}
+
+/// How signed CDN URLs (blob and manifest redirects) are signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UrlSigning {
+    /// Docker Hub / Cloudflare style: `?verify=<expiry>-<hex hmac>`.
+    #[default]
+    Verify,
+    /// CloudFront style (quay.io): `?Expires=<unix>&Signature=<b64 with -_~>&Key-Pair-Id=<id>`
+    /// (see [`crate::CLOUDFRONT_KEY_PAIR_ID`]).
+    CloudFront,
+}
+
+/// Where the registry's blob redirect (`Location`) points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BlobLocation {
+    /// An absolute URL on the CDN host (`https://127.0.0.3:<port>/registry-v2/...?<sig>`).
+    #[default]
+    Cdn,
+    /// An absolute-path reference on the registry host itself (`/registry-v2/...?<sig>`), which
+    /// the registry serves (signature checked, `Authorization` ignored).
+    RegistryPath,
+    /// A relative reference with dot segments (`../../../../registry-v2/...?<sig>` for
+    /// `/v2/a/b/blobs/<digest>`) that resolves (RFC 3986) to the [`BlobLocation::RegistryPath`]
+    /// path on the registry host.
+    RegistryDotSegments,
 }
 
 /// An injected error: answer the next `remaining` requests of a host with `status`.
@@ -43,6 +71,17 @@ pub struct Knobs {
     rate_limit: AtomicU64,
     enforce_rate_limit: AtomicBool,
     manifest_gets: AtomicU64,
+    blob_redirect_status: AtomicU16,
+    url_signing: AtomicU8,
+    blob_location: AtomicU8,
+    manifest_redirect: AtomicBool,
+    manifest_head_length: AtomicBool,
+    manifest_head_digest: AtomicBool,
+    k8s_redirects: AtomicBool,
+    region_seq: AtomicU64,
+    regions: Mutex<Vec<String>>,
+    redirect_all: Mutex<Option<String>>,
+    redirect_all_status: AtomicU16,
 }
 
 impl Knobs {
@@ -62,6 +101,17 @@ impl Knobs {
             rate_limit: AtomicU64::new(o.rate_limit),
             enforce_rate_limit: AtomicBool::new(o.enforce_rate_limit),
             manifest_gets: AtomicU64::new(0),
+            blob_redirect_status: AtomicU16::new(o.blob_redirect_status),
+            url_signing: AtomicU8::new(o.url_signing as u8),
+            blob_location: AtomicU8::new(o.blob_location as u8),
+            manifest_redirect: AtomicBool::new(o.manifest_redirect),
+            manifest_head_length: AtomicBool::new(o.manifest_head_content_length),
+            manifest_head_digest: AtomicBool::new(o.manifest_head_digest),
+            k8s_redirects: AtomicBool::new(o.k8s_redirects),
+            region_seq: AtomicU64::new(0),
+            regions: Mutex::new(o.regions.clone()),
+            redirect_all: Mutex::new(o.redirect_all_to.clone()),
+            redirect_all_status: AtomicU16::new(o.redirect_all_status),
         }
     }
 
@@ -223,5 +273,138 @@ impl Knobs {
     pub(crate) fn rate_limit_now(&self) -> (u64, u64) {
         let limit = self.rate_limit.load(Ordering::SeqCst);
         (limit, limit.saturating_sub(self.manifest_gets()))
+    }
+
+    /// Status of the registry's blob redirects: 307 (default, Docker Hub, ghcr.io) or 302
+    /// (quay.io, gcr.io); any 3xx is sent as given.
+    pub fn set_blob_redirect_status(&self, status: u16) {
+        self.blob_redirect_status.store(status, Ordering::SeqCst);
+    }
+
+    pub(crate) fn blob_redirect_status(&self) -> u16 {
+        self.blob_redirect_status.load(Ordering::SeqCst)
+    }
+
+    /// How the registry signs the CDN URLs it redirects to (the CDN accepts both styles).
+    pub fn set_url_signing(&self, signing: UrlSigning) {
+        self.url_signing.store(signing as u8, Ordering::SeqCst);
+    }
+
+    pub(crate) fn url_signing(&self) -> UrlSigning {
+        match self.url_signing.load(Ordering::SeqCst) {
+            1 => UrlSigning::CloudFront,
+            _ => UrlSigning::Verify,
+        }
+    }
+
+    /// Where blob redirects point (CDN, or a relative reference on the registry host).
+    pub fn set_blob_location(&self, location: BlobLocation) {
+        self.blob_location.store(location as u8, Ordering::SeqCst);
+    }
+
+    pub(crate) fn blob_location(&self) -> BlobLocation {
+        match self.blob_location.load(Ordering::SeqCst) {
+            1 => BlobLocation::RegistryPath,
+            2 => BlobLocation::RegistryDotSegments,
+            _ => BlobLocation::Cdn,
+        }
+    }
+
+    /// Whether manifest GET/HEAD (after auth, for known manifests) answer `307` to a signed
+    /// CDN URL `/manifests/sha256/<hex>` instead of the manifest itself.
+    pub fn set_manifest_redirect(&self, on: bool) {
+        self.manifest_redirect.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn manifest_redirect(&self) -> bool {
+        self.manifest_redirect.load(Ordering::SeqCst)
+    }
+
+    /// Whether manifest HEAD responses carry `Content-Length` (gcr.io may omit it). GETs
+    /// always do.
+    pub fn set_manifest_head_content_length(&self, on: bool) {
+        self.manifest_head_length.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn manifest_head_content_length(&self) -> bool {
+        self.manifest_head_length.load(Ordering::SeqCst)
+    }
+
+    /// Whether manifest HEAD responses carry `Docker-Content-Digest`. GETs always do.
+    pub fn set_manifest_head_digest(&self, on: bool) {
+        self.manifest_head_digest.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn manifest_head_digest(&self) -> bool {
+        self.manifest_head_digest.load(Ordering::SeqCst)
+    }
+
+    /// registry.k8s.io mode: `/v2/` answers 200 without auth and every other `/v2/...`
+    /// request answers `307` to `<cdn>/regional/<region>/v2/...` (region rotating).
+    pub fn set_k8s_redirects(&self, on: bool) {
+        self.k8s_redirects.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn k8s_redirects(&self) -> bool {
+        self.k8s_redirects.load(Ordering::SeqCst)
+    }
+
+    /// Regions the k8s mode rotates through (empty: ignored).
+    pub fn set_regions(&self, regions: &[&str]) {
+        if regions.is_empty() {
+            return;
+        }
+        *self.regions.lock().unwrap_or_else(|e| e.into_inner()) =
+            regions.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// The regions the k8s mode rotates through.
+    pub fn regions(&self) -> Vec<String> {
+        self.regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The region for the next k8s redirect (round robin).
+    pub(crate) fn next_region(&self) -> String {
+        let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.region_seq.fetch_add(1, Ordering::SeqCst) as usize;
+        regions
+            .get(n % regions.len().max(1))
+            .cloned()
+            .unwrap_or_else(|| "us-east1".into())
+    }
+
+    pub(crate) fn is_region(&self, region: &str) -> bool {
+        self.regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r == region)
+    }
+
+    /// k8s.gcr.io mode: `Some(base URL)` makes every `/v2...` request answer
+    /// [`Knobs::set_redirect_all_status`] (302) to `<base URL><path>?<query>`; `None` turns it
+    /// off.
+    pub fn set_redirect_all_to(&self, url: Option<&str>) {
+        *self.redirect_all.lock().unwrap_or_else(|e| e.into_inner()) =
+            url.map(|u| u.trim_end_matches('/').to_string());
+    }
+
+    pub(crate) fn redirect_all_to(&self) -> Option<String> {
+        self.redirect_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Status of the redirect-all answers (default 302).
+    pub fn set_redirect_all_status(&self, status: u16) {
+        self.redirect_all_status.store(status, Ordering::SeqCst);
+    }
+
+    pub(crate) fn redirect_all_status(&self) -> u16 {
+        self.redirect_all_status.load(Ordering::SeqCst)
     }
 }

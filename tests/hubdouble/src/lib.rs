@@ -14,6 +14,50 @@
 //! let r = c.get("/v2/").unwrap();
 //! assert_eq!(r.status, 401);
 //! ```
+//!
+//! # Other registries
+//!
+//! [`Options`] can make a double behave like the other registries a mirror must handle.
+//! The `like_*` presets set several options at once; every option can also be set alone,
+//! and most can be flipped at runtime through [`Knobs`] (the `set_*` of the same name).
+//!
+//! | option | imitates | on the wire |
+//! |---|---|---|
+//! | [`Options::service`], [`Options::token_path`] | ghcr.io, quay.io, gcr.io | challenge `Bearer realm="https://127.0.0.2:<port><token_path>",service="<service>"`; the token host answers on that path only |
+//! | [`Options::token_fields`]`(TokenOnly)`, [`Options::expires_in`]`(false)` | ghcr.io | token JSON `{"token":..,"issued_at":..}`: no `access_token`, no `expires_in` |
+//! | [`Options::like_ghcr`] | ghcr.io | all of the above with `service="ghcr.io"`, realm path `/token`; blobs `307` to the CDN |
+//! | [`Options::k8s_redirects`] ([`Options::like_registry_k8s`]) | registry.k8s.io | `GET/HEAD /v2/` → `200 {}` with no auth; every other `/v2/...` request (any method, HEAD stays HEAD) → `307 Location: https://127.0.0.3:<port>/regional/<region>/v2/...?<query>`, region rotating per request over [`Options::regions`]; the CDN serves manifests (`Content-Type`, `Docker-Content-Digest`, `Content-Length`), blobs (`Range`) and tags there with no auth (and refuses `Authorization` with 400 like everywhere on the CDN); the token host is never involved |
+//! | [`Options::redirect_all_to`]`(url)` ([`Options::like_k8s_gcr`]) | k8s.gcr.io | every `/v2...` request, `/v2/` included, → `302 Location: <url><path>?<query>` (status: [`Options::redirect_all_status`]) |
+//! | [`Options::blob_redirect_status`]`(302)` | quay.io, gcr.io | blob GET/HEAD answer `302` instead of `307` |
+//! | [`Options::url_signing`]`(`[`UrlSigning::CloudFront`]`)` | quay.io (CloudFront) | CDN URLs carry `?Expires=<unix>&Signature=<base64 with -_~>&Key-Pair-Id=`[`CLOUDFRONT_KEY_PAIR_ID`] instead of `?verify=`; the CDN checks the HMAC over path, expiry and key id (403 when bad or expired); lifetime [`Options::cdn_signature_ttl`] |
+//! | [`Options::like_quay`] | quay.io | `service="quay.io"`, realm path `/v2/auth`, blob `302` to CloudFront-style URLs valid 600 s |
+//! | [`Options::blob_location`]`(`[`BlobLocation::RegistryPath`]`)` | gcr.io | blob redirect `Location: /registry-v2/docker/registry/v2/blobs/sha256/<2>/<hex>/data?verify=..` (absolute path, same host); the registry host serves it (signature checked, `Authorization` ignored, `Range` OK) |
+//! | [`Options::blob_location`]`(`[`BlobLocation::RegistryDotSegments`]`)` | gcr.io (worst case) | the same target as a dot-segment reference, e.g. `Location: ../../../../registry-v2/...` from `/v2/a/b/blobs/<digest>` |
+//! | [`Options::manifest_head_content_length`]`(false)`, [`Options::manifest_head_digest`]`(false)` | gcr.io | manifest HEAD responses without `Content-Length` / without `Docker-Content-Digest` (independently); GETs unchanged |
+//! | [`Options::like_gcr`] | gcr.io | `service="gcr.io"`, realm path `/v2/token`, blob `302` to [`BlobLocation::RegistryPath`], manifest HEADs without `Content-Length` |
+//! | [`Options::manifest_redirect`] | registries that redirect manifests | manifest GET/HEAD (after auth and rate limiting) → `307 Location: https://127.0.0.3:<port>/manifests/sha256/<hex>?<signature>`; the CDN serves the manifest with `Content-Type`, `Docker-Content-Digest`, `Content-Length` |
+//!
+//! Redirect hops on other hosts are recorded in the [`RequestLog`] like everything else
+//! (method, full target with query, headers), so tests can check that HEAD stayed HEAD, that
+//! no `Authorization` reached the CDN, and that query strings arrived intact.
+//!
+//! # Several doubles in one process
+//!
+//! Every double binds 127.0.0.1, .2 and .3 on ephemeral ports, so any number can run side by
+//! side. By default each makes its own CA; to trust several with one CA file, share the CA:
+//!
+//! ```no_run
+//! use hubdouble::{HubDouble, Options};
+//! let k8s = HubDouble::start(Options::default().like_registry_k8s()).unwrap();
+//! let ca = k8s.ca().unwrap();
+//! let old = HubDouble::start(Options::default().ca(ca).like_k8s_gcr(k8s.registry_url())).unwrap();
+//! // Either file trusts both (same CA).
+//! assert_eq!(k8s.ca_pem(), old.ca_pem());
+//! let _ca_file = old.ca_path().unwrap();
+//! ```
+//!
+//! Doubles with their own CAs can also be trusted together through one bundle:
+//! [`ca_bundle_pem`].
 
 #![warn(missing_docs)]
 
@@ -41,9 +85,28 @@ pub use content::{
     OCI_LAYER_GZIP, OCI_MANIFEST,
 };
 pub use images::{Descriptor, Flavor, Image, Index, Seeded};
-pub use knobs::{Knobs, TokenFields};
+pub use knobs::{BlobLocation, Knobs, TokenFields, UrlSigning};
 pub use log::{LogEntry, RequestLog};
 pub use options::Options;
+pub use tls::TestCa;
+
+/// The `Key-Pair-Id=` of CloudFront-style signed URLs ([`UrlSigning::CloudFront`]).
+pub const CLOUDFRONT_KEY_PAIR_ID: &str = "APKAHUBDOUBLETEST0001";
+
+/// A PEM bundle of the distinct CAs of `doubles` (plain-HTTP doubles contribute nothing), for
+/// a client that must trust doubles made with different CAs.
+pub fn ca_bundle_pem(doubles: &[&HubDouble]) -> String {
+    let mut out = String::new();
+    for pem in doubles.iter().filter_map(|d| d.ca_pem()) {
+        if !out.contains(pem) {
+            out.push_str(pem);
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
 
 use server::HostServer;
 use signing::{Claims, Signer};
@@ -58,11 +121,14 @@ use std::time::{Duration, Instant};
 /// One of the double's three hosts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
-    /// The registry (`registry-1.docker.io`), 127.0.0.1.
+    /// The registry (`registry-1.docker.io`), 127.0.0.1. With
+    /// [`BlobLocation::RegistryPath`] it also serves the signed blob paths itself.
     Registry = 0,
     /// The token server (`auth.docker.io`), 127.0.0.2.
     Token = 1,
-    /// The blob CDN (`production.cloudflare.docker.com`), 127.0.0.3.
+    /// The blob CDN (`production.cloudflare.docker.com`), 127.0.0.3. Also serves redirected
+    /// manifests (`/manifests/...`) and, in k8s mode, the regional registries
+    /// (`/regional/<region>/v2/...`).
     Cdn = 2,
 }
 
@@ -85,7 +151,7 @@ impl Host {
 pub struct HubDouble {
     shared: Arc<Shared>,
     servers: Vec<HostServer>,
-    ca_pem: Option<String>,
+    ca: Option<TestCa>,
     ca_dir: Option<PathBuf>,
     ca_path: Option<PathBuf>,
     seeded: Option<Seeded>,
@@ -129,8 +195,8 @@ impl HubDouble {
             .map(TcpListener::local_addr)
             .collect::<io::Result<_>>()?;
         let (pki, ca) = if opts.tls {
-            let pki = tls::generate()?;
-            let ca = write_ca_file(&pki.ca_pem)?;
+            let pki = tls::generate(opts.ca.as_ref())?;
+            let ca = write_ca_file(pki.ca.pem())?;
             (Some(pki), Some(ca))
         } else {
             (None, None)
@@ -139,7 +205,8 @@ impl HubDouble {
         let content = Arc::new(Content::default());
         let seeded = opts.seed.then(|| images::seed(&content));
         let shared = Arc::new(Shared {
-            realm: format!("{scheme}://{}/token", addrs[1]),
+            realm: format!("{scheme}://{}{}", addrs[1], opts.token_path),
+            token_path: opts.token_path.clone(),
             cdn_url: format!("{scheme}://{}", addrs[2]),
             service: opts.service.clone(),
             users: opts.users.clone(),
@@ -155,7 +222,7 @@ impl HubDouble {
         let mut hub = HubDouble {
             shared: shared.clone(),
             servers: Vec::new(),
-            ca_pem: pki.map(|p| p.ca_pem),
+            ca: pki.map(|p| p.ca),
             ca_dir: ca.as_ref().map(|c| c.0.clone()),
             ca_path: ca.map(|c| c.1),
             seeded,
@@ -207,7 +274,8 @@ impl HubDouble {
         self.url(Host::Registry)
     }
 
-    /// The token endpoint = the challenge's realm, e.g. `https://127.0.0.2:41235/token`.
+    /// The token endpoint = the challenge's realm, e.g. `https://127.0.0.2:41235/token`
+    /// (path: [`Options::token_path`]).
     pub fn token_url(&self) -> String {
         self.shared.realm.clone()
     }
@@ -217,7 +285,7 @@ impl HubDouble {
         self.url(Host::Cdn)
     }
 
-    /// The challenge's `service` (`registry.docker.io`).
+    /// The challenge's `service` (`registry.docker.io` unless [`Options::service`]).
     pub fn service(&self) -> &str {
         &self.shared.service
     }
@@ -229,7 +297,13 @@ impl HubDouble {
 
     /// PEM of the CA that signed the hosts' certificate (`None` in plain-HTTP mode).
     pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
+        self.ca.as_ref().map(TestCa::pem)
+    }
+
+    /// The CA that signed the hosts' certificate (`None` in plain-HTTP mode), to hand to
+    /// another double with [`Options::ca`] so that one CA file trusts both.
+    pub fn ca(&self) -> Option<TestCa> {
+        self.ca.clone()
     }
 
     /// Path of a file holding [`HubDouble::ca_pem`] (`None` in plain-HTTP mode); removed

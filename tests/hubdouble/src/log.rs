@@ -129,6 +129,15 @@ impl RequestLog {
             .collect()
     }
 
+    /// Entries of `host` whose path (query excluded) starts with `prefix`, e.g.
+    /// `/regional/` or `/registry-v2/`.
+    pub fn with_prefix(&self, host: Host, prefix: &str) -> Vec<LogEntry> {
+        self.for_host(host)
+            .into_iter()
+            .filter(|e| e.path().starts_with(prefix))
+            .collect()
+    }
+
     /// Number of entries recorded so far.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -1,9 +1,11 @@
 //! The registry host (like registry-1.docker.io): `/v2/` ping, manifests, blob redirects to
-//! the CDN, tag lists, and Docker Hub's bearer challenge.
+//! the CDN, tag lists, and Docker Hub's bearer challenge; plus the other registries' ways
+//! (k8s redirects, redirect-all, relative blob locations, manifest redirects).
 
 use crate::cdn;
-use crate::content::is_sha256_digest;
+use crate::content::{is_sha256_digest, Manifest};
 use crate::http::{Body, Request, Response};
+use crate::knobs::{BlobLocation, UrlSigning};
 use crate::signing::Claims;
 use crate::state::Shared;
 use crate::time::unix_now;
@@ -126,18 +128,91 @@ fn authorize(sh: &Shared, req: &Request, scope: Option<&str>) -> Result<(), Resp
     }
 }
 
+/// Which host serves a `/v2/...` API request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api<'a> {
+    /// The registry host itself: auth, rate limits, blob (and manifest) redirects.
+    Registry,
+    /// The k8s-mode regional host (on the CDN host) under `prefix` (`/regional/<region>`):
+    /// no auth, no rate limits, everything served directly.
+    Regional(&'a str),
+}
+
+/// A redirect to `location` with a short HTML body (HEAD requests get the head only).
+pub(crate) fn redirect(status: u16, location: String) -> Response {
+    let body = format!(
+        "<a href=\"{}\">{}</a>.\n",
+        location.replace('&', "&amp;").replace('"', "&quot;"),
+        crate::http::reason(status)
+    );
+    Response::new(status)
+        .header("Content-Type", "text/html; charset=utf-8")
+        .header("Location", location)
+        .body(Body::Bytes(body.into_bytes()))
+}
+
+fn is_v2(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
 /// Handles one request to the registry host.
 pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
-    let resp = match route(req.path()) {
-        None => Response::new(404)
-            .header("Content-Type", "text/plain; charset=utf-8")
-            .body(Body::Bytes(b"404 page not found\n".to_vec())),
-        Some(r) => handle_v2(sh, req, r),
+    let path = req.path();
+    let resp = if is_v2(path) {
+        if let Some(base) = sh.knobs.redirect_all_to() {
+            // k8s.gcr.io: the same path and query on another registry.
+            redirect(
+                sh.knobs.redirect_all_status(),
+                format!("{base}{}", req.target),
+            )
+        } else if sh.knobs.k8s_redirects() {
+            k8s(sh, req)
+        } else {
+            match route(path) {
+                Some(r) => handle_v2(sh, req, r, Api::Registry),
+                None => not_found(),
+            }
+        }
+    } else if cdn::is_signed_path(path) {
+        // Relative blob redirects (gcr.io-like) land here: storage on the registry host.
+        cdn::signed_object(sh, req)
+    } else {
+        not_found()
     };
     resp.header("Strict-Transport-Security", "max-age=31536000")
 }
 
-fn handle_v2(sh: &Shared, req: &Request, r: Route<'_>) -> Response {
+fn not_found() -> Response {
+    Response::new(404)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(Body::Bytes(b"404 page not found\n".to_vec()))
+}
+
+/// registry.k8s.io: the ping answers itself, everything else goes to a regional host.
+fn k8s(sh: &Shared, req: &Request) -> Response {
+    let path = req.path();
+    if (path == "/v2/" || path == "/v2") && (req.method == "GET" || req.is_head()) {
+        return Response::new(200)
+            .header("Content-Type", "application/json")
+            .header(API_VERSION.0, API_VERSION.1)
+            .body(Body::Bytes(b"{}".to_vec()));
+    }
+    let region = sh.knobs.next_region();
+    redirect(
+        307,
+        format!("{}/regional/{region}{}", sh.cdn_url, req.target),
+    )
+}
+
+/// Serves a `/v2/...` request on a regional host (k8s mode): `path` is the part from `/v2/`.
+pub(crate) fn handle_regional(sh: &Shared, req: &Request, prefix: &str, path: &str) -> Response {
+    match route(path) {
+        Some(r) => handle_v2(sh, req, r, Api::Regional(prefix)),
+        None => not_found(),
+    }
+}
+
+fn handle_v2(sh: &Shared, req: &Request, r: Route<'_>, api: Api<'_>) -> Response {
     let name = match &r {
         Route::Ping => None,
         Route::Manifest(n, _) | Route::Blob(n, _) | Route::Tags(n) => Some(*n),
@@ -148,8 +223,10 @@ fn handle_v2(sh: &Shared, req: &Request, r: Route<'_>) -> Response {
             return error(400, "NAME_INVALID", "invalid repository name", json!(n));
         }
     }
-    if let Err(resp) = authorize(sh, req, name) {
-        return resp;
+    if api == Api::Registry {
+        if let Err(resp) = authorize(sh, req, name) {
+            return resp;
+        }
     }
     let get_or_head = req.method == "GET" || req.is_head();
     if !get_or_head {
@@ -176,14 +253,34 @@ fn handle_v2(sh: &Shared, req: &Request, r: Route<'_>) -> Response {
             .header("Content-Type", "application/json")
             .header(API_VERSION.0, API_VERSION.1)
             .body(Body::Bytes(b"{}".to_vec())),
-        Route::Manifest(n, reference) => manifest(sh, req, n, reference),
-        Route::Blob(n, digest) => blob(sh, req, n, digest),
-        Route::Tags(n) => tags(sh, req, n),
+        Route::Manifest(n, reference) => manifest(sh, req, n, reference, api),
+        Route::Blob(n, digest) => blob(sh, req, n, digest, api),
+        Route::Tags(n) => tags(sh, req, n, api),
         Route::Other(_) => error(404, "NOT_FOUND", "not found", serde_json::Value::Null),
     }
 }
 
-fn manifest(sh: &Shared, req: &Request, name: &str, reference: &str) -> Response {
+/// A 200 for manifest `m` (`digest`), honouring the HEAD knobs (no `Content-Length` /
+/// no `Docker-Content-Digest`). Used by the registry, the regional host and the CDN.
+pub(crate) fn manifest_response(sh: &Shared, req: &Request, digest: &str, m: Manifest) -> Response {
+    let head = req.is_head();
+    let len = m.bytes.len();
+    let mut resp = Response::new(200)
+        .header("Content-Type", m.media_type)
+        .header(API_VERSION.0, API_VERSION.1);
+    if !head || sh.knobs.manifest_head_digest() {
+        resp = resp.header("Docker-Content-Digest", digest.to_string());
+    }
+    resp.omit_length = head && !sh.knobs.manifest_head_content_length();
+    resp.header("Etag", format!("\"{digest}\""))
+        .body(Body::Blob {
+            data: m.bytes,
+            start: 0,
+            end: len,
+        })
+}
+
+fn manifest(sh: &Shared, req: &Request, name: &str, reference: &str, api: Api<'_>) -> Response {
     let found = sh
         .content
         .resolve(name, reference)
@@ -196,6 +293,9 @@ fn manifest(sh: &Shared, req: &Request, name: &str, reference: &str) -> Response
         };
         return error(404, "MANIFEST_UNKNOWN", "manifest unknown", detail);
     };
+    if let Api::Regional(_) = api {
+        return manifest_response(sh, req, &digest, m);
+    }
     let (limit, remaining) = if req.is_head() {
         sh.knobs.rate_limit_now()
     } else {
@@ -205,20 +305,16 @@ fn manifest(sh: &Shared, req: &Request, name: &str, reference: &str) -> Response
         }
         (limit, remaining)
     };
-    let len = m.bytes.len();
-    Response::new(200)
-        .header("Content-Type", m.media_type)
-        .header(API_VERSION.0, API_VERSION.1)
-        .header("Docker-Content-Digest", digest.clone())
-        .header("Etag", format!("\"{digest}\""))
-        .header("ratelimit-limit", format!("{limit};w=21600"))
+    let resp = if sh.knobs.manifest_redirect() {
+        let path = cdn_manifest_path(&digest);
+        let location = format!("{}{path}?{}", sh.cdn_url, signed_query(sh, &path));
+        redirect(307, location).header(API_VERSION.0, API_VERSION.1)
+    } else {
+        manifest_response(sh, req, &digest, m)
+    };
+    resp.header("ratelimit-limit", format!("{limit};w=21600"))
         .header("ratelimit-remaining", format!("{remaining};w=21600"))
         .header("docker-ratelimit-source", req.peer.to_string())
-        .body(Body::Blob {
-            data: m.bytes,
-            start: 0,
-            end: len,
-        })
 }
 
 /// The CDN data path of a blob.
@@ -230,7 +326,26 @@ pub(crate) fn cdn_data_path(digest: &str) -> String {
     )
 }
 
-fn blob(sh: &Shared, req: &Request, name: &str, digest: &str) -> Response {
+/// The CDN path of a manifest (manifest redirects).
+pub(crate) fn cdn_manifest_path(digest: &str) -> String {
+    format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+/// The query string (no `?`) signing `path` for the CDN, in the current signing style.
+pub(crate) fn signed_query(sh: &Shared, path: &str) -> String {
+    let exp = unix_now() + sh.knobs.cdn_ttl();
+    match sh.knobs.url_signing() {
+        UrlSigning::Verify => format!("verify={}", sh.signer.sign_url(path, exp)),
+        UrlSigning::CloudFront => format!(
+            "Expires={exp}&Signature={}&Key-Pair-Id={}",
+            sh.signer
+                .sign_cloudfront(path, exp, crate::CLOUDFRONT_KEY_PAIR_ID),
+            crate::CLOUDFRONT_KEY_PAIR_ID
+        ),
+    }
+}
+
+fn blob(sh: &Shared, req: &Request, name: &str, digest: &str, api: Api<'_>) -> Response {
     let data = is_sha256_digest(digest)
         .then(|| sh.content.repo_blob(name, digest))
         .flatten();
@@ -242,28 +357,40 @@ fn blob(sh: &Shared, req: &Request, name: &str, digest: &str) -> Response {
             json!(digest),
         );
     };
-    if !sh.knobs.blob_redirect() {
+    if api != Api::Registry || !sh.knobs.blob_redirect() {
         return cdn::blob_response(req, data)
             .header(API_VERSION.0, API_VERSION.1)
             .header("Docker-Content-Digest", digest.to_string())
             .header("Etag", format!("\"{digest}\""));
     }
     let path = cdn_data_path(digest);
-    let exp = unix_now() + sh.knobs.cdn_ttl();
-    let verify = sh.signer.sign_url(&path, exp);
+    let query = signed_query(sh, &path);
     let hops = sh.knobs.extra_hops();
-    let location = if hops > 0 {
-        format!("{}/hop/{hops}{path}?verify={verify}", sh.cdn_url)
+    let target = if hops > 0 {
+        format!("/hop/{hops}{path}?{query}")
     } else {
-        format!("{}{path}?verify={verify}", sh.cdn_url)
+        format!("{path}?{query}")
     };
-    Response::new(307)
+    let location = match sh.knobs.blob_location() {
+        BlobLocation::Cdn => format!("{}{target}", sh.cdn_url),
+        BlobLocation::RegistryPath => target,
+        BlobLocation::RegistryDotSegments => {
+            // Climb from the request's directory back to the root.
+            let up = req.path().matches('/').count().saturating_sub(1);
+            format!("{}{}", "../".repeat(up), &target[1..])
+        }
+    };
+    Response::new(sh.knobs.blob_redirect_status())
         .header("Content-Type", "application/octet-stream")
         .header(API_VERSION.0, API_VERSION.1)
         .header("Location", location)
 }
 
-fn tags(sh: &Shared, req: &Request, name: &str) -> Response {
+fn tags(sh: &Shared, req: &Request, name: &str, api: Api<'_>) -> Response {
+    let prefix = match api {
+        Api::Registry => "",
+        Api::Regional(p) => p,
+    };
     let all = sh.content.tags(name).unwrap_or_default();
     let params = req.query_params();
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -284,7 +411,7 @@ fn tags(sh: &Shared, req: &Request, name: &str) -> Response {
         if page.len() < after.len() {
             resp = resp.header(
                 "Link",
-                format!("</v2/{name}/tags/list?last={last}&n={n}>; rel=\"next\""),
+                format!("<{prefix}/v2/{name}/tags/list?last={last}&n={n}>; rel=\"next\""),
             );
         }
     }

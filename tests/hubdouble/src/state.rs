@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) struct Shared {
-    /// The token endpoint, `https://127.0.0.2:<port>/token`.
+    /// The token endpoint, `https://127.0.0.2:<port><token_path>`.
     pub realm: String,
+    /// Path of the token endpoint (`/token`).
+    pub token_path: String,
     /// `https://127.0.0.3:<port>`.
     pub cdn_url: String,
     pub service: String,

@@ -1,4 +1,5 @@
-//! A throwaway CA and one leaf certificate (127.0.0.1-3, ::1, localhost), made at start.
+//! A throwaway CA (made at start, or shared between doubles through [`TestCa`]) and one leaf
+//! certificate per double (127.0.0.1-3, ::1, localhost).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -11,8 +12,62 @@ use std::sync::Arc;
 
 /// The generated PKI.
 pub(crate) struct Pki {
-    pub ca_pem: String,
+    pub ca: TestCa,
     pub server_config: Arc<rustls::ServerConfig>,
+}
+
+struct CaInner {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pem: String,
+}
+
+/// A test certificate authority that can sign the leaf certificates of several doubles.
+///
+/// Every double makes its own CA unless [`crate::Options::ca`] hands it one: give the same
+/// `TestCa` to two doubles (or take the first one's [`crate::HubDouble::ca`]) and a single
+/// CA file (either double's [`crate::HubDouble::ca_path`], or [`TestCa::pem`]) trusts both.
+/// Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct TestCa {
+    inner: Arc<CaInner>,
+}
+
+impl TestCa {
+    /// Generates a new CA (`CN=hubdouble test CA`, ECDSA P-256).
+    pub fn generate() -> io::Result<TestCa> {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(other)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "hubdouble test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().map_err(other)?;
+        let cert = ca.self_signed(&key).map_err(other)?;
+        let pem = cert.pem();
+        Ok(TestCa {
+            inner: Arc::new(CaInner { cert, key, pem }),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.inner.pem
+    }
+
+    /// Whether `self` and `other` are handles to the same CA.
+    pub fn same_as(&self, other: &TestCa) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -24,19 +79,14 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Generates a CA and a leaf for the loopback hosts, and a server config serving the leaf.
-pub(crate) fn generate() -> io::Result<Pki> {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(other)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "hubdouble test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().map_err(other)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(other)?;
+/// Generates (or reuses) a CA and a leaf for the loopback hosts, and a server config serving
+/// the leaf.
+pub(crate) fn generate(ca: Option<&TestCa>) -> io::Result<Pki> {
+    let ca = match ca {
+        Some(ca) => ca.clone(),
+        None => TestCa::generate()?,
+    };
+    let (ca_cert, ca_key) = (&ca.inner.cert, &ca.inner.key);
 
     let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).map_err(other)?;
     leaf.distinguished_name
@@ -56,9 +106,7 @@ pub(crate) fn generate() -> io::Result<Pki> {
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.use_authority_key_identifier_extension = true;
     let leaf_key = KeyPair::generate().map_err(other)?;
-    let leaf_cert = leaf
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .map_err(other)?;
+    let leaf_cert = leaf.signed_by(&leaf_key, ca_cert, ca_key).map_err(other)?;
 
     let chain: Vec<CertificateDer<'static>> = vec![leaf_cert.der().clone(), ca_cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
@@ -70,7 +118,7 @@ pub(crate) fn generate() -> io::Result<Pki> {
         .map_err(other)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Pki {
-        ca_pem: ca_cert.pem(),
+        ca,
         server_config: Arc::new(config),
     })
 }

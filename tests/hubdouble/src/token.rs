@@ -1,4 +1,5 @@
-//! The token host (like auth.docker.io): `GET /token` and the OAuth2 `POST /token` form.
+//! The token host (like auth.docker.io): `GET /token` and the OAuth2 `POST /token` form
+//! (the path is [`crate::Options::token_path`], e.g. `/v2/auth` for quay.io).
 //! Anonymous callers get pull on public repos; private repos need a configured user.
 
 use crate::http::{parse_form, Body, Request, Response};
@@ -60,7 +61,7 @@ fn grant(sh: &Shared, scopes: &[String], user: &str) -> Vec<String> {
 /// Handles one request to the token host.
 pub(crate) fn handle(sh: &Shared, req: &Request) -> Response {
     let path = req.path();
-    if path != "/token" && path != "/token/" {
+    if path != sh.token_path && path.strip_suffix('/') != Some(sh.token_path.as_str()) {
         return json_response(404, json!({"details": "not found"}));
     }
     let (params, oauth) = match req.method.as_str() {

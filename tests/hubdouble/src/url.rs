@@ -75,27 +75,72 @@ impl Url {
             .ok_or_else(|| invalid(format!("cannot resolve {}", self.host)))
     }
 
-    /// Resolves a `Location` (absolute URL, `//authority/..`, `/path` or relative path)
-    /// against this URL.
+    /// Resolves a `Location` (absolute URL, `//authority/..`, `/path`, relative path with
+    /// `.`/`..` segments, or `?query`) against this URL per RFC 3986 section 5.2; a fragment
+    /// is dropped.
     pub fn join(&self, location: &str) -> Option<Url> {
-        if location.contains("://") {
-            return Url::parse(location);
-        }
-        if let Some(rest) = location.strip_prefix("//") {
-            return Url::parse(&format!("{}://{rest}", self.scheme));
-        }
-        let target = if location.starts_with('/') {
-            location.to_string()
+        let location = location.split('#').next().unwrap_or("");
+        let mut url = if location.contains("://") {
+            Url::parse(location)?
+        } else if let Some(rest) = location.strip_prefix("//") {
+            Url::parse(&format!("{}://{rest}", self.scheme))?
         } else {
-            let path = self.target.split('?').next().unwrap_or("/");
-            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-            format!("{dir}{location}")
+            let base_path = self.target.split('?').next().unwrap_or("/");
+            let target = if location.is_empty() {
+                base_path.to_string()
+            } else if location.starts_with('?') {
+                format!("{base_path}{location}")
+            } else if location.starts_with('/') {
+                location.to_string()
+            } else {
+                let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+                format!("{dir}{location}")
+            };
+            Url {
+                target,
+                ..self.clone()
+            }
         };
-        Some(Url {
-            target,
-            ..self.clone()
-        })
+        let (path, query) = match url.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (url.target.as_str(), None),
+        };
+        let mut target = remove_dot_segments(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        url.target = target;
+        Some(url)
     }
+}
+
+/// RFC 3986 section 5.2.4 for an absolute path (the result starts with `/`).
+fn remove_dot_segments(path: &str) -> String {
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let n = segs.len();
+    for (i, seg) in segs.into_iter().enumerate() {
+        let last = i + 1 == n;
+        match seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]
@@ -116,5 +161,13 @@ mod tests {
         assert_eq!(Url::parse("http://h").unwrap().target, "/");
         assert_eq!(Url::parse("https://h:5000?q").unwrap().target, "/?q");
         assert!(Url::parse("ftp://h/").is_none());
+        let b = Url::parse("https://h/v2/a/b/blobs/sha256:0").unwrap();
+        assert_eq!(b.join("../../../../x/y?q=1").unwrap().target, "/x/y?q=1");
+        assert_eq!(b.join("../../../../../../x").unwrap().target, "/x");
+        assert_eq!(b.join("./c/./d/../e").unwrap().target, "/v2/a/b/blobs/c/e");
+        assert_eq!(b.join("..").unwrap().target, "/v2/a/b/");
+        assert_eq!(b.join("?n=1").unwrap().target, "/v2/a/b/blobs/sha256:0?n=1");
+        assert_eq!(b.join("/p/../q?a=../b").unwrap().target, "/q?a=../b");
+        assert_eq!(b.join("http://o/a/./b/../c").unwrap().target, "/a/c");
     }
 }

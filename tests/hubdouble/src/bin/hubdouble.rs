@@ -4,7 +4,10 @@
 //! hubdouble [--plain] [--no-log] [--registry ADDR] [--token ADDR] [--cdn ADDR]
 //!           [--blob-size BYTES] [--blob-repo REPO] [--blob-tag TAG]
 //!           [--extra-hops N] [--sig-ttl SECS] [--no-redirect] [--exit-on-stdin-eof]
+//!           [--like ghcr|quay|gcr|k8s] [--redirect-all URL]
 //! ```
+//! `--like` applies the matching `Options::like_*` preset; `--redirect-all URL` is
+//! `Options::redirect_all_to` (k8s.gcr.io-like).
 //! `--blob-size` adds an image `REPO:TAG` (default `bench/big:latest`) with one random layer
 //! of that many bytes (e.g. 1073741824); its digests are in the JSON under `"big"`.
 
@@ -18,7 +21,8 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: hubdouble [--plain] [--no-log] [--registry ADDR] [--token ADDR] [--cdn ADDR] \
          [--blob-size BYTES] [--blob-repo REPO] [--blob-tag TAG] [--extra-hops N] \
-         [--sig-ttl SECS] [--no-redirect] [--exit-on-stdin-eof]"
+         [--sig-ttl SECS] [--no-redirect] [--exit-on-stdin-eof] \
+         [--like ghcr|quay|gcr|k8s] [--redirect-all URL]"
     );
     exit(2)
 }
@@ -49,6 +53,16 @@ fn main() {
             "--extra-hops" => opts.extra_hops = parse(&a, args.next()),
             "--sig-ttl" => opts.cdn_signature_ttl_secs = parse(&a, args.next()),
             "--exit-on-stdin-eof" => exit_on_eof = true,
+            "--like" => {
+                opts = match args.next().as_deref() {
+                    Some("ghcr") => opts.like_ghcr(),
+                    Some("quay") => opts.like_quay(),
+                    Some("gcr") => opts.like_gcr(),
+                    Some("k8s") => opts.like_registry_k8s(),
+                    _ => usage("--like needs ghcr, quay, gcr or k8s"),
+                }
+            }
+            "--redirect-all" => opts = opts.redirect_all_to(parse::<String>(&a, args.next())),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }
