@@ -298,6 +298,7 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
                 &[
                     ("Content-Type", b"text/html; charset=utf-8"),
                     ("Cache-Control", b"no-cache"),
+                    ("Vary", b"Accept-Language"),
                 ],
                 page.as_bytes(),
                 head_only,
