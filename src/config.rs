@@ -38,6 +38,8 @@ pub struct Config {
     /// 0 means one per core.
     pub workers: usize,
     pub driver: Driver,
+    /// One line per request on stderr.
+    pub access_log: bool,
     pub public_url: Option<Url>,
     pub debug: bool,
     pub timeouts: Timeouts,
@@ -120,6 +122,8 @@ struct File {
     workers: usize,
     #[serde(default)]
     driver: Driver,
+    #[serde(default = "yes")]
+    access_log: bool,
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     debug: bool,
@@ -374,6 +378,7 @@ impl Config {
             tls_listeners,
             workers: file.workers,
             driver: file.driver,
+            access_log: file.access_log,
             public_url,
             debug: file.debug,
             timeouts,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
+use crate::access_log::Metered;
 use crate::error::{ErrorCode, ErrorReply};
 use crate::http::{
     find_head_end, parse_request, write_header, write_status, BodyFraming, ChunkedDecoder,
@@ -170,7 +171,8 @@ async fn read_some<S: AsyncReadRent>(
 }
 
 /// Serves one client connection to the end.
-pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, cx: ClientCtx) {
+pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, io: S, cx: ClientCtx) {
+    let mut io = Metered::new(io);
     let limits = w.cfg.limits;
     let timeouts = w.cfg.timeouts;
     // Room for a maximal head plus some pipelined bytes behind it.
@@ -237,7 +239,13 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S, 
                 }
             };
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
+            let started = Instant::now();
+            io.begin();
             let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
+            if let Some(log) = &w.access_log {
+                let (status, bytes) = io.served();
+                log.record(cx.peer, head.method, head.target, status, bytes, started.elapsed());
+            }
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
             let outcome = match outcome {
                 Outcome::Abort => Outcome::Abort,

@@ -8,6 +8,7 @@
 //! TLS, exchange) -> `relay` (streaming the body back) -> `conn` (next
 //! request). Cross-cutting: `config`, `tls`, `auth`, `names`, `url`, `error`.
 
+pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -185,6 +185,17 @@ async fn start_worker(
         tls: Vec::new(),
     };
     let mut tasks = Vec::new();
+    if w.access_log.is_some() {
+        let w = w.clone();
+        tasks.push(monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(log) = &w.access_log {
+                    log.flush();
+                }
+            }
+        }));
+    }
     for addr in &cfg.listen {
         let l = TcpListener::bind_with_config(addr, &opts)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;

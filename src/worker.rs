@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::upstream::Upstreams;
 use crate::url::Url;
@@ -28,6 +29,8 @@ pub struct Worker {
     pub id: usize,
     pub cfg: Arc<Config>,
     pub upstreams: Upstreams,
+    /// Access log lines, buffered (None when `access_log = false`).
+    pub access_log: Option<AccessLog>,
     /// Token realm learned from each registry's own challenge, by index.
     realms: RefCell<Vec<Option<(Realm, Instant)>>>,
     bufs: RefCell<Vec<Vec<u8>>>,
@@ -38,6 +41,7 @@ impl Worker {
         let n = cfg.registries.len();
         Worker {
             id,
+            access_log: cfg.access_log.then(AccessLog::default),
             cfg,
             upstreams,
             realms: RefCell::new(vec![None; n]),

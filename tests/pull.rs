@@ -698,3 +698,38 @@ fn upstream_names_are_resolved_and_verified_against_the_name() {
         .unwrap();
     assert_eq!(m.status, 200);
 }
+
+#[test]
+fn every_request_is_written_to_the_access_log() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let mut relay = Relay::start(&hub);
+    let mut c = relay.client();
+    assert_eq!(c.get("/healthz").unwrap().status, 200);
+    assert_eq!(c.get("/v2/Bad/manifests/x").unwrap().status, 400);
+    assert_eq!(c.get("/v2/").unwrap().status, 401);
+    // Lines are buffered per worker and flushed at least every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = relay.stderr();
+        if log.contains("GET /v2/ 401") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(relay.alive());
+    for expect in [
+        "GET /healthz 200 ",
+        "GET /v2/Bad/manifests/x 400 ",
+        "GET /v2/ 401 ",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_else(|| panic!("no {expect:?} in {log}"));
+        assert!(
+            line.starts_with("20") && line.contains("Z 127.0.0.1:"),
+            "{line}"
+        );
+        assert!(line.ends_with("ms"), "{line}");
+    }
+}
