@@ -244,7 +244,14 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, io: S, cx: 
             let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
             if let Some(log) = &w.access_log {
                 let (status, bytes) = io.served();
-                log.record(cx.peer, head.method, head.target, status, bytes, started.elapsed());
+                log.record(
+                    cx.peer,
+                    head.method,
+                    head.target,
+                    status,
+                    bytes,
+                    started.elapsed(),
+                );
             }
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
             let outcome = match outcome {

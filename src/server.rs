@@ -10,12 +10,12 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener};
-use monoio_rustls::{TlsAcceptor, TlsConnector};
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{Config, Driver};
 use crate::conn::{self, ClientCtx};
 use crate::tls::{self, ServerMaterial};
+use crate::tls_stream;
 use crate::upstream::Upstreams;
 use crate::worker::Worker;
 
@@ -168,7 +168,7 @@ async fn start_worker(
     let connectors = sh
         .extra_roots
         .iter()
-        .map(|roots| tls::client_config(roots).map(TlsConnector::from))
+        .map(|roots| tls::client_config(roots))
         .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
     let w = Rc::new(Worker::new(
@@ -206,14 +206,13 @@ async fn start_worker(
         let l = TcpListener::bind_with_config(t.addr, &opts)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", t.addr)))?;
         bound.tls.push(l.local_addr()?);
-        let acceptor =
-            TlsAcceptor::from(tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?);
+        let acceptor = tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?;
         tasks.push(monoio::spawn(accept_loop(w.clone(), l, Some(acceptor))));
     }
     Ok((bound, tasks))
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
@@ -243,7 +242,9 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<TlsAccept
                 let acceptor = acceptor.clone();
                 let limit = w.cfg.timeouts.client_header;
                 monoio::spawn(async move {
-                    if let Ok(Ok(s)) = monoio::time::timeout(limit, acceptor.accept(stream)).await {
+                    if let Ok(Ok(s)) =
+                        monoio::time::timeout(limit, tls_stream::accept(acceptor, stream)).await
+                    {
                         conn::serve(w, s, cx).await;
                     }
                 });

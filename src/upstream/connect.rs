@@ -9,6 +9,7 @@ use rustls::pki_types::ServerName;
 use super::io::UpstreamIo;
 use super::pool::{Conn, PoolKey, Upstreams};
 use crate::error::UpstreamError;
+use crate::tls_stream;
 use crate::url::Scheme;
 
 impl Upstreams {
@@ -70,13 +71,12 @@ impl Upstreams {
                     host: host.clone(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
                 })?;
-                let connector = &self.tls[key.trust.0];
-                let tls = connector
-                    .connect(name, tcp)
+                let config = self.tls[key.trust.0].clone();
+                let tls = tls_stream::connect(config, name, tcp)
                     .await
-                    .map_err(|e| UpstreamError::Tls {
+                    .map_err(|source| UpstreamError::Tls {
                         host: host.clone(),
-                        source: std::io::Error::other(e.to_string()),
+                        source,
                     })?;
                 UpstreamIo::Tls(Box::new(tls))
             }

@@ -1,15 +1,15 @@
 //! One stream type for plain and TLS upstream connections.
 
+use crate::tls_stream::ClientTls;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use monoio_rustls::ClientTlsStream;
 
 /// A connection to an upstream: plain TCP (debug mode) or TLS.
 pub enum UpstreamIo {
     Plain(TcpStream),
-    Tls(Box<ClientTlsStream<TcpStream>>),
+    Tls(Box<ClientTls>),
 }
 
 impl AsyncReadRent for UpstreamIo {

@@ -4,11 +4,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use monoio_rustls::TlsConnector;
+use rustls::ClientConfig;
 
 use super::dns::Resolver;
 use super::io::UpstreamIo;
@@ -140,14 +141,14 @@ impl Conn {
 /// A worker's upstream machinery: resolver, TLS connectors, idle pool.
 pub struct Upstreams {
     pub(crate) resolver: Resolver,
-    pub(crate) tls: Vec<TlsConnector>,
+    pub(crate) tls: Vec<Arc<ClientConfig>>,
     pub(crate) timeouts: Timeouts,
     idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
 }
 
 impl Upstreams {
-    /// `tls[i]` is the connector for `TrustId(i)`.
-    pub fn new(tls: Vec<TlsConnector>, timeouts: Timeouts) -> Upstreams {
+    /// `tls[i]` is the client config for `TrustId(i)`.
+    pub fn new(tls: Vec<Arc<ClientConfig>>, timeouts: Timeouts) -> Upstreams {
         Upstreams {
             resolver: Resolver::default(),
             tls,
