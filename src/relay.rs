@@ -218,39 +218,64 @@ async fn relay_length<S: AsyncWriteRent>(
     mut verify: Option<Verifier>,
     buf: &mut Vec<u8>,
 ) -> Result<Relayed, RelayError> {
-    let mut remaining = total;
+    let mut remaining = total; // not yet read from the upstream
     let take = (conn.buffered().len() as u64).min(remaining) as usize;
     buf.clear();
     buf.extend_from_slice(&conn.buffered()[..take]);
     conn.consume(take);
+    if buf.is_empty() && remaining > 0 {
+        read_piece(conn, buf, remaining, total).await?;
+    }
+    // Two buffers: the next piece is read from the upstream while the
+    // previous one is written to the client, so neither side waits for the
+    // other's round trip.
+    let mut next = if remaining > buf.len() as u64 {
+        Vec::with_capacity(buf.capacity())
+    } else {
+        Vec::new()
+    };
     loop {
-        if !buf.is_empty() {
-            remaining -= buf.len() as u64;
-            if let Some(v) = verify.as_mut() {
-                v.update(buf);
-            }
-            // The last piece is held back until the digest is known good.
-            if remaining == 0 && verify.take().is_some_and(|v| !v.matches()) {
-                return Err(RelayError::DigestMismatch);
-            }
-            write_buf(client, buf, client_timeout).await?;
+        remaining -= buf.len() as u64;
+        if let Some(v) = verify.as_mut() {
+            v.update(buf);
+        }
+        // The last piece is held back until the digest is known good.
+        if remaining == 0 && verify.take().is_some_and(|v| !v.matches()) {
+            return Err(RelayError::DigestMismatch);
         }
         if remaining == 0 {
+            write_buf(client, buf, client_timeout).await?;
             return Ok(Relayed {
                 bytes: total,
                 reusable: true,
             });
         }
-        let want = (buf.capacity() as u64).min(remaining) as usize;
-        buf.clear();
-        let n = read_upstream_max(conn, buf, want).await?;
-        if n == 0 {
-            return Err(RelayError::Upstream(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("upstream closed with {remaining} of {total} body bytes missing"),
-            )));
-        }
+        let (written, read) = monoio::join!(
+            write_buf(client, buf, client_timeout),
+            read_piece(conn, &mut next, remaining, total)
+        );
+        written?;
+        read?;
+        std::mem::swap(buf, &mut next);
     }
+}
+
+/// Reads the next piece of a length-delimited body (at most `remaining`).
+async fn read_piece(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    remaining: u64,
+    total: u64,
+) -> Result<(), RelayError> {
+    let want = (buf.capacity().max(1) as u64).min(remaining) as usize;
+    buf.clear();
+    if read_upstream_max(conn, buf, want).await? == 0 {
+        return Err(RelayError::Upstream(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("upstream closed with {remaining} of {total} body bytes missing"),
+        )));
+    }
+    Ok(())
 }
 
 async fn relay_chunked<S: AsyncWriteRent>(
