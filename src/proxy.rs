@@ -246,10 +246,11 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
         authorization,
         body: None,
     };
-    let get_instead = Fetch {
+    // Kept only for a manifest HEAD, which may have to be answered by a GET.
+    let get_instead = (head_only && matches!(route, Route::Manifest { .. })).then(|| Fetch {
         method: "GET",
         ..fetch_req.clone()
-    };
+    });
     let (mut conn, head, final_url) = match fetch(w, fetch_req).await {
         Ok(r) => r,
         Err(e) => {
@@ -260,16 +261,14 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
     // containerd needs Content-Length and Docker-Content-Digest on a manifest
     // HEAD (or it falls back to GET itself); some registries (gcr) leave them
     // out. Then the manifest is fetched and measured here instead.
-    if head_only
-        && matches!(route, Route::Manifest { .. })
-        && head.status == 200
-        && (head.header(&conn, "content-length").is_none()
-            || head.header(&conn, "docker-content-digest").is_none())
-    {
-        drop(conn);
-        return manifest_head_via_get(w, get_instead, &reg.name, client, out, will_close).await;
+    if let Some(get) = get_instead {
+        let incomplete = head.header(&conn, "content-length").is_none()
+            || head.header(&conn, "docker-content-digest").is_none();
+        if head.status == 200 && incomplete {
+            drop(conn);
+            return manifest_head_via_get(w, get, &reg.name, client, out, will_close).await;
+        }
     }
-
     // ---- response head, rewritten straight into the client's buffer ----
     let to_client = ClientFraming::for_client(head.framing, req.minor);
     let close = will_close || to_client.close_delimited(head.framing);
