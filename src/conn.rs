@@ -194,6 +194,14 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, io: S, cx: 
                 too_large(&mut io, &mut out).await;
                 return;
             }
+            if !starts_like_http(&inbuf) {
+                // Most often a TLS ClientHello on the plain port: clients that
+                // try https first (skopeo, podman) fall back to http at once
+                // instead of waiting out a header timeout.
+                let e = HeadError::Malformed("not an HTTP request (TLS on the plain-HTTP port?)");
+                bad_head(&mut io, &mut out, e).await;
+                return;
+            }
             scanned = inbuf.len();
             let wait = if inbuf.is_empty() {
                 timeouts.client_idle
@@ -357,6 +365,13 @@ async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
         }
     };
     respond_error(io, out, &reply, head_only, will_close).await
+}
+
+/// Whether buffered bytes can be the start of a request line: an uppercase
+/// method token (after the empty lines a client may send between requests).
+fn starts_like_http(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    start.is_none_or(|i| buf[i].is_ascii_uppercase())
 }
 
 /// Makes the next close of `fd` a reset (SO_LINGER with a zero timeout).

@@ -1976,3 +1976,35 @@ fn malformed_upstream_response_is_502() {
     }
     assert!(relay.alive());
 }
+
+/// skopeo and podman try https first on an insecure registry: a TLS
+/// ClientHello on the plain port must be refused at once, not after the
+/// header timeout, so that they fall back to http without a 10 s stall.
+#[test]
+fn tls_client_hello_on_the_plain_port_is_refused_at_once() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let relay = Relay::start_with(
+        &common::config_for(&hub, "").replace("client_header_secs = 2", "client_header_secs = 20"),
+    );
+    let mut raw = relay.client();
+    let started = std::time::Instant::now();
+    raw.write_raw(&[
+        0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+    ])
+    .unwrap();
+    let got = raw.read_raw(Duration::from_secs(5)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(!raw.is_connected());
+    // Requests after empty lines are still fine.
+    let mut ok = relay.client();
+    ok.write_raw(b"\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = ok.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+}
