@@ -7,8 +7,16 @@
 #     https://127.0.0.12:P_AUTH  regtoken: JWT token server (GET + OAuth2 POST /token)
 #     https://127.0.0.13:P_CDN   nginx (TLS) serving the registry's blob files, secure_link,
 #                                400 on any Authorization header (like Cloudflare R2)
+#   upstream "ghcr.io", a second registry with its own CA, token service, signing root,
+#   storage and CDN (one nginx process, two server blocks):
+#     https://127.0.0.31:P_GREG  nginx (TLS) -> docker-registry 2.8 (auth: token) on 127.0.0.34
+#     https://127.0.0.32:P_GAUTH regtoken, service "ghcr.io"
+#     https://127.0.0.33:P_GCDN  nginx (TLS) signed blob URLs
 #   under test:
-#     http://127.0.0.1:P_RELAY, https://127.0.0.1:P_RELAYTLS   ocirelay
+#     http://127.0.0.1:P_RELAY, https://127.0.0.1:P_RELAYTLS   ocirelay (docker.io by default,
+#                                ghcr.io by path prefix /v2/ghcr.io/... or containerd's ?ns=)
+#     http://127.0.0.21:P_RELAY, https://127.0.0.21:P_RELAYTLS the same ocirelay: host route
+#                                to ghcr.io (`hosts = ["127.0.0.21"]`)
 #   clients: curl, skopeo, podman, containerd (ctr)
 #
 # Env: OCIRELAY_BIN (default target/release/ocirelay, built if missing),
@@ -41,6 +49,18 @@ SERVICE=registry.docker.io
 ISSUER=e2e-auth
 USER_NAME=alice
 USER_PASS=wonderland
+# the ghcr-like registry
+IP_GREG=127.0.0.31
+IP_GAUTH=127.0.0.32
+IP_GCDN=127.0.0.33
+IP_GBACK=127.0.0.34
+IP_RELAY2=127.0.0.21 # ocirelay's host route to ghcr.io
+GSERVICE=ghcr.io
+GISSUER=e2e-ghcr-auth
+# alice/wonderland is valid on both upstreams (one login per mirror host covers its path
+# prefixes); octo only on the ghcr-like one, so a login with it proves where it went.
+GUSER_NAME=octo
+GUSER_PASS=cat-in-a-box
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ocirelay-e2e.XXXXXX")
 LOGS=$WORK/logs
@@ -171,7 +191,7 @@ NCHECK=0
 # check NAME CMD...: runs CMD in a subshell with errexit (in the background so that
 # errexit stays on inside functions), its output in a per-check log.
 check() {
-    local name=$1 log
+    local name=$1 log t0=$SECONDS
     shift
     NCHECK=$((NCHECK + 1))
     log=$LOGS/check-$(printf %02d "$NCHECK")-${name//[^A-Za-z0-9._-]/_}.log
@@ -182,10 +202,10 @@ check() {
     CHECK_PID=$!
     if wait "$CHECK_PID"; then
         NPASS=$((NPASS + 1))
-        echo "PASS $name"
+        echo "PASS $name   ($((SECONDS - t0))s)"
     else
         NFAIL=$((NFAIL + 1))
-        echo "FAIL $name   (log: $log)"
+        echo "FAIL $name   ($((SECONDS - t0))s, log: $log)"
         tail -n 40 "$log" | sed 's/^/    | /'
     fi
 }
@@ -227,11 +247,14 @@ pm() {
 ct() {
     timeout -k 5 300 ctr --address "$WORK/containerd/containerd.sock" --namespace e2e "$@"
 }
-# cu ARGS: curl with the test CA, bounded, verbose to stderr.
+# cu ARGS: curl with both test CAs, bounded, verbose to stderr.
 cu() {
-    timeout -k 5 120 curl --silent --show-error --cacert "$CERTS/ca.pem" --noproxy '*' \
+    timeout -k 5 120 curl --silent --show-error --cacert "$CERTS/cas.pem" --noproxy '*' \
         --max-time 110 "$@"
 }
+
+ACCEPT=(-H 'Accept: application/vnd.oci.image.index.v1+json' -H 'Accept: application/vnd.oci.image.manifest.v1+json'
+    -H 'Accept: application/vnd.docker.distribution.manifest.list.v2+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json')
 
 # ---------------------------------------------------------------- expectations
 
@@ -242,8 +265,13 @@ declare -A EXP_BLOBS   # image -> space separated hex of every blob (configs, la
 declare -A EXP_CHILD   # image -> space separated hex of child manifests (indexes only)
 declare -A EXP_LAYER   # image -> digest of the first layer of the amd64 image
 declare -A IMG_REPO    # image -> repository on the upstream
+declare -A IMG_TAG     # image -> its tag there (default latest)
 IMG_REPO=([small]=library/small [multi]=library/multi [big]=library/big
-    [secret]=private/secret [late]=library/late)
+    [secret]=private/secret [late]=library/late
+    [gtool]=owner/tool [gmulti]=owner/multi [gprivate]=owner/private)
+IMG_TAG=([gtool]=1.0 [gprivate]=1)
+HUB_IMAGES="small secret late big multi"
+GHCR_IMAGES="gtool gmulti gprivate" # on the ghcr-like registry
 
 # verify_dir IMAGE DIR [host]: a skopeo dir: copy holds exactly the expected content.
 # With "host", the copy was of the amd64 image only (skopeo without --all picks it).
@@ -292,16 +320,32 @@ pick_port P_CDN
 pick_port P_BACK
 pick_port P_RELAY
 pick_port P_RELAYTLS
+pick_port P_GREG
+pick_port P_GAUTH
+pick_port P_GSIGN
+pick_port P_GCDN
+pick_port P_GBACK
+pick_port P_GCLOSED # nothing ever listens here: the "blocked" upstream in registries.conf
 REG=$IP_REG:$P_REG
 RELAY=$IP_RELAY:$P_RELAY
 RELAYTLS=$IP_RELAY:$P_RELAYTLS
+GREG=$IP_GREG:$P_GREG
+RELAY2=$IP_RELAY2:$P_RELAY
+RELAY2TLS=$IP_RELAY2:$P_RELAYTLS
 CDN_SECRET=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+GCDN_SECRET=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
 
 say "generating certificates"
 "$REGTOKEN" gen-certs "$CERTS" "registry=$IP_REG" "auth=$IP_AUTH" "cdn=$IP_CDN" \
-    "relay=$IP_RELAY,localhost" || die "regtoken gen-certs failed"
-mkdir -p "$WORK/out" "$WORK/certs.d" "$WORK/home" "$WORK/containers" "$WORK/podman"/{root,run,tmp}
+    "relay=$IP_RELAY,$IP_RELAY2,localhost" || die "regtoken gen-certs failed"
+# the ghcr-like upstream: its own TLS CA and its own token signing root
+"$REGTOKEN" gen-certs "$CERTS/ghcr" "registry=$IP_GREG" "auth=$IP_GAUTH" "cdn=$IP_GCDN" ||
+    die "regtoken gen-certs (ghcr) failed"
+cat "$CERTS/ca.pem" "$CERTS/ghcr/ca.pem" >"$CERTS/cas.pem"
+mkdir -p "$WORK/out" "$WORK/certs.d" "$WORK/certs.d-ghcr" "$WORK/home" "$WORK/containers" \
+    "$WORK/podman"/{root,run,tmp}
 cp "$CERTS/ca.pem" "$WORK/certs.d/ca.crt"
+cp "$CERTS/ghcr/ca.pem" "$WORK/certs.d-ghcr/ca.crt"
 echo '{}' >"$WORK/containers/auth.json"
 cat >"$WORK/containers/policy.json" <<'EOF'
 {"default":[{"type":"insecureAcceptAnything"}]}
@@ -327,19 +371,28 @@ start regtoken "$REGTOKEN" serve --addr "$IP_AUTH:$P_AUTH" \
     --cert "$CERTS/auth-fullchain.pem" --key "$CERTS/auth-key.pem" --signing-dir "$CERTS" \
     --issuer "$ISSUER" --service "$SERVICE" --user "$USER_NAME:$USER_PASS" \
     --internal-addr "$IP_AUTH:$P_SIGN" --cdn-secret "$CDN_SECRET" --cdn-ttl "$CDN_TTL"
+start regtoken-ghcr "$REGTOKEN" serve --addr "$IP_GAUTH:$P_GAUTH" \
+    --cert "$CERTS/ghcr/auth-fullchain.pem" --key "$CERTS/ghcr/auth-key.pem" \
+    --signing-dir "$CERTS/ghcr" --issuer "$GISSUER" --service "$GSERVICE" \
+    --user "$GUSER_NAME:$GUSER_PASS" --user "$USER_NAME:$USER_PASS" --private owner/private \
+    --internal-addr "$IP_GAUTH:$P_GSIGN" --cdn-secret "$GCDN_SECRET" --cdn-ttl "$CDN_TTL"
 wait_tcp regtoken "$IP_AUTH" "$P_AUTH" 15
 wait_tcp regtoken "$IP_AUTH" "$P_SIGN" 5
+wait_tcp regtoken-ghcr "$IP_GAUTH" "$P_GAUTH" 15
+wait_tcp regtoken-ghcr "$IP_GAUTH" "$P_GSIGN" 5
 
 # ---- docker-registry (plain HTTP on its own loopback address, reached only via nginx)
-mkdir -p "$WORK/registry/data"
-cat >"$WORK/registry/config.yml" <<EOF
+# registry_conf DIR BACK_ADDR PUBLIC_HOST CDN_BASE SECRET REALM SERVICE ISSUER ROOT_BUNDLE
+registry_conf() {
+    mkdir -p "$1/data"
+    cat >"$1/config.yml" <<EOF
 version: 0.1
 log:
   level: info
   formatter: text
 storage:
   filesystem:
-    rootdirectory: $WORK/registry/data
+    rootdirectory: $1/data
   delete:
     enabled: true
   redirect:
@@ -348,22 +401,30 @@ middleware:
   storage:
     - name: redirect
       options:
-        baseurl: https://$IP_CDN:$P_CDN
+        baseurl: $4
 http:
-  addr: $IP_BACK:$P_BACK
-  host: https://$REG
-  secret: e2e-$CDN_SECRET
+  addr: $2
+  host: https://$3
+  secret: e2e-$5
 auth:
   token:
-    realm: https://$IP_AUTH:$P_AUTH/token
-    service: $SERVICE
-    issuer: $ISSUER
-    rootcertbundle: $CERTS/token-root.pem
+    realm: $6
+    service: $7
+    issuer: $8
+    rootcertbundle: $9
 EOF
+}
+registry_conf "$WORK/registry" "$IP_BACK:$P_BACK" "$REG" "https://$IP_CDN:$P_CDN" "$CDN_SECRET" \
+    "https://$IP_AUTH:$P_AUTH/token" "$SERVICE" "$ISSUER" "$CERTS/token-root.pem"
 start docker-registry docker-registry serve "$WORK/registry/config.yml"
+# the ghcr-like one: own storage, own token service and signing root, own CDN
+registry_conf "$WORK/registry-ghcr" "$IP_GBACK:$P_GBACK" "$GREG" "https://$IP_GCDN:$P_GCDN" \
+    "$GCDN_SECRET" "https://$IP_GAUTH:$P_GAUTH/token" "$GSERVICE" "$GISSUER" "$CERTS/ghcr/token-root.pem"
+start docker-registry-ghcr docker-registry serve "$WORK/registry-ghcr/config.yml"
 wait_tcp docker-registry "$IP_BACK" "$P_BACK" 20
+wait_tcp docker-registry-ghcr "$IP_GBACK" "$P_GBACK" 20
 
-# ---- nginx: two instances, the registry host and the CDN host
+# ---- nginx: the registry host, the CDN host, and both hosts of the ghcr-like registry
 nginx_conf() { # nginx_conf NAME SERVER_BLOCK
     local d=$WORK/nginx-$1
     mkdir -p "$d/tmp"
@@ -396,15 +457,18 @@ $2
 EOF
 }
 
-nginx_conf registry "
-    upstream distribution {
-        server $IP_BACK:$P_BACK;
+# registry_server UPSTREAM_NAME BACK_ADDR LISTEN CERT_PREFIX SIGN_ADDR [DIRECTIVES]:
+# the TLS front of a distribution registry.
+registry_server() {
+    cat <<EOF
+    upstream $1 {
+        server $2;
         keepalive 16;
     }
     server {
-        listen $REG ssl;
-        ssl_certificate $CERTS/registry-fullchain.pem;
-        ssl_certificate_key $CERTS/registry-key.pem;
+        listen $3 ssl;
+        ssl_certificate $4-fullchain.pem;
+        ssl_certificate_key $4-key.pem;
         client_max_body_size 0;
         proxy_http_version 1.1;
         proxy_request_buffering off;
@@ -414,47 +478,53 @@ nginx_conf registry "
         proxy_set_header Host \$http_host;
         proxy_set_header X-Forwarded-Proto https;
         proxy_set_header X-Forwarded-For \$remote_addr;
-        proxy_set_header Connection \"\";
+        proxy_set_header Connection "";
+        ${6:-}
 
         location / {
-            proxy_pass http://distribution;
+            proxy_pass http://$1;
         }
         # Blob downloads: the registry answers 307 to the CDN; regtoken signs that URL
         # (nginx secure_link: md5 + expires), like Docker Hub's expiring CDN links.
-        location ~ \"^/v2/.+/blobs/sha256:[0-9a-f]{64}\$\" {
-            proxy_pass http://distribution;
+        location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{64}\$" {
+            proxy_pass http://$1;
             proxy_intercept_errors on;
             error_page 307 = @sign;
         }
         location @sign {
             set \$blob_location \$upstream_http_location;
             rewrite ^ /sign break;
-            proxy_pass http://$IP_AUTH:$P_SIGN;
+            proxy_pass http://$5;
             proxy_pass_request_body off;
-            proxy_set_header Content-Length \"\";
+            proxy_set_header Content-Length "";
             proxy_set_header X-Location \$blob_location;
-            proxy_set_header Authorization \"\";
+            proxy_set_header Authorization "";
             add_header Docker-Distribution-Api-Version registry/2.0 always;
         }
-    }"
+    }
+EOF
+}
 
-nginx_conf cdn "
+# cdn_server LISTEN CERT_PREFIX ROOT SECRET [DIRECTIVES]: signed, expiring blob URLs.
+cdn_server() {
+    cat <<EOF
     server {
-        listen $IP_CDN:$P_CDN ssl;
-        ssl_certificate $CERTS/cdn-fullchain.pem;
-        ssl_certificate_key $CERTS/cdn-key.pem;
-        root $WORK/registry/data;
+        listen $1 ssl;
+        ssl_certificate $2-fullchain.pem;
+        ssl_certificate_key $2-key.pem;
+        root $3;
+        ${5:-}
 
         location /docker/registry/v2/blobs/ {
             if (\$http_authorization) {
-                return 400 '<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidArgument</Code><Message>Authorization header is not allowed on a presigned URL</Message></Error>\n';
+                return 400 '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code><Message>Authorization header is not allowed on a presigned URL</Message></Error>\n';
             }
             secure_link \$arg_md5,\$arg_expires;
-            secure_link_md5 \"\$secure_link_expires\$uri $CDN_SECRET\";
-            if (\$secure_link = \"\") {
+            secure_link_md5 "\$secure_link_expires\$uri $4";
+            if (\$secure_link = "") {
                 return 403 'signature does not match\n';
             }
-            if (\$secure_link = \"0\") {
+            if (\$secure_link = "0") {
                 return 410 'signed URL expired\n';
             }
             add_header Cache-Control 'public, max-age=1209600' always;
@@ -462,9 +532,22 @@ nginx_conf cdn "
         location / {
             return 404 'not found\n';
         }
-    }"
+    }
+EOF
+}
 
-for n in registry cdn; do
+nginx_conf registry "$(registry_server distribution "$IP_BACK:$P_BACK" "$REG" "$CERTS/registry" \
+    "$IP_AUTH:$P_SIGN")"
+nginx_conf cdn "$(cdn_server "$IP_CDN:$P_CDN" "$CERTS/cdn" "$WORK/registry/data" "$CDN_SECRET")"
+# ghcr-like: one nginx process, its registry and CDN hosts as two server blocks
+GHCR_REG_LOG=$WORK/nginx-ghcr/registry-access.log
+GHCR_CDN_LOG=$WORK/nginx-ghcr/cdn-access.log
+nginx_conf ghcr "$(registry_server distribution_ghcr "$IP_GBACK:$P_GBACK" "$GREG" \
+    "$CERTS/ghcr/registry" "$IP_GAUTH:$P_GSIGN" "access_log $GHCR_REG_LOG e2e;")
+$(cdn_server "$IP_GCDN:$P_GCDN" "$CERTS/ghcr/cdn" "$WORK/registry-ghcr/data" "$GCDN_SECRET" \
+        "access_log $GHCR_CDN_LOG e2e;")"
+
+for n in registry cdn ghcr; do
     nginx -t -q -p "$WORK/nginx-$n" -c "$WORK/nginx-$n/nginx.conf" -e "$WORK/nginx-$n/error.log" \
         >"$LOGS/nginx-$n-test.log" 2>&1 ||
         { cat "$LOGS/nginx-$n-test.log" "$WORK/nginx-$n/error.log" >&2; die "nginx-$n config invalid"; }
@@ -473,6 +556,8 @@ for n in registry cdn; do
 done
 wait_tcp nginx-registry "$IP_REG" "$P_REG" 15
 wait_tcp nginx-cdn "$IP_CDN" "$P_CDN" 15
+wait_tcp nginx-ghcr "$IP_GREG" "$P_GREG" 15
+wait_tcp nginx-ghcr "$IP_GCDN" "$P_GCDN" 15
 
 # ---------------------------------------------------------------- seed images (offline)
 
@@ -515,19 +600,31 @@ say "generating a ${BIG_MB} MiB random layer"
 head -c "${BIG_MB}M" /dev/urandom >"$OCI/src/big-2/usr/share/e2e/big.bin"
 build_single big "$OCI/src/big-1" "$OCI/src/big-2"
 
-# multi: an index over linux/amd64 and linux/arm64
-oci_init "$OCI/multi"
-mkroot "$OCI/src/multi-amd64" "multi for amd64"
-mkroot "$OCI/src/multi-arm64" "multi for arm64"
-read -r M_AMD_DG M_AMD_SZ <<<"$(oci_image "$OCI/multi" amd64 "$OCI/src/multi-amd64")"
-read -r M_ARM_DG M_ARM_SZ <<<"$(oci_image "$OCI/multi" arm64 "$OCI/src/multi-arm64")"
-read -r M_IDX_DG M_IDX_SZ <<<"$(oci_index "$OCI/multi" "amd64 $M_AMD_DG $M_AMD_SZ" "arm64 $M_ARM_DG $M_ARM_SZ")"
-oci_tag "$OCI/multi" application/vnd.oci.image.index.v1+json "$M_IDX_DG" "$M_IDX_SZ" latest
-EXP_TOP[multi]=$M_IDX_DG
-EXP_HOST[multi]=$M_AMD_DG
-EXP_CHILD[multi]="${M_AMD_DG#sha256:} ${M_ARM_DG#sha256:}"
+# build_index IMAGE: an index over linux/amd64 and linux/arm64
+build_index() {
+    local img=$1 layout=$OCI/$1 amd_dg amd_sz arm_dg arm_sz idx_dg idx_sz
+    oci_init "$layout"
+    mkroot "$OCI/src/$img-amd64" "$img for amd64"
+    mkroot "$OCI/src/$img-arm64" "$img for arm64"
+    read -r amd_dg amd_sz <<<"$(oci_image "$layout" amd64 "$OCI/src/$img-amd64")"
+    read -r arm_dg arm_sz <<<"$(oci_image "$layout" arm64 "$OCI/src/$img-arm64")"
+    read -r idx_dg idx_sz <<<"$(oci_index "$layout" "amd64 $amd_dg $amd_sz" "arm64 $arm_dg $arm_sz")"
+    oci_tag "$layout" application/vnd.oci.image.index.v1+json "$idx_dg" "$idx_sz" latest
+    EXP_TOP[$img]=$idx_dg
+    EXP_HOST[$img]=$amd_dg
+    EXP_CHILD[$img]="${amd_dg#sha256:} ${arm_dg#sha256:}"
+}
+build_index multi
 
-for img in small secret late big multi; do
+# the ghcr-like registry's images (their own content: a mis-routed request cannot match)
+mkroot "$OCI/src/gtool-1" "ghcr owner/tool 1.0"
+head -c 200000 /dev/urandom >"$OCI/src/gtool-1/usr/share/e2e/tool.bin"
+build_single gtool "$OCI/src/gtool-1"
+mkroot "$OCI/src/gprivate-1" "ghcr owner/private: for logged-in users only"
+build_single gprivate "$OCI/src/gprivate-1"
+build_index gmulti
+
+for img in $HUB_IMAGES $GHCR_IMAGES; do
     EXP_BLOBS[$img]=$(oci_blobs_of "$OCI/$img" "${EXP_TOP[$img]}" | tr '\n' ' ')
     host_manifest=$OCI/$img/blobs/sha256/${EXP_HOST[$img]#sha256:}
     EXP_CONFIG[$img]=$(jq -r .config.digest "$host_manifest")
@@ -535,14 +632,19 @@ for img in small secret late big multi; do
     say "image $img: ${EXP_TOP[$img]} (blobs: ${EXP_BLOBS[$img]})"
 done
 
-say "seeding the upstream registry with skopeo (as $USER_NAME)"
-for img in small secret late big multi; do
-    all=()
-    [[ $img == multi ]] && all=(--all)
-    sk copy --quiet "${all[@]}" --preserve-digests --dest-creds "$USER_NAME:$USER_PASS" \
-        --dest-cert-dir "$WORK/certs.d" "oci:$OCI/$img:latest" \
-        "docker://$REG/${IMG_REPO[$img]}:latest" >"$LOGS/seed-$img.log" 2>&1 ||
-        { cat "$LOGS/seed-$img.log" >&2; die "seeding $img failed"; }
+seed() { # seed IMAGE REGISTRY CERT_DIR USER:PASS
+    local img=$1 all=()
+    [[ $img == multi || $img == gmulti ]] && all=(--all)
+    sk copy --quiet "${all[@]}" --preserve-digests --dest-creds "$4" --dest-cert-dir "$3" \
+        "oci:$OCI/$img:latest" "docker://$2/${IMG_REPO[$img]}:${IMG_TAG[$img]:-latest}" \
+        >"$LOGS/seed-$img.log" 2>&1 || { cat "$LOGS/seed-$img.log" >&2; die "seeding $img failed"; }
+}
+say "seeding the upstream registries with skopeo (as $USER_NAME and $GUSER_NAME)"
+for img in $HUB_IMAGES; do
+    seed "$img" "$REG" "$WORK/certs.d" "$USER_NAME:$USER_PASS"
+done
+for img in $GHCR_IMAGES; do
+    seed "$img" "$GREG" "$WORK/certs.d-ghcr" "$GUSER_NAME:$GUSER_PASS"
 done
 say "seeded"
 
@@ -650,6 +752,77 @@ up_cdn() {
     expect_eq "blob GET without a token" "$code" 401
 }
 
+# ---- the ghcr-like registry on its own
+
+gtoken_from() { # gtoken_from REALM SCOPE [CURL ARGS...]: a token for the ghcr-like service
+    local base=$1 scope=$2
+    shift 2
+    cu --fail-with-body -G "$base" --data-urlencode "service=$GSERVICE" \
+        --data-urlencode "scope=$scope" "$@" | jq -er .token
+}
+GCD=(--cert-dir "$WORK/certs.d-ghcr")
+
+up_g_challenge() {
+    local h
+    h=$(cu -o /dev/null -D - "https://$GREG/v2/")
+    echo "$h"
+    grep -q '^HTTP/[0-9.]* 401' <<<"$h" || fail "expected 401"
+    grep -qi "^www-authenticate: Bearer realm=\"https://$IP_GAUTH:$P_GAUTH/token\",service=\"$GSERVICE\"" <<<"$h" ||
+        fail "unexpected challenge"
+}
+
+up_g_pull() {
+    local img got
+    for img in gtool gmulti; do
+        got=sha256:$(sk inspect --raw "${GCD[@]}" "docker://$GREG/${IMG_REPO[$img]}:${IMG_TAG[$img]:-latest}" |
+            sha256sum | cut -d' ' -f1)
+        expect_eq "upstream manifest of $img" "$got" "${EXP_TOP[$img]}"
+    done
+    if sk inspect --raw "${GCD[@]}" "docker://$GREG/owner/private:1"; then
+        fail "anonymous pull of owner/private succeeded"
+    fi
+    echo "ok: anonymous pull of owner/private refused"
+    for c in "$GUSER_NAME:$GUSER_PASS" "$USER_NAME:$USER_PASS"; do
+        got=sha256:$(sk inspect --raw --creds "$c" "${GCD[@]}" "docker://$GREG/owner/private:1" |
+            sha256sum | cut -d' ' -f1)
+        expect_eq "upstream manifest of owner/private as ${c%%:*}" "$got" "${EXP_TOP[gprivate]}"
+    done
+    rm -rf "$WORK/out/up-gmulti"
+    sk copy --all --src-cert-dir "$WORK/certs.d-ghcr" "docker://$GREG/owner/multi:latest" "dir:$WORK/out/up-gmulti"
+    verify_dir gmulti "$WORK/out/up-gmulti"
+}
+
+# The two upstreams trust only their own tokens, and octo exists only on the ghcr-like one.
+up_g_isolated() {
+    local tok code h loc layer=${EXP_LAYER[gtool]}
+    tok=$(token_from "https://$IP_AUTH:$P_AUTH/token" "repository:owner/tool:pull")
+    code=$(cu -o /dev/null -w '%{http_code}' "${ACCEPT[@]}" -H "Authorization: Bearer $tok" \
+        "https://$GREG/v2/owner/tool/manifests/1.0")
+    expect_eq "ghcr-like registry with a docker.io token" "$code" 401
+    code=$(cu -o /dev/null -w '%{http_code}' -u "$GUSER_NAME:$GUSER_PASS" \
+        "https://$IP_AUTH:$P_AUTH/token?service=$SERVICE&scope=repository:library/small:pull")
+    expect_eq "docker.io token server with $GUSER_NAME" "$code" 401
+    tok=$(gtoken_from "https://$IP_GAUTH:$P_GAUTH/token" "repository:owner/tool:pull")
+    code=$(cu -o /dev/null -w '%{http_code}' "${ACCEPT[@]}" -H "Authorization: Bearer $tok" \
+        "https://$GREG/v2/owner/tool/manifests/1.0")
+    expect_eq "ghcr-like registry with its own token" "$code" 200
+    code=$(cu -o /dev/null -w '%{http_code}' "${ACCEPT[@]}" -H "Authorization: Bearer $tok" \
+        "https://$REG/v2/library/small/manifests/latest")
+    expect_eq "docker.io registry with a ghcr-like token" "$code" 401
+    h=$(cu -o /dev/null -D - -H "Authorization: Bearer $tok" "https://$GREG/v2/owner/tool/blobs/$layer")
+    echo "$h"
+    grep -q '^HTTP/[0-9.]* 307' <<<"$h" || fail "blob GET is not a 307"
+    loc=$(grep -i '^location:' <<<"$h" | cut -d' ' -f2- | tr -d '\r')
+    [[ $loc == "https://$IP_GCDN:$P_GCDN/docker/registry/v2/blobs/sha256/"*"/data?md5="*"&expires="* ]] ||
+        fail "unexpected redirect target: $loc"
+    code=$(cu -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "$loc")
+    expect_eq "ghcr-like CDN with an Authorization header" "$code" 400
+    code=$(cu -o /dev/null -w '%{http_code}' "$("$REGTOKEN" sign-url --secret "$CDN_SECRET" --ttl 60 "${loc%%\?*}")")
+    expect_eq "ghcr-like CDN with a URL signed with docker.io's CDN secret" "$code" 403
+    got=$(cu --fail "$loc" | sha256sum | cut -d' ' -f1)
+    expect_eq "ghcr-like CDN download" "sha256:$got" "$layer"
+}
+
 say "checking the upstream harness directly (no ocirelay involved)"
 check "upstream: /v2/ challenge" up_challenge
 check "upstream: token server GET/POST and bad credentials" up_token_post
@@ -657,6 +830,9 @@ check "upstream: manifests as seeded (skopeo inspect)" up_inspect
 check "upstream: skopeo copy small + multi --all straight from upstream" up_copy
 check "upstream: private repo needs credentials" up_private
 check "upstream: 307 to signed CDN, no-auth/expiry/range rules" up_cdn
+check "upstream ghcr: /v2/ challenge (service ghcr.io, own realm)" up_g_challenge
+check "upstream ghcr: manifests as seeded, owner/private needs credentials" up_g_pull
+check "upstream ghcr: own tokens, own users, own signed CDN" up_g_isolated
 if ((NFAIL > 0)); then
     echo "!!! the upstream harness itself is broken: the checks below would say nothing about ocirelay"
     summary_and_exit
@@ -677,11 +853,19 @@ if [[ ! -x $OCIRELAY_BIN ]]; then
     fi
 fi
 
+# A realistic multi-registry config: the built-in registries stay (quay.io, gcr.io, ...: never
+# asked for here), docker.io and ghcr.io are replaced by the loopback upstreams, and ghcr.io
+# also gets a host route by IP literal (its own listener address, same port).
 cat >"$WORK/ocirelay.toml" <<EOF
-listen = ["$RELAY"]
+listen = ["$RELAY", "$RELAY2"]
 
 [[tls_listener]]
 addr = "$RELAYTLS"
+cert = "$CERTS/relay-fullchain.pem"
+key = "$CERTS/relay-key.pem"
+
+[[tls_listener]]
+addr = "$RELAY2TLS"
 cert = "$CERTS/relay-fullchain.pem"
 key = "$CERTS/relay-key.pem"
 
@@ -690,14 +874,23 @@ name = "docker.io"
 upstream = "https://$REG"
 ca_file = "$CERTS/ca.pem"
 default = true
+
+[[registry]]
+name = "ghcr.io"
+upstream = "https://$GREG"
+ca_file = "$CERTS/ghcr/ca.pem"
+hosts = ["$IP_RELAY2"]
 EOF
 CDN_LOG_MARK=$(wc -l <"$WORK/nginx-cdn/access.log")
+GCDN_LOG_MARK=$(wc -l <"$GHCR_CDN_LOG")
 start ocirelay "$OCIRELAY_BIN" --config "$WORK/ocirelay.toml"
 relay_listens() {
     wait_tcp ocirelay "$IP_RELAY" "$P_RELAY" 20
     wait_tcp ocirelay "$IP_RELAY" "$P_RELAYTLS" 5
+    wait_tcp ocirelay "$IP_RELAY2" "$P_RELAY" 5
+    wait_tcp ocirelay "$IP_RELAY2" "$P_RELAYTLS" 5
 }
-check "ocirelay: starts and listens on $RELAY and $RELAYTLS" relay_listens
+check "ocirelay: starts and listens on $RELAY, $RELAYTLS, $RELAY2, $RELAY2TLS" relay_listens
 if ((NFAIL > 0)); then
     summary_and_exit
 fi
@@ -748,9 +941,6 @@ r_token() {
         "http://$RELAY/token?service=$SERVICE&scope=repository:private/secret:pull")
     expect_eq "token with a wrong password through ocirelay" "$code" 401
 }
-
-ACCEPT=(-H 'Accept: application/vnd.oci.image.index.v1+json' -H 'Accept: application/vnd.oci.image.manifest.v1+json'
-    -H 'Accept: application/vnd.docker.distribution.manifest.list.v2+json' -H 'Accept: application/vnd.docker.distribution.manifest.v2+json')
 
 r_manifest() {
     local tok h name
@@ -867,19 +1057,40 @@ r_head_stays_head() {
     fi
 }
 
-# The CDN must never have seen an Authorization header from ocirelay.
+# A TLS ClientHello on a plain-HTTP listener should be turned down at once (nginx answers
+# 400): docker, podman and skopeo with insecure registries / --tls-verify=false probe https
+# first and fall back to http only when that fails, or after their 10 s TLS handshake timeout.
+r_tls_probe() {
+    local t0 t1 rc=0 ms
+    t0=$(date +%s%N)
+    timeout -k 2 10 curl -sS -k --noproxy '*' --max-time 5 -o /dev/null "https://$RELAY/v2/" || rc=$?
+    t1=$(date +%s%N)
+    ms=$(((t1 - t0) / 1000000))
+    echo "curl https://$RELAY/v2/ (a plain-HTTP listener): exit $rc after $ms ms"
+    ((rc != 0)) || fail "a TLS handshake with the plain listener succeeded"
+    ((ms < 3000)) || fail "the plain listener took $ms ms to turn down a TLS ClientHello"
+}
+
+# The CDNs must never have seen an Authorization header from ocirelay.
 r_cdn_no_auth() {
-    local n
-    tail -n +"$((CDN_LOG_MARK + 1))" "$WORK/nginx-cdn/access.log" >"$WORK/cdn-relay.log"
-    n=$(wc -l <"$WORK/cdn-relay.log")
-    echo "CDN requests made while ocirelay was tested: $n"
-    ((n > 0)) || fail "ocirelay never fetched from the CDN"
-    if grep -v ' auth=- ' "$WORK/cdn-relay.log"; then
-        fail "requests above reached the CDN with an Authorization header"
-    fi
-    if grep -E '" (400|403|410) ' "$WORK/cdn-relay.log"; then
-        fail "the CDN refused the requests above"
-    fi
+    local n name log mark
+    for name in docker ghcr; do
+        if [[ $name == docker ]]; then
+            log=$WORK/nginx-cdn/access.log mark=$CDN_LOG_MARK
+        else
+            log=$GHCR_CDN_LOG mark=$GCDN_LOG_MARK
+        fi
+        tail -n +"$((mark + 1))" "$log" >"$WORK/cdn-relay-$name.log"
+        n=$(wc -l <"$WORK/cdn-relay-$name.log")
+        echo "$name CDN requests made while ocirelay was tested: $n"
+        ((n > 0)) || fail "ocirelay never fetched from the $name CDN"
+        if grep -v ' auth=- ' "$WORK/cdn-relay-$name.log"; then
+            fail "requests above reached the $name CDN with an Authorization header"
+        fi
+        if grep -E '" (400|403|410) ' "$WORK/cdn-relay-$name.log"; then
+            fail "the $name CDN refused the requests above"
+        fi
+    done
 }
 
 # A redirect must not be reused after its signature expired: HEAD a blob (ocirelay learns
@@ -961,10 +1172,360 @@ p_private() {
     p_pull secret "$RELAY/private/secret:latest" --tls-verify=false --creds "$USER_NAME:$USER_PASS"
 }
 
+# ---- the second registry (ghcr-like) through ocirelay: path prefix, host route, ?ns=
+
+# challenge_of CURL-ARGS...: the WWW-Authenticate value of a 401 (the exchange on stderr)
+challenge_of() {
+    local h
+    h=$(cu -v -o /dev/null -D - "$@")
+    echo "$h" >&2
+    grep -q '^HTTP/[0-9.]* 401' <<<"$h" || fail "expected a 401 from $*"
+    grep -i '^www-authenticate:' <<<"$h" | cut -d' ' -f2- | tr -d '\r'
+}
+# param_of CHALLENGE NAME: one quoted parameter of a challenge
+param_of() { sed -nE "s/.*[ ,]$2=\"([^\"]*)\".*/\1/p" <<<"$1"; }
+# token_via CHALLENGE [CURL ARGS...]: a token from the realm the challenge names, with its
+# service and scope, as a client would ask for it
+token_via() {
+    local ch=$1 realm service scope
+    shift
+    realm=$(param_of "$ch" realm)
+    service=$(param_of "$ch" service)
+    scope=$(param_of "$ch" scope)
+    [[ -n $realm ]] || fail "no realm in: $ch"
+    local args=(-G "$realm")
+    [[ -n $service ]] && args+=(--data-urlencode "service=$service")
+    [[ -n $scope ]] && args+=(--data-urlencode "scope=$scope")
+    cu -v --fail-with-body "${args[@]}" "$@" | jq -er .token
+}
+expect_challenge() { # expect_challenge CHALLENGE REALM SERVICE [SCOPE]
+    echo "challenge: $1"
+    expect_eq "realm" "$(param_of "$1" realm)" "$2"
+    expect_eq "service" "$(param_of "$1" service)" "$3"
+    if [[ -n ${4:-} ]]; then
+        expect_eq "scope" "$(param_of "$1" scope)" "$4"
+    fi
+    if grep -qE "$IP_GAUTH|$IP_AUTH" <<<"$1"; then
+        fail "an upstream realm leaked: $1"
+    fi
+}
+# manifest_digest URL TOKEN [CURL ARGS...]: sha256 of the manifest body (fails unless 200)
+manifest_digest() {
+    local url=$1 tok=$2
+    shift 2
+    echo "sha256:$(cu -v --fail "${ACCEPT[@]}" -H "Authorization: Bearer $tok" "$@" "$url" |
+        sha256sum | cut -d' ' -f1)"
+}
+
+r_g_challenge() {
+    local ch
+    ch=$(challenge_of "http://$RELAY2/v2/")
+    expect_challenge "$ch" "http://$RELAY2/token/ghcr.io" "$GSERVICE"
+    ch=$(challenge_of "https://$RELAY2TLS/v2/owner/tool/manifests/1.0")
+    expect_challenge "$ch" "https://$RELAY2TLS/token/ghcr.io" "$GSERVICE" "repository:owner/tool:pull"
+    ch=$(challenge_of "http://$RELAY/v2/ghcr.io/owner/tool/manifests/1.0")
+    expect_challenge "$ch" "http://$RELAY/token/ghcr.io" "$GSERVICE" "repository:ghcr.io/owner/tool:pull"
+    ch=$(challenge_of "http://$RELAY/v2/owner/tool/manifests/1.0?ns=ghcr.io")
+    expect_challenge "$ch" "http://$RELAY/token/ghcr.io" "$GSERVICE" "repository:owner/tool:pull"
+    # the port of the Host header plays no part in the host route
+    for host in "$IP_RELAY2" "$IP_RELAY2:1"; do
+        ch=$(challenge_of -H "Host: $host" "http://$RELAY/v2/owner/tool/manifests/1.0")
+        expect_challenge "$ch" "http://$host/token/ghcr.io" "$GSERVICE" "repository:owner/tool:pull"
+    done
+    # no hint at all: the default registry (docker.io)
+    ch=$(challenge_of "http://$RELAY/v2/owner/tool/manifests/1.0")
+    expect_challenge "$ch" "http://$RELAY/token" "$SERVICE" "repository:owner/tool:pull"
+}
+
+r_g_manifest() {
+    local ch tok code host
+    ch=$(challenge_of "http://$RELAY/v2/ghcr.io/owner/tool/manifests/1.0")
+    tok=$(token_via "$ch")
+    tail -n 1 "$LOGS/regtoken-ghcr.log" | tee /dev/stderr | grep 'granted=\[repository:owner/tool:pull\]' >/dev/null ||
+        fail "the ghcr-like token server did not grant repository:owner/tool:pull"
+    expect_eq "path prefix: manifest" "$(manifest_digest "http://$RELAY/v2/ghcr.io/owner/tool/manifests/1.0" "$tok")" \
+        "${EXP_TOP[gtool]}"
+    expect_eq "path prefix: manifest by digest" \
+        "$(manifest_digest "http://$RELAY/v2/ghcr.io/owner/tool/manifests/${EXP_TOP[gtool]}" "$tok")" "${EXP_TOP[gtool]}"
+    h=$(cu -v -I "${ACCEPT[@]}" -H "Authorization: Bearer $tok" "http://$RELAY/v2/ghcr.io/owner/tool/manifests/1.0")
+    echo "$h"
+    grep -qi "^docker-content-digest: ${EXP_TOP[gtool]}" <<<"$h" || fail "HEAD: digest header"
+    # the upstream's token is good for the same repository whichever way it is routed
+    expect_eq "host route: manifest" "$(manifest_digest "http://$RELAY2/v2/owner/tool/manifests/1.0" "$tok")" \
+        "${EXP_TOP[gtool]}"
+    expect_eq "host route (TLS): manifest" \
+        "$(manifest_digest "https://$RELAY2TLS/v2/owner/tool/manifests/1.0" "$tok")" "${EXP_TOP[gtool]}"
+    for host in "$IP_RELAY2" "$IP_RELAY2:1" "$IP_RELAY2:$P_RELAY"; do
+        expect_eq "Host: $host on $RELAY" \
+            "$(manifest_digest "http://$RELAY/v2/owner/tool/manifests/1.0" "$tok" -H "Host: $host")" "${EXP_TOP[gtool]}"
+    done
+    expect_eq "?ns=ghcr.io: manifest" \
+        "$(manifest_digest "http://$RELAY/v2/owner/tool/manifests/1.0?ns=ghcr.io" "$tok")" "${EXP_TOP[gtool]}"
+    # the index, by path prefix
+    ch=$(challenge_of "http://$RELAY/v2/ghcr.io/owner/multi/manifests/latest")
+    tok=$(token_via "$ch")
+    expect_eq "path prefix: index" "$(manifest_digest "http://$RELAY/v2/ghcr.io/owner/multi/manifests/latest" "$tok")" \
+        "${EXP_TOP[gmulti]}"
+    # no hint: docker.io, which has no owner/multi and does not take ghcr's token
+    code=$(cu -v -o /dev/null -w '%{http_code}' "${ACCEPT[@]}" -H "Authorization: Bearer $tok" \
+        "http://$RELAY/v2/owner/multi/manifests/latest")
+    expect_eq "no hint: docker.io refuses a ghcr token" "$code" 401
+    # docker.io by path prefix too (library/ still added)
+    ch=$(challenge_of "http://$RELAY/v2/docker.io/small/manifests/latest")
+    expect_challenge "$ch" "http://$RELAY/token" "$SERVICE" "repository:docker.io/small:pull"
+    tok=$(token_via "$ch")
+    expect_eq "docker.io path prefix: manifest" \
+        "$(manifest_digest "http://$RELAY/v2/docker.io/small/manifests/latest" "$tok")" "${EXP_TOP[small]}"
+    # registries that are not configured
+    code=$(cu -v -o "$WORK/r-unknown.json" -w '%{http_code}' "http://$RELAY/v2/nope.example/x/manifests/1")
+    cat "$WORK/r-unknown.json"
+    echo
+    expect_eq "unknown path prefix" "$code" 404
+    grep -q 'ghcr.io' "$WORK/r-unknown.json" || fail "the 404 does not list the routes"
+    code=$(cu -v -o /dev/null -w '%{http_code}' "http://$RELAY/v2/x/y/manifests/1?ns=nope.example")
+    expect_eq "unknown ?ns=" "$code" 404
+    relay_alive
+}
+
+r_g_blob() {
+    local ch tok layer=${EXP_LAYER[gtool]} f h code
+    f=$OCI/gtool/blobs/sha256/${layer#sha256:}
+    ch=$(challenge_of "http://$RELAY/v2/ghcr.io/owner/tool/blobs/$layer")
+    tok=$(token_via "$ch")
+    h=$(cu -v -I -H "Authorization: Bearer $tok" "http://$RELAY/v2/ghcr.io/owner/tool/blobs/$layer")
+    echo "$h"
+    grep -q '^HTTP/[0-9.]* 200' <<<"$h" || fail "HEAD blob: not 200 (ocirelay should follow the redirect to the ghcr-like CDN)"
+    grep -qi "^content-length: $(stat -c %s "$f")" <<<"$h" || fail "HEAD blob: content-length"
+    got=$(cu -v --fail -H "Authorization: Bearer $tok" "http://$RELAY/v2/ghcr.io/owner/tool/blobs/$layer" |
+        sha256sum | cut -d' ' -f1)
+    expect_eq "path prefix: GET blob" "sha256:$got" "$layer"
+    code=$(cu -v -o "$WORK/r-g-range.bin" -w '%{http_code}' -r 1000- -H "Authorization: Bearer $tok" \
+        "http://$RELAY2/v2/owner/tool/blobs/$layer")
+    expect_eq "host route: Range status" "$code" 206
+    expect_eq "host route: Range content" "$(sha256sum <"$WORK/r-g-range.bin")" "$(tail -c +1001 "$f" | sha256sum)"
+    got=$(cu -v --fail -H "Authorization: Bearer $tok" "http://$RELAY/v2/owner/tool/blobs/$layer?ns=ghcr.io" |
+        sha256sum | cut -d' ' -f1)
+    expect_eq "?ns=ghcr.io: GET blob" "sha256:$got" "$layer"
+    relay_alive
+}
+
+# Credentials reach the right token service: by the token path, the Host, or the scope's prefix.
+r_g_token() {
+    local body tok code scope=repository:owner/private:pull
+    body=$(cu -v --fail-with-body -X POST "http://$RELAY/token/ghcr.io" \
+        --data-urlencode grant_type=password --data-urlencode "username=$GUSER_NAME" \
+        --data-urlencode "password=$GUSER_PASS" --data-urlencode "service=$GSERVICE" \
+        --data-urlencode client_id=e2e --data-urlencode "scope=$scope")
+    tok=$(jq -er '.access_token // .token' <<<"$body") || fail "OAuth2 POST /token/ghcr.io: $body"
+    tail -n 1 "$LOGS/regtoken-ghcr.log" | tee /dev/stderr | grep "POST /token .*oauth user=$GUSER_NAME granted=\[$scope\]" >/dev/null ||
+        fail "the ghcr-like token server did not grant $scope to $GUSER_NAME"
+    expect_eq "owner/private with that token (path prefix)" \
+        "$(manifest_digest "http://$RELAY/v2/ghcr.io/owner/private/manifests/1" "$tok")" "${EXP_TOP[gprivate]}"
+    # docker's realm (/token, what a client learnt from /v2/) with a ghcr.io/ scope
+    tok=$(cu -v --fail-with-body -G "http://$RELAY/token" -u "$GUSER_NAME:$GUSER_PASS" \
+        --data-urlencode "service=$SERVICE" --data-urlencode "scope=repository:ghcr.io/owner/private:pull" |
+        jq -er .token)
+    tail -n 1 "$LOGS/regtoken-ghcr.log" | tee /dev/stderr | grep "user=$GUSER_NAME granted=\[$scope\]" >/dev/null ||
+        fail "/token with a ghcr.io/ scope did not reach the ghcr-like token server"
+    expect_eq "owner/private with that token (path prefix)" \
+        "$(manifest_digest "http://$RELAY/v2/ghcr.io/owner/private/manifests/1" "$tok")" "${EXP_TOP[gprivate]}"
+    # plain /token on the host route
+    tok=$(cu -v --fail-with-body -G "http://$RELAY2/token" -u "$GUSER_NAME:$GUSER_PASS" \
+        --data-urlencode "scope=$scope" | jq -er .token)
+    expect_eq "owner/private with that token (host route)" \
+        "$(manifest_digest "http://$RELAY2/v2/owner/private/manifests/1" "$tok")" "${EXP_TOP[gprivate]}"
+    code=$(cu -v -o /dev/null -w '%{http_code}' -u "$GUSER_NAME:nope" "http://$RELAY2/token?scope=$scope")
+    expect_eq "wrong password, host route" "$code" 401
+    code=$(cu -v -o /dev/null -w '%{http_code}' -u "$GUSER_NAME:$GUSER_PASS" \
+        "http://$RELAY/token?service=$SERVICE&scope=repository:private/secret:pull")
+    expect_eq "$GUSER_NAME on docker.io's token service" "$code" 401
+    # anonymous: no pull of owner/private granted, so the registry says 401
+    ch=$(challenge_of "http://$RELAY/v2/ghcr.io/owner/private/manifests/1")
+    tok=$(token_via "$ch")
+    code=$(cu -v -o /dev/null -w '%{http_code}' "${ACCEPT[@]}" -H "Authorization: Bearer $tok" \
+        "http://$RELAY/v2/ghcr.io/owner/private/manifests/1")
+    expect_eq "anonymous token on owner/private" "$code" 401
+    relay_alive
+}
+
+s_g_path() {
+    sk_pull gtool g-tool-path "${HTTP_SRC[@]}" "docker://$RELAY/ghcr.io/owner/tool:1.0"
+    sk_pull gmulti g-multi-path --all "${TLS_SRC[@]}" "docker://$RELAYTLS/ghcr.io/owner/multi:latest"
+}
+s_g_host() {
+    sk_pull gtool g-tool-host "${HTTP_SRC[@]}" "docker://$RELAY2/owner/tool:1.0"
+    sk_pull gmulti g-multi-host --all "${TLS_SRC[@]}" "docker://$RELAY2TLS/owner/multi:latest"
+}
+
+s_tags() { # skopeo list-tags: tags/list through each route
+    local ref want out
+    for ref in "$RELAYTLS/ghcr.io/owner/tool=1.0" "$RELAY2TLS/owner/tool=1.0" "$RELAYTLS/small=latest" \
+        "$RELAYTLS/docker.io/library/multi=latest"; do
+        want=${ref#*=}
+        out=$(sk list-tags --retry-times 0 --cert-dir "$WORK/certs.d" "docker://${ref%=*}")
+        echo "$out"
+        jq -e --arg t "$want" '.Tags == [$t]' <<<"$out" >/dev/null || fail "tags of ${ref%=*}: want [$want]"
+    done
+}
+
+p_fresh() { # podman forgets every image, so that the next pull fetches every blob again
+    pm rmi -a -f >/dev/null 2>&1 || true
+    if [[ -n $(pm images -q) ]]; then
+        pm images
+        fail "podman still has images"
+    fi
+}
+p_g_path() {
+    p_fresh
+    p_pull gtool "$RELAY/ghcr.io/owner/tool:1.0" --tls-verify=false
+    p_pull gmulti "$RELAYTLS/ghcr.io/owner/multi:latest" --cert-dir "$WORK/certs.d"
+}
+p_g_host() {
+    p_fresh
+    p_pull gtool "$RELAY2/owner/tool:1.0" --tls-verify=false
+    p_pull gmulti "$RELAY2TLS/owner/multi:latest" --cert-dir "$WORK/certs.d"
+}
+
+# p_mirror IMAGE REF MIRROR-LOCATION: podman pulls REF (ghcr.io/...) with a registries.conf
+# whose ghcr.io location is blocked (nothing listens there) and whose only mirror is ocirelay.
+p_mirror() {
+    local img=$1 ref=$2 mirror=$3 conf log mark path digest id urls
+    conf=$WORK/containers/registries-${mirror//[^A-Za-z0-9]/_}.conf
+    log=$WORK/podman-mirror-${mirror//[^A-Za-z0-9]/_}.log
+    cat >"$conf" <<EOF
+unqualified-search-registries = []
+short-name-mode = "disabled"
+
+[[registry]]
+prefix = "ghcr.io"
+location = "$IP_GREG:$P_GCLOSED"
+
+[[registry.mirror]]
+location = "$mirror"
+insecure = true
+EOF
+    cat "$conf"
+    p_fresh
+    mark=$(wc -l <"$GHCR_REG_LOG")
+    if ! CONTAINERS_REGISTRIES_CONF=$conf pm --log-level=debug pull "$ref" >"$log" 2>&1; then
+        grep -E 'level=(debug|info|warning|error)' "$log" | grep -vE 'msg="(Cached value|Using|Initializ|Set|Setting|Storage|graph|overlay|Reading|Merged|Not|No |Found|\[graphdriver)' | tail -n 40
+        fail "podman pull $ref through the mirror failed (full debug log: $log)"
+    fi
+    relay_alive
+    # every registry request podman made went to ocirelay, through the mirror's location
+    urls=$(grep -oE 'msg="(GET|HEAD|Ping) https?://[^ "]*' "$log" | sed -E 's/^msg="[A-Za-z]+ //' | sort -u)
+    echo "podman's requests:"
+    echo "$urls"
+    path=${mirror#*/}
+    [[ $path == "$mirror" ]] && path=""
+    grep -q "^http://${mirror%%/*}/v2/${path:+$path/}${IMG_REPO[$img]}/manifests/" <<<"$urls" ||
+        fail "no manifest request to the mirror http://${mirror%%/*}/v2/${path:+$path/}${IMG_REPO[$img]}/"
+    if grep -v "^https\?://${mirror%%/*}/" <<<"$urls"; then
+        fail "podman sent the requests above somewhere else than the mirror"
+    fi
+    # and ocirelay took them to the ghcr-like upstream
+    tail -n +"$((mark + 1))" "$GHCR_REG_LOG" >"$log.upstream"
+    grep "/v2/${IMG_REPO[$img]}/manifests/" "$log.upstream" ||
+        fail "the ghcr-like upstream saw no manifest request for ${IMG_REPO[$img]}"
+    digest=$(CONTAINERS_REGISTRIES_CONF=$conf pm image inspect --format '{{.Digest}}' "$ref")
+    id=$(CONTAINERS_REGISTRIES_CONF=$conf pm image inspect --format '{{.Id}}' "$ref")
+    expect_eq "podman image digest" "$digest" "${EXP_TOP[$img]}"
+    expect_eq "podman image id (config digest)" "sha256:$id" "${EXP_CONFIG[$img]}"
+}
+p_g_mirror_path() { p_mirror gtool ghcr.io/owner/tool:1.0 "$RELAY/ghcr.io"; }
+p_g_mirror_host() { p_mirror gmulti ghcr.io/owner/multi:latest "$RELAY2"; }
+
+# ---- docker login equivalents: credentials stored for the mirror host, then a private pull
+
+# expect_refused WHAT CMD...: CMD must fail, and for want of authorization (not, say, TLS)
+expect_refused() {
+    local what=$1 out rc=0
+    shift
+    out=$("$@" 2>&1) || rc=$?
+    echo "$out" | tail -n 5
+    ((rc != 0)) || fail "$what succeeded"
+    grep -qiE 'unauthori[sz]ed|authentication required|invalid username|denied|401' <<<"$out" ||
+        fail "$what failed, but not for want of authorization"
+    echo "ok: $what refused"
+}
+
+# (Negative cases use the TLS listeners: on the plain ones every insecure client call first
+# probes https, which costs 10 s while ocirelay ignores the TLS ClientHello, see r_tls_probe.)
+l_skopeo_login() { # on the TLS listener (podman logs in on a plain one below)
+    local af=$WORK/auth-skopeo.json
+    rm -f "$af"
+    expect_refused "skopeo login with a wrong password" \
+        sk login --authfile "$af" --cert-dir "$WORK/certs.d" -u "$USER_NAME" -p nope "$RELAYTLS"
+    sk login --authfile "$af" --cert-dir "$WORK/certs.d" -u "$USER_NAME" -p "$USER_PASS" "$RELAYTLS"
+    jq -e --arg k "$RELAYTLS" '.auths[$k].auth' "$af" >/dev/null || fail "no credentials for $RELAYTLS in $af"
+    sk_pull secret secret-login "${TLS_SRC[@]}" --src-authfile "$af" "docker://$RELAYTLS/private/secret:latest"
+    sk_pull gprivate gprivate-login-path "${TLS_SRC[@]}" --src-authfile "$af" \
+        "docker://$RELAYTLS/ghcr.io/owner/private:1"
+    grep "user=$USER_NAME granted=\[repository:owner/private:pull\]" "$LOGS/regtoken-ghcr.log" | tail -n 1 |
+        grep . || fail "the ghcr-like token server never granted owner/private to $USER_NAME"
+    sk logout --authfile "$af" "$RELAYTLS"
+    expect_refused "skopeo pull of ghcr.io/owner/private after logout" \
+        sk inspect --raw --retry-times 0 --authfile "$af" --cert-dir "$WORK/certs.d" \
+        "docker://$RELAYTLS/ghcr.io/owner/private:1"
+}
+
+l_podman_login_host() {
+    local af=$WORK/auth-podman-host.json af2=$WORK/auth-podman-hub.json cd=(--cert-dir "$WORK/certs.d")
+    rm -f "$af" "$af2"
+    p_fresh
+    expect_refused "anonymous podman pull of owner/private" pm pull "${cd[@]}" "$RELAY2TLS/owner/private:1"
+    expect_refused "podman login with a wrong password" \
+        pm login --authfile "$af" "${cd[@]}" -u "$GUSER_NAME" -p nope "$RELAY2TLS"
+    # octo exists only on the ghcr-like upstream: the same login on the docker.io host fails
+    expect_refused "podman login as $GUSER_NAME on the docker.io host" \
+        pm login --authfile "$af2" "${cd[@]}" -u "$GUSER_NAME" -p "$GUSER_PASS" "$RELAYTLS"
+    pm login --authfile "$af" --tls-verify=false -u "$GUSER_NAME" -p "$GUSER_PASS" "$RELAY2"
+    p_pull gprivate "$RELAY2/owner/private:1" --tls-verify=false --authfile "$af"
+    grep "user=$GUSER_NAME granted=\[repository:owner/private:pull\]" "$LOGS/regtoken-ghcr.log" | tail -n 1 |
+        grep . || fail "the ghcr-like token server never granted owner/private to $GUSER_NAME"
+}
+
+# Per-registry credentials for one mirror host: containers' auth.json may key an entry by
+# host/namespace, so ghcr.io/... on the mirror gets octo while docker.io images get alice.
+# (A login cannot write such an entry here: it checks the credentials with the host's /v2/,
+# which is docker.io's.) ocirelay must send each to the right token service.
+l_namespaced_auth() {
+    local af=$WORK/auth-namespaced.json mark
+    jq -n --arg hub "$RELAYTLS" --arg gh "$RELAYTLS/ghcr.io" \
+        --arg a "$(printf %s "$USER_NAME:$USER_PASS" | base64 -w0)" \
+        --arg o "$(printf %s "$GUSER_NAME:$GUSER_PASS" | base64 -w0)" \
+        '{auths: {($hub): {auth: $a}, ($gh): {auth: $o}}}' >"$af"
+    cat "$af"
+    mark=$(wc -l <"$LOGS/regtoken-ghcr.log")
+    sk_pull gprivate gprivate-namespaced "${TLS_SRC[@]}" --src-authfile "$af" \
+        "docker://$RELAYTLS/ghcr.io/owner/private:1"
+    tail -n +"$((mark + 1))" "$LOGS/regtoken-ghcr.log" >"$WORK/namespaced-tokens.log"
+    cat "$WORK/namespaced-tokens.log"
+    grep "user=$GUSER_NAME granted=\[repository:owner/private:pull\]" "$WORK/namespaced-tokens.log" ||
+        fail "the ghcr-like token server did not see $GUSER_NAME"
+    if grep "user=$USER_NAME" "$WORK/namespaced-tokens.log"; then
+        fail "$USER_NAME's docker.io credentials went to the ghcr-like token server"
+    fi
+    mark=$(wc -l <"$LOGS/regtoken.log")
+    sk_pull secret secret-namespaced "${TLS_SRC[@]}" --src-authfile "$af" "docker://$RELAYTLS/private/secret:latest"
+    tail -n +"$((mark + 1))" "$LOGS/regtoken.log" | grep "user=$USER_NAME granted=\[repository:private/secret:pull\]" ||
+        fail "docker.io's token server did not see $USER_NAME"
+}
+
+l_podman_login_tls() {
+    local af=$WORK/auth-podman-tls.json
+    rm -f "$af"
+    p_fresh
+    pm login --authfile "$af" --cert-dir "$WORK/certs.d" -u "$USER_NAME" -p "$USER_PASS" "$RELAYTLS"
+    p_pull gprivate "$RELAYTLS/ghcr.io/owner/private:1" --cert-dir "$WORK/certs.d" --authfile "$af"
+    p_pull secret "$RELAYTLS/private/secret:latest" --cert-dir "$WORK/certs.d" --authfile "$af"
+}
+
 # containerd: a private daemon; ctr pulls in-process and unpacks with the native snapshotter
 start_containerd() {
     local d=$WORK/containerd i
-    mkdir -p "$d/root" "$d/state" "$d/opt" "$d/hosts/docker.io" "$d/hosts/$RELAYTLS"
+    mkdir -p "$d/root" "$d/state" "$d/opt" "$d/hosts/docker.io" "$d/hosts/$RELAYTLS" \
+        "$d/hosts/ghcr.io" "$d/hosts-relay2/ghcr.io"
     cat >"$d/config.toml" <<EOF
 version = 2
 root = "$d/root"
@@ -991,6 +1552,18 @@ server = "http://$RELAY"
 [host."http://$RELAY"]
   capabilities = ["pull", "resolve"]
 EOF
+    # ghcr.io through ocirelay: containerd appends ?ns=ghcr.io; the server is never asked
+    cat >"$d/hosts/ghcr.io/hosts.toml" <<EOF
+server = "https://ghcr.io"
+[host."http://$RELAY"]
+  capabilities = ["pull", "resolve"]
+EOF
+    # the same through ocirelay's host route (Host and ?ns= agree)
+    cat >"$d/hosts-relay2/ghcr.io/hosts.toml" <<EOF
+server = "https://ghcr.io"
+[host."http://$RELAY2"]
+  capabilities = ["pull", "resolve"]
+EOF
     cat >"$d/hosts/$RELAYTLS/hosts.toml" <<EOF
 server = "https://$RELAYTLS"
 [host."https://$RELAYTLS"]
@@ -1009,9 +1582,13 @@ EOF
 }
 
 c_pull() { # c_pull IMAGE REF CTR-PULL-ARGS...
-    local img=$1 ref=$2 got layer
+    local img=$1 ref=$2
     shift 2
     ct images pull --snapshotter native "$@" "$ref"
+    c_verify "$img" "$ref"
+}
+c_verify() { # c_verify IMAGE REF: containerd holds REF, complete, with the expected digests
+    local img=$1 ref=$2 got layer
     relay_alive
     ct images ls
     got=$(ct images ls | awk -v r="$ref" '$1 == r { print $3 }')
@@ -1029,7 +1606,7 @@ c_multi_mirror() {
     ct images rm docker.io/library/multi:latest
     ct --debug images pull --snapshotter native --hosts-dir "$WORK/containerd/hosts" \
         docker.io/library/multi:latest >"$WORK/ctr-debug.log" 2>&1 || { cat "$WORK/ctr-debug.log"; fail "pull with --debug"; }
-    grep -E 'ns=docker.io' "$WORK/ctr-debug.log" | head -n 3
+    grep -m 3 -E 'ns=docker.io' "$WORK/ctr-debug.log"
     grep -q "$RELAY/v2/library/multi/manifests/latest?ns=docker.io" "$WORK/ctr-debug.log" ||
         fail "containerd did not ask ocirelay with ?ns=docker.io (see $WORK/ctr-debug.log)"
     if grep -E 'https?://[^ "]*' -o "$WORK/ctr-debug.log" | grep -v "//$RELAY/"; then
@@ -1049,12 +1626,40 @@ c_private() {
     grep 'oauth user=alice' "$LOGS/regtoken.log" | tail -n 2
 }
 
+# c_debug_pull IMAGE REF HOSTS-DIR RELAY-HOST [CTR-PULL-ARGS...]: ctr --debug pull through a
+# hosts.toml mirror; every URL ctr used is on RELAY-HOST, the manifest asked with ?ns=ghcr.io.
+c_debug_pull() {
+    local img=$1 ref=$2 hosts=$3 relay=$4 log
+    shift 4
+    log=$WORK/ctr-debug-${img}.log
+    ct --debug images pull --snapshotter native --hosts-dir "$hosts" "$@" "$ref" >"$log" 2>&1 ||
+        { tail -n 40 "$log"; fail "ctr pull $ref (log: $log)"; }
+    grep -m 3 -E 'ns=ghcr.io' "$log"
+    grep -q "$relay/v2/${IMG_REPO[$img]}/manifests/${IMG_TAG[$img]:-latest}?ns=ghcr.io" "$log" ||
+        fail "containerd did not ask ocirelay ($relay) with ?ns=ghcr.io (see $log)"
+    if grep -E 'https?://[^ "]*' -o "$log" | grep -v "//$relay/"; then
+        fail "containerd contacted a host other than ocirelay"
+    fi
+    c_verify "$img" "$ref"
+}
+c_g_mirror() { c_debug_pull gtool ghcr.io/owner/tool:1.0 "$WORK/containerd/hosts" "$RELAY"; }
+c_g_mirror_host() { c_debug_pull gmulti ghcr.io/owner/multi:latest "$WORK/containerd/hosts-relay2" "$RELAY2"; }
+c_g_private() {
+    expect_refused "anonymous containerd pull of ghcr.io/owner/private" \
+        ct images pull --snapshotter native --hosts-dir "$WORK/containerd/hosts" ghcr.io/owner/private:1
+    c_debug_pull gprivate ghcr.io/owner/private:1 "$WORK/containerd/hosts" "$RELAY" \
+        --user "$GUSER_NAME:$GUSER_PASS"
+    grep "POST /token .*oauth user=$GUSER_NAME" "$LOGS/regtoken-ghcr.log" | tail -n 2 | grep . ||
+        fail "no OAuth2 POST as $GUSER_NAME reached the ghcr-like token server"
+}
+
 say "checking ocirelay"
 check "relay: /v2/ challenge realm rewritten to ocirelay" r_challenge
 check "relay: token pass-through (GET, one-component name, OAuth2 POST, bad password)" r_token
 check "relay: manifest HEAD/GET headers and digests (library/ and short name)" r_manifest
 check "relay: blob HEAD/GET/Range via the 307 to the CDN" r_blob
 check "relay: manifest HEAD stays a HEAD upstream" r_head_stays_head
+check "relay: plain listener turns down a TLS ClientHello at once (insecure clients probe https)" r_tls_probe
 check "skopeo: library/small over HTTP" s_small_http
 check "skopeo: small (no library/) over HTTP" s_small_http_short
 check "skopeo: library/small over TLS" s_small_tls
@@ -1070,13 +1675,31 @@ check "skopeo: private/secret needs credentials (login pass-through)" s_private
 check "podman: pull library/small over HTTP" p_small_http
 check "podman: pull multi (no library/) over TLS" p_multi_tls
 check "podman: private/secret needs --creds" p_private
+check "relay ghcr: challenges by host route (port ignored), path prefix, ?ns=, default" r_g_challenge
+check "relay ghcr: manifests by path prefix, host route, Host without/other port, ?ns=; docker.io/ prefix" r_g_manifest
+check "relay ghcr: blob HEAD/GET/Range via the 307 to its own CDN (own ca_file)" r_g_blob
+check "relay ghcr: tokens reach the ghcr-like token service (path, Host, scope prefix)" r_g_token
+check "skopeo ghcr: $RELAY/ghcr.io/owner/tool + --all owner/multi (TLS), path prefix" s_g_path
+check "skopeo ghcr: $RELAY2/owner/tool + --all owner/multi (TLS), host route" s_g_host
+check "skopeo: list-tags by path prefix, host route, short and docker.io/ names" s_tags
+check "podman ghcr: pull by path prefix (HTTP tool, TLS multi)" p_g_path
+check "podman ghcr: pull by host route (HTTP tool, TLS multi)" p_g_host
+check "podman ghcr: registries.conf mirror $RELAY/ghcr.io for ghcr.io (upstream blocked)" p_g_mirror_path
+check "podman ghcr: registries.conf mirror $RELAY2 for ghcr.io (upstream blocked)" p_g_mirror_host
+check "login: skopeo login $RELAYTLS as $USER_NAME, private/secret + ghcr.io/owner/private" l_skopeo_login
+check "login: podman login $RELAY2 (HTTP) as $GUSER_NAME (ghcr-only user), owner/private" l_podman_login_host
+check "login: podman login $RELAYTLS (TLS) as $USER_NAME, both private images" l_podman_login_tls
+check "login: auth.json with $RELAYTLS (alice) and $RELAYTLS/ghcr.io (octo) entries" l_namespaced_auth
 start_containerd
 check "containerd: ctr pull --plain-http library/small" c_small_plain
 check "containerd: ctr pull docker.io/library/multi via hosts.toml mirror (?ns=)" c_multi_mirror
 check "containerd: ctr pull small (no library/) over TLS" c_small_tls_short
 check "containerd: private/secret with --user (OAuth2 POST token)" c_private
+check "containerd ghcr: ghcr.io/owner/tool via hosts.toml mirror $RELAY (?ns=ghcr.io)" c_g_mirror
+check "containerd ghcr: ghcr.io/owner/multi via hosts.toml mirror $RELAY2 (host route + ?ns=)" c_g_mirror_host
+check "containerd ghcr: ghcr.io/owner/private with --user $GUSER_NAME via the mirror" c_g_private
 check "relay: expired CDN redirect is not reused" r_redirect_expiry
-check "relay: no Authorization header ever reached the CDN" r_cdn_no_auth
+check "relay: no Authorization header ever reached either CDN" r_cdn_no_auth
 check "relay: still running at the end" relay_alive
 
 summary_and_exit

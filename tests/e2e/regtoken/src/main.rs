@@ -31,6 +31,7 @@ const USAGE: &str = "usage:
   regtoken gen-certs DIR NAME=HOST[,HOST..]...
   regtoken serve --addr IP:PORT --cert PEM --key PEM --signing-dir DIR
                  [--issuer NAME] [--service NAME] [--user NAME:PASSWORD]... [--token-ttl SECS]
+                 [--private PREFIX]...  (default: private/)
                  [--internal-addr IP:PORT --cdn-secret SECRET [--cdn-ttl SECS]]
   regtoken sign-url --secret SECRET --ttl SECS URL";
 
@@ -62,6 +63,7 @@ struct Server {
     signer: Signer,
     service: String,
     users: Vec<(String, String)>,
+    private: Vec<String>,
     token_ttl: i64,
     refresh_key: hmac::Key,
 }
@@ -134,7 +136,7 @@ impl Server {
                 continue;
             }
             if let Some(want) = parse_scope(s) {
-                let got = grant(user, &want);
+                let got = grant(user, &want, &self.private);
                 match access
                     .iter_mut()
                     .find(|a| a.typ == got.typ && a.name == got.name)
@@ -369,6 +371,10 @@ fn serve(mut a: Args) {
     if users.is_empty() {
         users.push(("alice".into(), "wonderland".into()));
     }
+    let mut private = a.take_all("--private");
+    if private.is_empty() {
+        private.push("private/".into());
+    }
     let internal = a.take("--internal-addr");
     let cdn_secret = a.take("--cdn-secret");
     let cdn_ttl = a
@@ -386,6 +392,7 @@ fn serve(mut a: Args) {
         signer,
         service,
         users,
+        private,
         token_ttl,
         refresh_key: hmac::Key::new(hmac::HMAC_SHA256, &rk),
     });

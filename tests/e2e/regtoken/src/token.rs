@@ -40,13 +40,22 @@ pub fn parse_scope(s: &str) -> Option<Access> {
     })
 }
 
-/// The access policy of the fake Docker Hub:
-/// anonymous callers may pull anything outside `private/`;
+/// Whether a repository is private: its name starts with one of `private`
+/// (`private/` covers a namespace, `owner/private` one repository and its children).
+pub fn is_private(name: &str, private: &[String]) -> bool {
+    private.iter().any(|p| {
+        name.strip_prefix(p.as_str())
+            .is_some_and(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// The access policy of the fake upstream:
+/// anonymous callers may pull anything that is not private (see [`is_private`]);
 /// any authenticated user may pull everything and push / delete.
-pub fn grant(user: Option<&str>, want: &Access) -> Access {
+pub fn grant(user: Option<&str>, want: &Access, private: &[String]) -> Access {
     let mut actions = Vec::new();
     if want.typ == "repository" {
-        let private = want.name.starts_with("private/");
+        let private = is_private(&want.name, private);
         for a in &want.actions {
             let ok = match a.as_str() {
                 "pull" => user.is_some() || !private,
@@ -184,11 +193,22 @@ mod tests {
 
     #[test]
     fn policy() {
+        let hub = vec!["private/".to_string()];
         let want = parse_scope("repository:private/secret:pull,push").unwrap();
-        assert!(grant(None, &want).actions.is_empty());
-        assert_eq!(grant(Some("alice"), &want).actions, vec!["pull", "push"]);
+        assert!(grant(None, &want, &hub).actions.is_empty());
+        assert_eq!(
+            grant(Some("alice"), &want, &hub).actions,
+            vec!["pull", "push"]
+        );
         let want = parse_scope("repository:library/small:pull,push").unwrap();
-        assert_eq!(grant(None, &want).actions, vec!["pull"]);
+        assert_eq!(grant(None, &want, &hub).actions, vec!["pull"]);
+        let gh = vec!["owner/private".to_string()];
+        let want = parse_scope("repository:owner/private:pull").unwrap();
+        assert!(grant(None, &want, &gh).actions.is_empty());
+        assert_eq!(grant(Some("octo"), &want, &gh).actions, vec!["pull"]);
+        assert!(is_private("owner/private/sub", &gh));
+        assert!(!is_private("owner/privateer", &gh));
+        assert!(!is_private("owner/tool", &gh));
     }
 
     #[test]
