@@ -371,6 +371,9 @@ pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
     send_streamed(w, req, conn, &head, client, out, to_client, close, verifier).await
 }
 
+/// Bodies up to this size that arrived with their head are sent with it.
+const SMALL_BODY: u64 = 64 * 1024;
+
 /// Most bytes of a manifest read to answer a HEAD (containerd's own limit).
 const MAX_MANIFEST: u64 = 4 << 20;
 
@@ -499,6 +502,22 @@ pub async fn send_streamed<S: AsyncWriteRent>(
     verifier: Option<Verifier>,
 ) -> Outcome {
     let limit = w.cfg.timeouts.client_write;
+    // A small body (a manifest by tag, a token) that already arrived with
+    // its head goes out in the same write: one TLS record, one syscall.
+    if let RespFraming::Length(n) = head.framing {
+        let whole = conn.buffered().len() as u64 >= n;
+        if whole && n <= SMALL_BODY && verifier.is_none() {
+            out.extend_from_slice(&conn.buffered()[..n as usize]);
+            conn.consume(n as usize);
+            if head.keep_alive {
+                w.upstreams.release(conn);
+            }
+            return match send_out(client, out, limit).await {
+                true => after_response(close),
+                false => Outcome::Close,
+            };
+        }
+    }
     if !send_out(client, out, limit).await {
         return Outcome::Close;
     }

@@ -69,13 +69,9 @@ impl Upstreams {
     /// fails before any response byte is replaced by a fresh one, once, for
     /// GET and HEAD.
     pub async fn send(&self, ex: &Exchange<'_>) -> Result<(Conn, ResponseHead), UpstreamError> {
-        let key = PoolKey {
-            origin: ex.url.origin.clone(),
-            trust: ex.trust,
-        };
         let mut req = build_request(ex);
         let head_only = ex.method == "HEAD";
-        if let Some(conn) = self.checkout(&key) {
+        if let Some(conn) = self.checkout(&ex.url.origin, ex.trust) {
             match attempt(conn, req, head_only).await {
                 Ok(r) => return Ok(r),
                 Err((e, back)) if e.retryable() && matches!(ex.method, "GET" | "HEAD") => {
@@ -84,6 +80,10 @@ impl Upstreams {
                 Err((e, _)) => return Err(e),
             }
         }
+        let key = PoolKey {
+            origin: ex.url.origin.clone(),
+            trust: ex.trust,
+        };
         let conn = self.connect(&key).await?;
         attempt(conn, req, head_only).await.map_err(|(e, _)| e)
     }

@@ -2,7 +2,6 @@
 //! and the [`Conn`] type that carries one connection plus its read buffer.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +142,9 @@ pub struct Upstreams {
     pub(crate) resolver: Resolver,
     pub(crate) tls: Vec<Arc<ClientConfig>>,
     pub(crate) timeouts: Timeouts,
-    idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
+    /// Idle connections by key. A worker talks to a handful of origins, so
+    /// a short list scanned in place beats hashing a key per request.
+    idle: RefCell<Vec<(PoolKey, Vec<Conn>)>>,
 }
 
 impl Upstreams {
@@ -153,14 +154,17 @@ impl Upstreams {
             resolver: Resolver::default(),
             tls,
             timeouts,
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(Vec::new()),
         }
     }
 
-    /// An idle connection for `key`, if a fresh enough one is pooled.
-    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Conn> {
+    /// An idle connection to `origin` under `trust`, if a fresh enough one
+    /// is pooled.
+    pub(crate) fn checkout(&self, origin: &Origin, trust: TrustId) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
+        let (_, list) = idle
+            .iter_mut()
+            .find(|(k, _)| k.trust == trust && k.origin == *origin)?;
         while let Some(conn) = list.pop() {
             if conn.idle_since.elapsed() < MAX_IDLE_AGE {
                 return Some(conn);
@@ -177,7 +181,14 @@ impl Upstreams {
         conn.reused = true;
         conn.idle_since = Instant::now();
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(conn.key.clone()).or_default();
+        let i = match idle.iter().position(|(k, _)| *k == conn.key) {
+            Some(i) => i,
+            None => {
+                idle.push((conn.key.clone(), Vec::new()));
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[i].1;
         list.retain(|c| c.idle_since.elapsed() < MAX_IDLE_AGE);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(conn);
@@ -186,6 +197,6 @@ impl Upstreams {
 
     /// Number of idle pooled connections (for tests and metrics).
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
+        self.idle.borrow().iter().map(|(_, l)| l.len()).sum()
     }
 }
