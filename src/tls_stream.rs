@@ -22,10 +22,13 @@ use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
 };
 
-/// First size of the ciphertext read buffer; it doubles while reads fill it.
+/// First size of the ciphertext read buffer; it doubles while reads fill it
+/// and halves again while they use less than a quarter of it.
 const MIN_READ: usize = 16 * 1024 + 512;
 /// Largest ciphertext read buffer (per connection, only while busy).
 const MAX_READ: usize = 256 * 1024;
+/// Write buffers larger than this are not kept between writes.
+const KEEP_WRITE: usize = 64 * 1024;
 /// How much plaintext rustls may hold encrypted-but-unsent: large enough
 /// that one `write` of a relay buffer is taken whole.
 const SEND_LIMIT: usize = 512 * 1024;
@@ -115,7 +118,13 @@ where
             while self.conn.wants_write() {
                 self.conn.write_tls(&mut out)?;
             }
-            let (res, back) = self.tcp.write_all(out).await;
+            let (res, mut back) = self.tcp.write_all(out).await;
+            // Keep a small buffer between writes; a bulk transfer gets a
+            // large one per write (reused by the allocator), an idle
+            // connection does not sit on it.
+            if back.capacity() > KEEP_WRITE {
+                back = Vec::new();
+            }
             self.wbuf = back;
             res?;
         }
@@ -133,11 +142,15 @@ where
         }
         // Grow while reads fill the buffer: a bulk transfer gets large reads,
         // an idle keep-alive connection keeps a small buffer.
-        let grow = self.rbuf.len() == self.rbuf.capacity() && self.rbuf.capacity() < MAX_READ;
+        let cap = self.rbuf.capacity();
+        let grow = self.rbuf.len() == cap && cap < MAX_READ;
+        let shrink = self.rbuf.len() < cap / 4 && cap > MIN_READ;
         let mut buf = std::mem::take(&mut self.rbuf);
         buf.clear();
         if grow {
-            buf.reserve((buf.capacity() * 2).min(MAX_READ));
+            buf.reserve((cap * 2).min(MAX_READ));
+        } else if shrink {
+            buf = Vec::with_capacity((cap / 2).max(MIN_READ));
         }
         self.rpos = 0;
         let (res, buf) = self.tcp.read(buf).await;
