@@ -150,7 +150,7 @@ async fn discard_body(
             let r = relay::relay_body(
                 conn,
                 head.framing,
-                &mut relay::Discard,
+                &mut relay::Collect::discard(),
                 w.cfg.timeouts.client_write,
                 None,
                 ClientFraming::Same,

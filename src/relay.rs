@@ -395,37 +395,31 @@ pub async fn write_client<S: AsyncWriteRent, B: IoBuf>(
     }
 }
 
-/// An [`AsyncWriteRent`] that accepts and forgets everything.
-pub struct Discard;
-
-impl AsyncWriteRent for Discard {
-    async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        let n = buf.bytes_init();
-        (Ok(n), buf)
-    }
-    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        (Ok(0), buf)
-    }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An [`AsyncWriteRent`] that keeps what it is given, up to a limit; past it
-/// the write fails, which ends the relay.
+/// An [`AsyncWriteRent`] that keeps what it is given, up to a limit (past
+/// it the write fails, which ends the relay), or forgets everything.
 pub struct Collect {
     data: Vec<u8>,
     max: usize,
+    keep: bool,
 }
 
 impl Collect {
+    /// Keeps up to `max` bytes.
     pub fn new(max: usize) -> Collect {
         Collect {
             data: Vec::new(),
             max,
+            keep: true,
+        }
+    }
+
+    /// Accepts and forgets any number of bytes (draining a body to reuse
+    /// its connection).
+    pub fn discard() -> Collect {
+        Collect {
+            data: Vec::new(),
+            max: usize::MAX,
+            keep: false,
         }
     }
 
@@ -437,6 +431,9 @@ impl Collect {
 impl AsyncWriteRent for Collect {
     async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
         let n = buf.bytes_init();
+        if !self.keep {
+            return (Ok(n), buf);
+        }
         if self.data.len() + n > self.max {
             return (Err(io::Error::other("body over the limit")), buf);
         }

@@ -191,7 +191,7 @@ async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Realm>, Upst
     if let Ok(done) = relay::relay_body(
         &mut conn,
         head.framing,
-        &mut crate::relay::Discard,
+        &mut relay::Collect::discard(),
         w.cfg.timeouts.client_write,
         None,
         ClientFraming::Same,
