@@ -22,6 +22,7 @@ pub mod relay;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod tls_record;
 pub mod tls_stream;
 pub mod token;
 pub mod upstream;

@@ -63,6 +63,9 @@ pub fn server_config(m: &ServerMaterial) -> Result<Arc<ServerConfig>, String> {
         .with_single_cert(m.chain.clone(), m.key.clone_key())
         .map_err(|e| format!("certificate and key do not fit: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Records are protected by our own record layer (tls_record.rs) once
+    // rustls has finished the handshake.
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -81,5 +84,6 @@ pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConf
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }

@@ -1,0 +1,320 @@
+//! Our record layer against rustls' own, over real loopback TCP: every
+//! cipher suite rustls offers, both ends, key updates in both directions,
+//! session tickets, clean close and truncation.
+
+use std::io::{Read, Write};
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::thread;
+
+use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use rustls::crypto::{ring as provider, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+
+use super::*;
+use crate::tls::{client_config, server_config, ServerMaterial};
+
+struct Cert {
+    der: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn cert() -> Cert {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    Cert {
+        der: c.cert.der().clone(),
+        key: PrivateKeyDer::Pkcs8(c.key_pair.serialize_der().into()),
+    }
+}
+
+/// rustls limited to one suite (and its protocol version).
+fn peer_provider(suite: SupportedCipherSuite) -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![suite],
+        ..provider::default_provider()
+    })
+}
+
+fn version_of(suite: SupportedCipherSuite) -> &'static SupportedProtocolVersion {
+    match suite {
+        SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
+        SupportedCipherSuite::Tls12(_) => &rustls::version::TLS12,
+    }
+}
+
+fn suites() -> Vec<SupportedCipherSuite> {
+    use provider::cipher_suite::*;
+    vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8)
+        .collect()
+}
+
+const LEN: usize = 3 * 1024 * 1024 + 777;
+
+/// The peer: reads LEN bytes, asks for a key update if TLS 1.3, sends them
+/// back, then closes cleanly (or just drops TCP when `truncate`).
+fn rustls_peer<C>(mut tls: rustls::StreamOwned<C, std::net::TcpStream>, truncate: bool) -> Vec<u8>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<<C as PeerSide>::D>> + PeerSide,
+{
+    let mut got = vec![0u8; LEN];
+    tls.read_exact(&mut got).unwrap();
+    if tls.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        // Asks us to update our key too: exercises both directions.
+        tls.conn.refresh_traffic_keys().unwrap();
+    }
+    tls.write_all(&got).unwrap();
+    tls.flush().unwrap();
+    if truncate {
+        tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    } else {
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    }
+    // Our side closes cleanly after reading everything.
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).unwrap();
+    got
+}
+
+trait PeerSide {
+    type D: rustls::SideData;
+}
+impl PeerSide for rustls::ClientConnection {
+    type D = rustls::client::ClientConnectionData;
+}
+impl PeerSide for rustls::ServerConnection {
+    type D = rustls::server::ServerConnectionData;
+}
+
+/// Our side: sends LEN bytes in relay-sized writes (rekeying every few
+/// records), reads them back, checks the end of stream.
+async fn our_side<S: Side>(mut tls: TlsStream<S>, truncate: bool) {
+    if tls.version == Version::Tls13 {
+        tls.set_rekey_after(tls.tx.seq() + 40);
+    }
+    let sent = data(LEN, 3);
+    for chunk in sent.chunks(100_000) {
+        let (res, _) = tls.write_all(chunk.to_vec()).await;
+        res.unwrap();
+    }
+    let (res, back) = tls.read_exact(vec![0u8; LEN]).await;
+    res.unwrap();
+    assert!(back == sent, "echo differs");
+    let (res, _) = tls.read(vec![0u8; 100]).await;
+    if truncate {
+        let e = res.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    } else {
+        assert_eq!(res.unwrap(), 0, "close_notify is a clean end");
+        // Reading again stays at the end.
+        let (res, _) = tls.read(vec![0u8; 100]).await;
+        assert_eq!(res.unwrap(), 0);
+    }
+    tls.shutdown().await.unwrap();
+}
+
+fn run<F: std::future::Future<Output = ()>>(f: F) {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .build()
+        .unwrap()
+        .block_on(f);
+}
+
+#[test]
+fn our_client_against_rustls_server_every_suite() {
+    for suite in suites() {
+        for truncate in [false, true] {
+            let c = cert();
+            let server = ServerConfig::builder_with_provider(peer_provider(suite))
+                .with_protocol_versions(&[version_of(suite)])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![c.der.clone()], c.key.clone_key())
+                .unwrap();
+            let server = Arc::new(server);
+            let listener = StdListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peer = thread::spawn(move || {
+                let (sock, _) = listener.accept().unwrap();
+                let conn = rustls::ServerConnection::new(server).unwrap();
+                rustls_peer(rustls::StreamOwned::new(conn, sock), truncate)
+            });
+            let ours = client_config(std::slice::from_ref(&c.der)).unwrap();
+            run(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                let tls = connect(ours, name, tcp).await.unwrap();
+                assert_eq!(
+                    tls.version,
+                    if matches!(suite, SupportedCipherSuite::Tls13(_)) {
+                        Version::Tls13
+                    } else {
+                        Version::Tls12
+                    }
+                );
+                our_side(tls, truncate).await;
+            });
+            let got = peer.join().unwrap();
+            assert!(got == data(LEN, 3), "{suite:?}: peer got other bytes");
+        }
+    }
+}
+
+#[test]
+fn rustls_client_against_our_server_every_suite() {
+    for suite in suites() {
+        let c = cert();
+        let material = ServerMaterial {
+            chain: vec![c.der.clone()],
+            key: c.key.clone_key(),
+        };
+        let ours = server_config(&material).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.der.clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(peer_provider(suite))
+            .with_protocol_versions(&[version_of(suite)])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = Arc::new(client);
+        run(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peer = thread::spawn(move || {
+                let sock = std::net::TcpStream::connect(addr).unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(client, name).unwrap();
+                rustls_peer(rustls::StreamOwned::new(conn, sock), false)
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = accept(ours, tcp).await.unwrap();
+            our_side(tls, false).await;
+            let got = peer.join().unwrap();
+            assert!(got == data(LEN, 3), "{suite:?}: peer got other bytes");
+        });
+    }
+}
+
+/// Counts what our client does with session tickets.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    inserted: std::sync::atomic::AtomicUsize,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inserted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let t = self.inner.take_tls13_ticket(name);
+        if t.is_some() {
+            self.taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+/// A client's first request travelling with its Finished is not lost;
+/// session tickets sent after the handshake reach our client's store and
+/// the next connections resume with them.
+#[test]
+fn first_request_and_session_tickets() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = cert();
+    let material = ServerMaterial {
+        chain: vec![c.der.clone()],
+        key: c.key.clone_key(),
+    };
+    let ours = server_config(&material).unwrap();
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(16),
+        inserted: 0.into(),
+        taken: 0.into(),
+    });
+    let mut client = (*client_config(std::slice::from_ref(&c.der)).unwrap()).clone();
+    client.resumption = rustls::client::Resumption::store(store.clone());
+    let client = Arc::new(client);
+    run(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = &listener;
+        for _ in 0..3 {
+            let client = client.clone();
+            let ours = ours.clone();
+            let (client_tls, server_tls) = monoio::join!(
+                async move {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let name = ServerName::try_from("localhost").unwrap();
+                    let mut tls = connect(client, name, tcp).await.unwrap();
+                    let (res, _) = tls.write_all(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+                    res.unwrap();
+                    let (res, buf) = tls.read_exact(vec![0u8; 5]).await;
+                    res.unwrap();
+                    assert_eq!(&buf, b"hello");
+                    tls
+                },
+                async move {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let mut tls = accept(ours, tcp).await.unwrap();
+                    let (res, buf) = tls.read_exact(vec![0u8; 18]).await;
+                    res.unwrap();
+                    assert_eq!(&buf, b"GET / HTTP/1.1\r\n\r\n");
+                    let (res, _) = tls.write_all(b"hello".to_vec()).await;
+                    res.unwrap();
+                    tls
+                }
+            );
+            drop((client_tls, server_tls));
+        }
+    });
+    assert!(store.inserted.load(Relaxed) >= 3, "tickets stored");
+    assert_eq!(store.taken.load(Relaxed), 2, "second and third resumed");
+}
