@@ -12,6 +12,16 @@ pub enum UpstreamIo {
     Tls(Box<ClientTls>),
 }
 
+impl UpstreamIo {
+    /// Lets go of buffers grown for bulk transfers before the connection
+    /// waits in the pool (memory of idle connections stays small).
+    pub fn shrink_idle(&mut self) {
+        if let UpstreamIo::Tls(s) = self {
+            s.shrink_idle();
+        }
+    }
+}
+
 impl AsyncReadRent for UpstreamIo {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {

@@ -180,6 +180,7 @@ impl Upstreams {
         }
         conn.reused = true;
         conn.idle_since = Instant::now();
+        conn.io.shrink_idle();
         let mut idle = self.idle.borrow_mut();
         let i = match idle.iter().position(|(k, _)| *k == conn.key) {
             Some(i) => i,
