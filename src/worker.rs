@@ -13,8 +13,12 @@ use crate::url::Url;
 /// Size of a body relay buffer. Large reads and writes keep syscalls (and
 /// TLS record overhead) per byte low.
 pub const RELAY_BUF: usize = 256 * 1024;
-/// Relay buffers kept for reuse per worker.
-const MAX_POOLED_BUFS: usize = 32;
+/// Relay buffers kept for reuse per worker. A few cover the steady state
+/// (each one saves a 256 KiB allocation and its page faults); more only
+/// pin the high-water mark of a burst: with 32, a burst of concurrent blob
+/// relays left up to 8 MiB per worker resident for good. Buffers past this
+/// go back to the allocator.
+const MAX_POOLED_BUFS: usize = 4;
 /// How long a learned token realm is trusted before it is learned again.
 const REALM_TTL: Duration = Duration::from_secs(600);
 
