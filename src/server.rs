@@ -185,6 +185,7 @@ async fn start_worker(
         tls: Vec::new(),
     };
     let mut tasks = Vec::new();
+    tasks.push(monoio::spawn(crate::worker::trim_memory()));
     if w.access_log.is_some() {
         let w = w.clone();
         tasks.push(monoio::spawn(async move {
