@@ -269,6 +269,12 @@ async fn handshake<S: Side>(tcp: TcpStream, mut conn: S::Conn) -> io::Result<Tls
                 }
                 rbuf.drain(..rpos);
                 rpos = 0;
+                // rustls keeps a handshake message split over records in
+                // our buffer until it is whole (at most 64 KiB); more than
+                // this is a peer misbehaving.
+                if rbuf.len() >= MAX_READ {
+                    return Err(invalid("TLS handshake message too large"));
+                }
                 if rbuf.len() == rbuf.capacity() {
                     rbuf.reserve(rbuf.len().max(4096));
                 }

@@ -322,3 +322,83 @@ fn first_request_and_session_tickets() {
     assert!(store.inserted.load(Relaxed) >= 3, "tickets stored");
     assert_eq!(store.taken.load(Relaxed), 2, "second and third resumed");
 }
+
+/// A byte flipped on the wire after the handshake: the read fails with
+/// InvalidData; no altered plaintext comes out.
+#[test]
+fn tampered_record_is_an_error_not_data() {
+    let c = cert();
+    let server = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![c.der.clone()], c.key.clone_key())
+        .unwrap();
+    let server = Arc::new(server);
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(server).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let _ = tls.write_all(&data(LEN, 5));
+        let _ = tls.flush();
+    });
+    // A man in the middle on loopback: forwards both ways, flips one bit
+    // of the server's stream 100 000 bytes in (well after the handshake).
+    let mitm = StdListener::bind("127.0.0.1:0").unwrap();
+    let mitm_addr = mitm.local_addr().unwrap();
+    let relay = thread::spawn(move || {
+        let (client, _) = mitm.accept().unwrap();
+        let server = std::net::TcpStream::connect(addr).unwrap();
+        let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let up = thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut s2);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut seen = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if seen <= 100_000 && seen + n > 100_000 {
+                buf[100_000 - seen] ^= 0x04;
+            }
+            seen += n;
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = up.join();
+    });
+    let ours = client_config(std::slice::from_ref(&c.der)).unwrap();
+    run(async move {
+        let tcp = TcpStream::connect(mitm_addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connect(ours, name, tcp).await.unwrap();
+        let want = data(LEN, 5);
+        let mut got = 0usize;
+        let err = loop {
+            let (res, buf) = tls.read(vec![0u8; 64 * 1024]).await;
+            match res {
+                Ok(0) => panic!("clean end after tampering"),
+                Ok(n) => {
+                    assert!(
+                        buf[..n] == want[got..got + n],
+                        "altered bytes were returned"
+                    );
+                    got += n;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(got < 100_000, "data after the flipped byte came out");
+        drop(tls);
+    });
+    let _ = peer.join();
+    let _ = relay.join();
+}
