@@ -1,5 +1,5 @@
 set terminal pngcairo size 1800,840 font 'sans,10'
-set output 'benches/results/latest/ratios.png'
+set output '/work/main/benches/results/latest/ratios.png'
 set termoption noenhanced
 set datafile missing '?'
 set style data histogram
@@ -13,20 +13,20 @@ set yrange [0:*]
 set multiplot layout 2,3
 set title 'box: req/s × direct (higher is better)'
 set xrange [-0.6:6.6]
-plot 'benches/results/latest/chart.box.0.dat' using 2:xtic(1) title 'caddy' lc rgb '#1f77b4', 'benches/results/latest/chart.box.0.dat' using 3:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.box.0.dat' using 4:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.box.0.dat' using 5:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.box.0.dat' using 2:xtic(1) title 'caddy' lc rgb '#1f77b4', '/work/main/benches/results/latest/chart.box.0.dat' using 3:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.box.0.dat' using 4:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.box.0.dat' using 5:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 set title 'box: req/s × Caddy (higher is better)'
 set xrange [-0.6:8.6]
-plot 'benches/results/latest/chart.box.1.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.box.1.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.box.1.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.box.1.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.box.1.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.box.1.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 set title 'box: proxy CPU per request × Caddy (lower is better)'
 set xrange [-0.6:8.6]
-plot 'benches/results/latest/chart.box.2.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.box.2.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.box.2.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.box.2.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.box.2.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.box.2.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 set title 'core: req/s × direct (higher is better)'
 set xrange [-0.6:6.6]
-plot 'benches/results/latest/chart.core.0.dat' using 2:xtic(1) title 'caddy' lc rgb '#1f77b4', 'benches/results/latest/chart.core.0.dat' using 3:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.core.0.dat' using 4:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.core.0.dat' using 5:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.core.0.dat' using 2:xtic(1) title 'caddy' lc rgb '#1f77b4', '/work/main/benches/results/latest/chart.core.0.dat' using 3:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.core.0.dat' using 4:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.core.0.dat' using 5:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 set title 'core: req/s × Caddy (higher is better)'
 set xrange [-0.6:8.6]
-plot 'benches/results/latest/chart.core.1.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.core.1.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.core.1.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.core.1.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.core.1.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.core.1.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 set title 'core: proxy CPU per request × Caddy (lower is better)'
 set xrange [-0.6:8.6]
-plot 'benches/results/latest/chart.core.2.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', 'benches/results/latest/chart.core.2.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', 'benches/results/latest/chart.core.2.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
+plot '/work/main/benches/results/latest/chart.core.2.dat' using 2:xtic(1) title 'nginx' lc rgb '#2ca02c', '/work/main/benches/results/latest/chart.core.2.dat' using 3:xtic(1) title 'ocirelay' lc rgb '#d62728', '/work/main/benches/results/latest/chart.core.2.dat' using 4:xtic(1) title 'ocirelay_nv' lc rgb '#ff9896', 1 with lines lc rgb 'black' dt 2 notitle
 unset multiplot
