@@ -254,19 +254,9 @@ async fn handshake<S: Side>(tcp: TcpStream, mut conn: S::Conn) -> io::Result<Tls
         };
         match step {
             Step::Again => {}
-            Step::Send => {
-                let (res, back) = tcp.write_all(std::mem::take(&mut wbuf)).await;
-                wbuf = back;
-                wbuf.clear();
-                res?;
-            }
+            Step::Send => send_handshake(&mut tcp, &mut wbuf).await?,
             Step::Read => {
-                if !wbuf.is_empty() {
-                    let (res, back) = tcp.write_all(std::mem::take(&mut wbuf)).await;
-                    wbuf = back;
-                    wbuf.clear();
-                    res?;
-                }
+                send_handshake(&mut tcp, &mut wbuf).await?;
                 rbuf.drain(..rpos);
                 rpos = 0;
                 // rustls keeps a handshake message split over records in
@@ -294,11 +284,7 @@ async fn handshake<S: Side>(tcp: TcpStream, mut conn: S::Conn) -> io::Result<Tls
             Step::Done => break,
         }
     }
-    if !wbuf.is_empty() {
-        let (res, back) = tcp.write_all(wbuf).await;
-        wbuf = back;
-        res?;
-    }
+    send_handshake(&mut tcp, &mut wbuf).await?;
     rbuf.drain(..rpos);
 
     let (secrets, kernel) = S::into_kernel(conn).map_err(invalid)?;
@@ -334,6 +320,17 @@ async fn handshake<S: Side>(tcp: TcpStream, mut conn: S::Conn) -> io::Result<Tls
         eof: false,
         peer_closed: false,
     })
+}
+
+/// Sends the handshake records encoded so far (if any).
+async fn send_handshake(tcp: &mut TcpStream, wbuf: &mut Vec<u8>) -> io::Result<()> {
+    if wbuf.is_empty() {
+        return Ok(());
+    }
+    let (res, mut back) = tcp.write_all(std::mem::take(wbuf)).await;
+    back.clear();
+    *wbuf = back;
+    res.map(|_| ())
 }
 
 /// After a handshake error rustls has queued an alert: try to send it, so
