@@ -19,6 +19,7 @@ pub struct Relay {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub dir: tempdir::Dir,
+    kept: Vec<tempdir::Dir>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -143,6 +144,7 @@ impl Relay {
             http: http.expect("an http listener"),
             https,
             dir,
+            kept: Vec::new(),
             stderr,
         }
     }
@@ -152,6 +154,19 @@ impl Relay {
         let mut c = Client::new(self.http, None).unwrap();
         c.set_timeout(Duration::from_secs(15));
         c
+    }
+
+    /// A TLS client to the relay's TLS listener (see [`start_with_tls`]).
+    pub fn tls_client(&self, ca_pem: &str) -> Client {
+        let https = self.https.expect("a TLS listener");
+        let mut c = Client::new(https, Some(("localhost", ca_pem))).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
+
+    /// Keeps `dir` until the relay is dropped.
+    fn keep(&mut self, dir: tempdir::Dir) {
+        self.kept.push(dir);
     }
 
     /// Everything the relay wrote to stderr so far.
@@ -172,6 +187,37 @@ impl Drop for Relay {
     }
 }
 
+/// A relay that also listens on TLS, with a certificate from a fresh test CA
+/// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
+/// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
+pub fn start_with_tls(hub: &HubDouble, extra: &str) -> (Relay, String) {
+    let dir = tempdir::Dir::new("tls");
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca_cert, &ca)
+            .unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let listener = format!(
+        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    // tls_listener is an array of tables: it must come after the top-level keys.
+    let cfg = config_for(hub, extra).replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    let mut relay = Relay::start_with(&cfg);
+    relay.keep(dir); // the certificate files go when the relay does
+
+    (relay, ca_cert.pem())
+}
+
 /// Gets an anonymous pull token for `repo` the way a client does: ping,
 /// follow the challenge's realm (which must point at the relay), get the token.
 pub fn anonymous_token(relay: &Relay, c: &mut Client, scope_repo: &str) -> String {
@@ -180,7 +226,11 @@ pub fn anonymous_token(relay: &Relay, c: &mut Client, scope_repo: &str) -> Strin
         .unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
     let realm = challenge_param(&r, "realm").expect("realm");
-    let base = format!("http://{}", relay.http);
+    // The realm names the listener the client came in on.
+    let base = match relay.https {
+        Some(a) if c.addr() == a => format!("https://{a}"),
+        _ => format!("http://{}", relay.http),
+    };
     let path = realm
         .strip_prefix(&base)
         .unwrap_or_else(|| panic!("realm {realm} must point at the relay {base}"));

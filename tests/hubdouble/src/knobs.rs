@@ -61,6 +61,7 @@ pub struct Knobs {
     inject: Mutex<[Option<Injected>; 3]>,
     cut_after: AtomicU64,
     cut_times: AtomicU64,
+    corrupt_times: AtomicU64,
     extra_hops: AtomicU32,
     cdn_ttl: AtomicI64,
     token_ttl: AtomicI64,
@@ -91,6 +92,7 @@ impl Knobs {
             inject: Mutex::new([None; 3]),
             cut_after: AtomicU64::new(OFF),
             cut_times: AtomicU64::new(0),
+            corrupt_times: AtomicU64::new(0),
             extra_hops: AtomicU32::new(o.extra_hops),
             cdn_ttl: AtomicI64::new(o.cdn_signature_ttl_secs),
             token_ttl: AtomicI64::new(o.token_ttl_secs),
@@ -175,6 +177,19 @@ impl Knobs {
                 n => Some(n - 1),
             });
         taken.is_ok().then_some(after)
+    }
+
+    /// Serve the next `times` blob bodies (CDN, or registry when it serves blobs itself) with
+    /// their last byte flipped: an upstream sending bytes that do not match their digest.
+    pub fn corrupt_blobs(&self, times: u64) {
+        self.corrupt_times.store(times, Ordering::SeqCst);
+    }
+
+    /// Consumes one corruption, if one is armed.
+    pub(crate) fn take_corrupt(&self) -> bool {
+        self.corrupt_times
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Extra redirect hops: the registry's 307 points to a CDN path that answers `302` with a

@@ -1,7 +1,7 @@
 //! Listeners and connections: one accept thread per host, one thread per connection,
 //! keep-alive, TLS or plain, and the `down` / shutdown controls.
 
-use crate::http::{write_response, Reader, Response, Written};
+use crate::http::{write_response, Body, Reader, Response, Written};
 use crate::state::Shared;
 use crate::time::{http_date, unix_now};
 use crate::{cdn, registry, token, Host, LogEntry};
@@ -345,6 +345,15 @@ fn serve(host: Host, id: u64, tcp: TcpStream, peer: SocketAddr, shared: &Shared)
         };
         resp.head_only |= req.is_head();
         resp.close |= req.wants_close();
+        if resp.cuttable && !resp.head_only && shared.knobs.take_corrupt() {
+            if let Body::Blob { data, start, end } = &mut resp.body {
+                if end > start {
+                    let mut bad = data.to_vec();
+                    bad[*end - 1] ^= 0xff;
+                    *data = bad.into();
+                }
+            }
+        }
         let cut = if resp.cuttable && !resp.head_only {
             shared.knobs.take_cut()
         } else {
