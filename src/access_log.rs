@@ -13,6 +13,9 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::BufResult;
 
+use crate::relay::ClientSink;
+use crate::tls_stream::ServerTls;
+
 /// Lines are written out once this much is buffered (or every second).
 const FLUSH_AT: usize = 32 * 1024;
 
@@ -131,6 +134,16 @@ impl<S> Metered<S> {
             }
         }
         self.bytes += written as u64;
+    }
+}
+
+impl<S: ClientSink> ClientSink for Metered<S> {
+    fn tls(&mut self) -> Option<&mut ServerTls> {
+        self.inner.tls()
+    }
+
+    fn sent_directly(&mut self, bytes: u64) {
+        self.bytes += bytes;
     }
 }
 

@@ -16,6 +16,7 @@ use crate::http::{
     HeadError, RequestHead, MAX_HEADERS,
 };
 use crate::names::NameError;
+use crate::relay::ClientSink;
 use crate::router::{self, Route};
 use crate::worker::Worker;
 use crate::{landing, proxy, token};
@@ -171,7 +172,7 @@ async fn read_some<S: AsyncReadRent>(
 }
 
 /// Serves one client connection to the end.
-pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, io: S, cx: ClientCtx) {
+pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: ClientCtx) {
     let mut io = Metered::new(io);
     let limits = w.cfg.limits;
     let timeouts = w.cfg.timeouts;
@@ -289,7 +290,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, io: S, cx: 
     }
 }
 
-async fn dispatch<S: AsyncReadRent + AsyncWriteRent>(
+async fn dispatch<S: AsyncReadRent + ClientSink>(
     w: &Worker,
     head: &RequestHead<'_>,
     body: &mut PendingBody<'_>,

@@ -13,7 +13,7 @@ use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::names::{Digest, Reference};
 use crate::registry::{self, Hints, Target};
-use crate::relay::{self, ClientFraming, Verifier};
+use crate::relay::{self, ClientFraming, ClientSink, Verifier};
 use crate::router::Route;
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
 use crate::url::{Scheme, Url};
@@ -166,7 +166,7 @@ async fn discard_body(
 
 /// Handles a `/v2/...` registry request end to end.
 #[allow(clippy::too_many_arguments)]
-pub async fn registry_request<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn registry_request<S: AsyncReadRent + ClientSink>(
     w: &Worker,
     req: &RequestHead<'_>,
     route: &Route<'_>,
@@ -379,7 +379,7 @@ const MAX_MANIFEST: u64 = 4 << 20;
 
 /// Answers a manifest HEAD from a GET: the upstream's status and headers,
 /// the length and digest measured here, no body.
-async fn manifest_head_via_get<S: AsyncWriteRent>(
+async fn manifest_head_via_get<S: ClientSink>(
     w: &Worker,
     get: Fetch<'_>,
     registry: &str,
@@ -490,7 +490,7 @@ fn after_response(close: bool) -> Outcome {
 /// cleanly; a failure once the head is out resets the client connection,
 /// the only honest signal left.
 #[allow(clippy::too_many_arguments)]
-pub async fn send_streamed<S: AsyncWriteRent>(
+pub async fn send_streamed<S: ClientSink>(
     w: &Worker,
     req: &RequestHead<'_>,
     mut conn: Conn,

@@ -13,7 +13,29 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::http::{ChunkedDecoder, ChunkedError};
 use crate::names::{Algorithm, Digest};
-use crate::upstream::{Conn, RespFraming};
+use crate::tls_stream::{ClientTls, ServerTls};
+use crate::upstream::{Conn, RespFraming, UpstreamIo};
+
+/// The client end of a relay. A TLS client takes a body from a TLS upstream
+/// sealed straight from the upstream's decrypted records (see
+/// [`relay_length_tls`]) instead of through the relay buffer.
+pub trait ClientSink: AsyncWriteRent {
+    /// The TLS stream underneath, when the client speaks TLS.
+    fn tls(&mut self) -> Option<&mut ServerTls> {
+        None
+    }
+
+    /// Notes body bytes sent through [`ClientSink::tls`] rather than `write`.
+    fn sent_directly(&mut self, _bytes: u64) {}
+}
+
+impl ClientSink for monoio::net::TcpStream {}
+
+impl ClientSink for ServerTls {
+    fn tls(&mut self) -> Option<&mut ServerTls> {
+        Some(self)
+    }
+}
 
 /// Why a relay stopped before the body was complete.
 #[derive(Debug)]
@@ -126,7 +148,7 @@ impl ClientFraming {
 
 /// Relays the body of a response whose head was already sent to the client.
 /// `buf` is the relay buffer (kept, or replaced if a cancelled I/O took it).
-pub async fn relay_body<S: AsyncWriteRent>(
+pub async fn relay_body<S: ClientSink>(
     conn: &mut Conn,
     framing: RespFraming,
     client: &mut S,
@@ -141,7 +163,16 @@ pub async fn relay_body<S: AsyncWriteRent>(
             bytes: 0,
             reusable: true,
         }),
-        RespFraming::Length(n) => relay_length(conn, n, client, client_timeout, verify, buf).await,
+        RespFraming::Length(n) => {
+            if let (UpstreamIo::Tls(_), Some(tls)) = (&conn.io, client.tls()) {
+                let r = relay_length_tls(conn, n, tls, client_timeout, verify).await;
+                if r.is_ok() {
+                    client.sent_directly(n);
+                }
+                return r;
+            }
+            relay_length(conn, n, client, client_timeout, verify, buf).await
+        }
         RespFraming::Chunked => {
             let decode = to_client == ClientFraming::Dechunk;
             relay_chunked(conn, client, client_timeout, verify, decode, buf).await
@@ -257,6 +288,126 @@ async fn relay_length<S: AsyncWriteRent>(
         written?;
         read?;
         std::mem::swap(buf, &mut next);
+    }
+}
+
+/// [`relay_length`] from a TLS upstream to a TLS client: each upstream record
+/// is opened in place, hashed and sealed into the client's write buffer
+/// while it is still in cache, instead of being copied into the relay buffer
+/// and, once all of it is read and hashed (and out of cache), copied again
+/// to be sealed. Everything sealed is sent while the next bytes are read.
+async fn relay_length_tls(
+    conn: &mut Conn,
+    total: u64,
+    client: &mut ServerTls,
+    client_timeout: Duration,
+    verify: Option<Verifier>,
+) -> Result<Relayed, RelayError> {
+    let r = relay_length_tls_inner(conn, total, client, client_timeout, verify).await;
+    if r.is_err() {
+        // Sealed bytes of a failed body (the held-back end of one whose
+        // digest does not match) must never reach the client later.
+        client.discard_pending();
+    }
+    r
+}
+
+async fn relay_length_tls_inner(
+    conn: &mut Conn,
+    total: u64,
+    client: &mut ServerTls,
+    client_timeout: Duration,
+    mut verify: Option<Verifier>,
+) -> Result<Relayed, RelayError> {
+    let read_timeout = conn.read_timeout;
+    // Body bytes that came with the response head first.
+    let take = (conn.buffered().len() as u64).min(total) as usize;
+    let mut remaining = total - take as u64; // not yet taken from the upstream
+    if let Some(v) = verify.as_mut() {
+        v.update(&conn.buffered()[..take]);
+    }
+    client
+        .seal_pending(&conn.buffered()[..take])
+        .map_err(RelayError::Client)?;
+    conn.consume(take);
+    let UpstreamIo::Tls(up) = &mut conn.io else {
+        unreachable!("relay_length_tls is only called for TLS upstreams")
+    };
+    loop {
+        // Everything the last read brought, record by record.
+        while remaining > 0 && client.pending() < MAX_PENDING {
+            if !up.open_buffered().await.map_err(RelayError::Upstream)? {
+                break;
+            }
+            let plain = up.plain();
+            let n = (plain.len() as u64).min(remaining) as usize;
+            if let Some(v) = verify.as_mut() {
+                v.update(&plain[..n]);
+            }
+            client
+                .seal_pending(&plain[..n])
+                .map_err(RelayError::Client)?;
+            up.consume_plain(n);
+            remaining -= n as u64;
+        }
+        if remaining == 0 {
+            // The last piece is held back until the digest is known good.
+            if verify.take().is_some_and(|v| !v.matches()) {
+                return Err(RelayError::DigestMismatch);
+            }
+            send_pending(client, client_timeout).await?;
+            return Ok(Relayed {
+                bytes: total,
+                // Bytes after the end of the body mean the framing is off.
+                reusable: up.plain().is_empty(),
+            });
+        }
+        if !up.plain().is_empty() {
+            // The client's share is full: send it before opening more.
+            send_pending(client, client_timeout).await?;
+            continue;
+        }
+        let (sent, read) = monoio::join!(
+            send_pending(client, client_timeout),
+            read_records(up, read_timeout, remaining, total)
+        );
+        sent?;
+        read?;
+    }
+}
+
+/// Sealed bytes a TLS client may have waiting before they are sent: one
+/// large write per upstream read.
+const MAX_PENDING: usize = crate::worker::RELAY_BUF;
+
+async fn send_pending(client: &mut ServerTls, limit: Duration) -> Result<(), RelayError> {
+    match monoio::time::timeout(limit, client.send_pending()).await {
+        Ok(res) => res.map_err(RelayError::Client),
+        Err(_) => Err(RelayError::Client(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client write timed out",
+        ))),
+    }
+}
+
+/// Reads until at least one more record of the body is decrypted.
+async fn read_records(
+    up: &mut ClientTls,
+    limit: Duration,
+    remaining: u64,
+    total: u64,
+) -> Result<(), RelayError> {
+    match monoio::time::timeout(limit, up.fill_plain()).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(RelayError::Upstream(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("upstream closed with {remaining} of {total} body bytes missing"),
+        ))),
+        Ok(Err(e)) => Err(RelayError::Upstream(e)),
+        Err(_) => Err(RelayError::Upstream(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "upstream read timed out",
+        ))),
     }
 }
 
@@ -428,6 +579,8 @@ impl Collect {
     }
 }
 
+impl ClientSink for Collect {}
+
 impl AsyncWriteRent for Collect {
     async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
         let n = buf.bytes_init();
@@ -486,3 +639,7 @@ mod tests {
         assert!(Verifier::new(&other).is_none());
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tls_tests.rs"]
+mod tls_tests;

@@ -360,7 +360,7 @@ impl<S: Side> TlsStream<S> {
     /// Lets go of buffers grown for bulk traffic: for connections that go
     /// idle (pooled upstream connections, keep-alive clients).
     pub fn shrink_idle(&mut self) {
-        if self.wbuf.capacity() > KEEP_WRITE {
+        if self.wbuf.capacity() > KEEP_WRITE && self.wbuf.is_empty() {
             self.wbuf = Vec::new();
         }
         let pending = self.rbuf.len() - self.rpos;
@@ -562,49 +562,59 @@ impl<S: Side> TlsStream<S> {
     /// Answers a key update the peer asked for.
     async fn answer_key_update(&mut self) -> io::Result<()> {
         let mut out = std::mem::take(&mut self.wbuf);
-        out.clear();
         self.key_update(&mut out)?;
         self.send(out).await
     }
 
-    /// Reads decrypted application data into `out`: everything one socket
-    /// read brought, as far as it fits.
-    async fn read_plain(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
+    /// Decrypted application data waiting to be taken, in place (see
+    /// [`TlsStream::fill_plain`]).
+    pub fn plain(&self) -> &[u8] {
         if !self.early.is_empty() {
-            let n = self.early.len().min(out.len());
-            out[..n].copy_from_slice(&self.early[..n]);
+            return &self.early;
+        }
+        &self.rbuf[self.plain.clone()]
+    }
+
+    /// Marks the first `n` bytes of [`TlsStream::plain`] as taken.
+    pub fn consume_plain(&mut self, n: usize) {
+        if !self.early.is_empty() {
             self.early.drain(..n);
-            if self.early.capacity() > MIN_READ && self.early.is_empty() {
+            if self.early.is_empty() && self.early.capacity() > MIN_READ {
                 self.early = Vec::new();
             }
-            return Ok(n);
+            return;
         }
-        let mut filled = 0;
+        assert!(n <= self.plain.len(), "consumed more than was decrypted");
+        self.plain.start += n;
+    }
+
+    /// Opens records already in the read buffer until decrypted data is
+    /// waiting; never reads the socket. Returns whether data is waiting.
+    pub async fn open_buffered(&mut self) -> io::Result<bool> {
+        while self.plain().is_empty() {
+            if self.peer_closed || !self.open_next()? {
+                return Ok(false);
+            }
+            if self.owe_key_update {
+                self.answer_key_update().await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes decrypted data available in place (read it with
+    /// [`TlsStream::plain`]), reading the socket if no complete record is
+    /// buffered. Returns false at the peer's close_notify; a TCP end without
+    /// it is an error (the data may be cut short).
+    pub async fn fill_plain(&mut self) -> io::Result<bool> {
         loop {
-            if !self.plain.is_empty() {
-                let n = self.plain.len().min(out.len() - filled);
-                let from = self.plain.start;
-                out[filled..filled + n].copy_from_slice(&self.rbuf[from..from + n]);
-                self.plain.start += n;
-                filled += n;
-                if filled == out.len() {
-                    return Ok(filled);
-                }
+            if self.open_buffered().await? {
+                return Ok(true);
             }
-            if !self.peer_closed && self.open_next()? {
-                if self.owe_key_update {
-                    self.answer_key_update().await?;
-                }
-                continue;
-            }
-            if filled > 0 || self.peer_closed {
-                return Ok(filled);
+            if self.peer_closed {
+                return Ok(false);
             }
             if self.eof {
-                // TCP ended without close_notify: the data may be cut short.
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "TLS peer closed the connection without close_notify",
@@ -619,10 +629,66 @@ impl<S: Side> TlsStream<S> {
         }
     }
 
+    /// Reads decrypted application data into `out`: everything one socket
+    /// read brought, as far as it fits.
+    async fn read_plain(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let mut filled = 0;
+        loop {
+            let plain = self.plain();
+            let n = plain.len().min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&plain[..n]);
+            self.consume_plain(n);
+            filled += n;
+            if filled == out.len() {
+                return Ok(filled);
+            }
+            if self.open_buffered().await? {
+                continue;
+            }
+            if filled > 0 || !self.fill_plain().await? {
+                return Ok(filled);
+            }
+        }
+    }
+
+    /// Seals `data` as application data after whatever is already pending;
+    /// [`TlsStream::send_pending`] sends it. A relay seals records straight
+    /// from another stream's decrypted ones this way: one copy, while the
+    /// bytes are still in cache.
+    pub fn seal_pending(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.wbuf);
+        let res = self.seal_data(data, &mut out);
+        self.wbuf = out;
+        res
+    }
+
+    /// Bytes sealed and not sent yet.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Sends what [`TlsStream::seal_pending`] sealed.
+    pub async fn send_pending(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.wbuf);
+        self.send(out).await
+    }
+
+    /// Forgets sealed data that must not be sent (a body that failed its
+    /// digest check); the connection is not usable for more data after it.
+    pub fn discard_pending(&mut self) {
+        self.wbuf.clear();
+    }
+
     async fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
         let data = &data[..data.len().min(MAX_WRITE)];
+        // After anything sealed and not sent yet (see `seal_pending`).
         let mut out = std::mem::take(&mut self.wbuf);
-        out.clear();
         if let Err(e) = self.seal_data(data, &mut out) {
             self.wbuf = out;
             return Err(e);
@@ -684,7 +750,6 @@ impl<S: Side> AsyncWriteRent for TlsStream<S> {
 
     async fn shutdown(&mut self) -> io::Result<()> {
         let mut out = std::mem::take(&mut self.wbuf);
-        out.clear();
         self.tx
             .seal(ALERT, &[1, CLOSE_NOTIFY], &mut out)
             .map_err(record_err)?;

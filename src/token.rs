@@ -4,7 +4,7 @@
 //! upstream's names and `Authorization` (docker login) passed through. The
 //! upstream's answer is returned unchanged.
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncReadRent;
 
 use crate::auth;
 use crate::conn::{respond_error, BodyError, ClientCtx, Outcome, PendingBody};
@@ -12,14 +12,14 @@ use crate::error::{ErrorCode, ErrorReply, UpstreamError};
 use crate::http::{name_eq, write_header, write_status, RequestHead};
 use crate::proxy::{end_head, fetch, send_streamed, Fetch};
 use crate::registry::{self, Hints};
-use crate::relay::{self, ClientFraming};
+use crate::relay::{self, ClientFraming, ClientSink};
 use crate::upstream::TrustId;
 use crate::url::{Scheme, Url};
 use crate::worker::{Realm, Worker};
 
 /// Handles `GET|POST /token[/<registry>]`.
 #[allow(clippy::too_many_arguments)]
-pub async fn token_request<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn token_request<S: AsyncReadRent + ClientSink>(
     w: &Worker,
     req: &RequestHead<'_>,
     named: Option<&str>,

@@ -573,30 +573,9 @@ fn unknown_tags_are_reported_with_the_upstream_error() {
 #[test]
 fn tls_listener_serves_the_same_api() {
     let hub = HubDouble::start(Options::default()).unwrap();
-    let dir = tempdir::Dir::new("tls");
-    let ca = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca_cert, &ca)
-            .unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    // tls_listener is an array of tables: it must come after the top-level keys.
-    let cfg = config_for(&hub, "").replace("[timeouts]", &format!("{extra}\n[timeouts]"));
-    let relay = Relay::start_with(&cfg);
+    let (relay, ca_pem) = start_with_tls(&hub, "");
     let https = relay.https.expect("a TLS listener");
-    let mut c = Client::new(https, Some(("localhost", &ca_cert.pem()))).unwrap();
+    let mut c = relay.tls_client(&ca_pem);
     let r = c.get("/v2/").unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(
@@ -607,6 +586,63 @@ fn tls_listener_serves_the_same_api() {
         .get("/token?service=registry.docker.io&scope=repository%3Aalpine%3Apull")
         .unwrap();
     assert_eq!(t.status, 200);
+}
+
+/// TLS on both sides: blob bodies are sealed for the client straight from the
+/// upstream's decrypted records (not through the relay buffer). Sizes around
+/// a record and a write, several blobs and a manifest on one connection, and
+/// the access log counts the bytes sent that way.
+#[test]
+fn blobs_from_a_tls_upstream_reach_a_tls_client_whole() {
+    let hub = HubDouble::start(Options::default()).unwrap();
+    let (mut relay, ca_pem) = start_with_tls(&hub, "access_log = true");
+    let mut c = relay.tls_client(&ca_pem);
+    let token = anonymous_token(&relay, &mut c, "library/alpine");
+    let auth = bearer(&token);
+    let sizes = [1, 16 * 1024, 16 * 1024 + 1, 300_000, (5 << 20) + 7];
+    for (i, &size) in sizes.iter().enumerate() {
+        let digest = hub.add_random_blob("library/alpine", size, 0x5eed_0100 + i as u64);
+        let r = c
+            .get_with(
+                &format!("/v2/library/alpine/blobs/{digest}"),
+                &[("Authorization", &auth)],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{size}");
+        assert_eq!(r.body.len(), size);
+        assert_eq!(sha256(&r.body), digest, "{size}");
+    }
+    // The same connection still carries a manifest after the blobs.
+    let m = c
+        .get_with(
+            "/v2/library/alpine/manifests/latest",
+            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
+        )
+        .unwrap();
+    assert_eq!(m.status, 200);
+    assert!(m.json().is_ok());
+    assert_eq!(c.connections_opened(), 1, "one keep-alive TLS connection");
+
+    let big = *sizes.last().unwrap() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let logged = loop {
+        let log = relay.stderr();
+        let bytes = log
+            .lines()
+            .filter(|l| l.contains("/blobs/sha256:") && l.contains(" 200 "))
+            .filter_map(|l| l.rsplit(' ').nth(1)?.parse::<u64>().ok())
+            .max();
+        if bytes.is_some_and(|b| b >= big) || std::time::Instant::now() > deadline {
+            break bytes;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let logged = logged.expect("blob lines in the access log");
+    assert!(
+        (big..big + 4096).contains(&logged),
+        "access log says {logged} bytes for a {big}-byte blob"
+    );
+    assert!(relay.alive());
 }
 
 #[test]

@@ -9,7 +9,8 @@
 mod common;
 
 use common::{
-    anonymous_token, basic_auth, registry_block, sha256, Client, Host, HubDouble, Options, Relay,
+    anonymous_token, basic_auth, registry_block, sha256, start_with_tls, Client, Host, HubDouble,
+    Options, Relay,
 };
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -1192,6 +1193,61 @@ fn body_not_matching_its_digest_is_never_completed() {
     }
     assert!(relay.alive());
     assert!(fake.requests.load(Ordering::SeqCst) >= 5);
+}
+
+/// A TLS client fetching from a TLS upstream (bodies sealed straight from the
+/// upstream's records, see relay.rs): a body failing its digest in its last
+/// byte, or cut by the CDN, never arrives complete; the bytes that do arrive
+/// are the right ones, and the next pull of the same blob works.
+#[test]
+fn tls_to_tls_blob_failing_its_digest_or_cut_is_never_completed() {
+    let hub = hub();
+    let (relay, ca_pem) = start_with_tls(&hub, "");
+    let size = 3 << 20;
+    let digest = hub.add_random_blob("library/alpine", size, 0x5eed_0030);
+    let blob = hub.content().blob(&digest).unwrap();
+    let mut c = relay.tls_client(&ca_pem);
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let auth = format!("Bearer {tok}");
+    let target = format!("/v2/library/alpine/blobs/{digest}");
+
+    for fault in ["corrupt last byte", "cut after 1 MiB"] {
+        if fault.starts_with("corrupt") {
+            hub.knobs().corrupt_blobs(1);
+        } else {
+            hub.knobs().cut_blobs_after(1 << 20, Some(1));
+        }
+        let mut t = relay.tls_client(&ca_pem);
+        t.send_request("GET", &target, &[("Authorization", &auth)], None)
+            .unwrap();
+        let raw = t.read_raw(Duration::from_secs(8)).unwrap();
+        assert!(
+            !t.is_connected(),
+            "{fault}: the relay must close the connection"
+        );
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{fault}: no response head"))
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{fault}: {head}");
+        assert!(
+            head.contains(&format!("content-length: {size}\r\n")),
+            "{fault}: {head}"
+        );
+        let body = &raw[end..];
+        assert!(
+            body.len() < size,
+            "{fault}: a failed body was completed ({} bytes)",
+            body.len()
+        );
+        assert_eq!(body, &blob[..body.len()], "{fault}: wrong bytes arrived");
+    }
+
+    let r = c.get_with(&target, &[("Authorization", &auth)]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), digest);
 }
 
 /// An HTTP/1.0 client gets an upstream body that has no length (close-delimited,
