@@ -291,11 +291,14 @@ async fn relay_length<S: AsyncWriteRent>(
     }
 }
 
-/// [`relay_length`] from a TLS upstream to a TLS client: each upstream record
-/// is opened in place, hashed and sealed into the client's write buffer
-/// while it is still in cache, instead of being copied into the relay buffer
-/// and, once all of it is read and hashed (and out of cache), copied again
-/// to be sealed. Everything sealed is sent while the next bytes are read.
+/// [`relay_length`] from a TLS upstream to a TLS client. Records are opened
+/// in place in the upstream connection's read buffer and, when both
+/// connections use the same record layout (TLS 1.3 on both sides, the usual
+/// case), re-encrypted for the client right there and sent from there: no
+/// user-space copy at all. Otherwise each record is sealed into the client's
+/// write buffer while it is still in cache (one copy). Either way a batch is
+/// sent while the next one is read, and the last one is held back until the
+/// digest matches.
 async fn relay_length_tls(
     conn: &mut Conn,
     total: u64,
@@ -333,12 +336,56 @@ async fn relay_length_tls_inner(
     let UpstreamIo::Tls(up) = &mut conn.io else {
         unreachable!("relay_length_tls is only called for TLS upstreams")
     };
+    // The read buffer goes out with a run of resealed records while the
+    // next bytes arrive in this one.
+    let mut spare = Vec::new();
     loop {
-        // Everything the last read brought, record by record.
-        while remaining > 0 && client.pending() < MAX_PENDING {
-            if !up.open_buffered().await.map_err(RelayError::Upstream)? {
-                break;
+        // In place, as far as the records allow.
+        let done = up
+            .reseal_buffered(client, remaining, |plain| {
+                if let Some(v) = verify.as_mut() {
+                    v.update(plain);
+                }
+            })
+            .map_err(RelayError::Upstream)?;
+        up.settle().await.map_err(RelayError::Upstream)?;
+        remaining -= done.taken;
+        if !done.run.is_empty() {
+            if remaining == 0 {
+                // The last piece is held back until the digest is known good.
+                if verify.take().is_some_and(|v| !v.matches()) {
+                    return Err(RelayError::DigestMismatch);
+                }
+                timed(client_timeout, up.send_run(client, done.run))
+                    .await
+                    .map_err(RelayError::Client)?;
+                return Ok(Relayed {
+                    bytes: total,
+                    // Bytes after the end of the body mean the framing is off.
+                    reusable: up.plain().is_empty(),
+                });
             }
+            if done.exhausted {
+                let sent = up
+                    .swap_read_buffer(std::mem::take(&mut spare))
+                    .map_err(RelayError::Upstream)?;
+                let (sent, read) = monoio::join!(
+                    timed_buf(client_timeout, client.send_ciphertext(sent, done.run)),
+                    read_records(up, read_timeout, remaining, total)
+                );
+                spare = sent.map_err(RelayError::Client)?;
+                read?;
+            } else {
+                timed(client_timeout, up.send_run(client, done.run))
+                    .await
+                    .map_err(RelayError::Client)?;
+            }
+            continue;
+        }
+        // A record that cannot be re-encrypted in place (another layout, a
+        // key update due towards the client, more than the body): one copy,
+        // sealed into the client's write buffer.
+        if remaining > 0 && up.open_buffered().await.map_err(RelayError::Upstream)? {
             let plain = up.plain();
             let n = (plain.len() as u64).min(remaining) as usize;
             if let Some(v) = verify.as_mut() {
@@ -349,6 +396,12 @@ async fn relay_length_tls_inner(
                 .map_err(RelayError::Client)?;
             up.consume_plain(n);
             remaining -= n as u64;
+            if remaining > 0 && client.pending() >= MAX_PENDING {
+                send_pending(client, client_timeout).await?;
+            }
+            if remaining > 0 {
+                continue;
+            }
         }
         if remaining == 0 {
             // The last piece is held back until the digest is known good.
@@ -362,17 +415,41 @@ async fn relay_length_tls_inner(
                 reusable: up.plain().is_empty(),
             });
         }
-        if !up.plain().is_empty() {
-            // The client's share is full: send it before opening more.
-            send_pending(client, client_timeout).await?;
-            continue;
-        }
+        // Nothing buffered: send what is sealed while reading more.
         let (sent, read) = monoio::join!(
             send_pending(client, client_timeout),
             read_records(up, read_timeout, remaining, total)
         );
         sent?;
         read?;
+    }
+}
+
+/// `io` within `limit` (a timeout is an error like any other).
+async fn timed<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    monoio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client write timed out",
+        ))
+    })
+}
+
+/// [`timed`] for an operation that gives its buffer back.
+async fn timed_buf(
+    limit: Duration,
+    io: impl std::future::Future<Output = (io::Result<()>, Vec<u8>)>,
+) -> io::Result<Vec<u8>> {
+    match monoio::time::timeout(limit, io).await {
+        Ok((Ok(()), buf)) => Ok(buf),
+        Ok((Err(e), _)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client write timed out",
+        )),
     }
 }
 
@@ -390,14 +467,14 @@ async fn send_pending(client: &mut ServerTls, limit: Duration) -> Result<(), Rel
     }
 }
 
-/// Reads until at least one more record of the body is decrypted.
+/// Reads until at least one more complete record is buffered.
 async fn read_records(
     up: &mut ClientTls,
     limit: Duration,
     remaining: u64,
     total: u64,
 ) -> Result<(), RelayError> {
-    match monoio::time::timeout(limit, up.fill_plain()).await {
+    match monoio::time::timeout(limit, up.fill_records()).await {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err(RelayError::Upstream(io::Error::new(
             io::ErrorKind::UnexpectedEof,

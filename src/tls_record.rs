@@ -161,6 +161,70 @@ impl RecordCipher {
         aad
     }
 
+    /// Whether a record of `slot_len` bytes with its plaintext at `plain`
+    /// has exactly the layout this cipher's records have (see
+    /// [`RecordCipher::seal_in_slot`]).
+    pub fn fits_slot(&self, slot_len: usize, plain: &Range<usize>) -> bool {
+        let explicit = if self.explicit_nonce {
+            EXPLICIT_NONCE
+        } else {
+            0
+        };
+        let inner_type = usize::from(self.version == Version::Tls13);
+        plain.start == HEADER + explicit
+            && plain.start <= plain.end
+            && slot_len == plain.end + inner_type + TAG
+            && plain.len() <= MAX_PLAIN
+    }
+
+    /// Seals application data where another record of the same layout was
+    /// opened: `slot` is that whole record, its plaintext at `plain`, with
+    /// exactly this cipher's room around it (header and explicit nonce
+    /// before, inner content type and tag after). A relay between two TLS
+    /// connections re-encrypts this way without copying a byte. Returns
+    /// false, touching nothing, when the room does not fit exactly.
+    pub fn seal_in_slot(
+        &mut self,
+        slot: &mut [u8],
+        plain: Range<usize>,
+    ) -> Result<bool, RecordError> {
+        if !self.fits_slot(slot.len(), &plain) {
+            return Ok(false);
+        }
+        let explicit = plain.start - HEADER;
+        if self.seq == u64::MAX {
+            return Err(RecordError::SequenceExhausted);
+        }
+        let nonce = self.nonce();
+        let body = slot.len() - HEADER;
+        let header = [APPLICATION_DATA, 3, 3, (body >> 8) as u8, body as u8];
+        slot[..HEADER].copy_from_slice(&header);
+        let tag = match self.version {
+            Version::Tls13 => {
+                slot[plain.end] = APPLICATION_DATA;
+                self.key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(header),
+                    &mut slot[HEADER..plain.end + 1],
+                )
+            }
+            Version::Tls12 => {
+                slot[HEADER..plain.start].copy_from_slice(&nonce[NONCE_LEN - explicit..]);
+                let aad = self.aad12(APPLICATION_DATA, [3, 3], plain.len());
+                self.key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut slot[plain.clone()],
+                )
+            }
+        }
+        .map_err(|_| RecordError::BadRecordMac)?;
+        let at = slot.len() - TAG;
+        slot[at..].copy_from_slice(tag.as_ref());
+        self.next_seq()?;
+        Ok(true)
+    }
+
     /// Appends one record of `typ` holding `plain` (at most [`MAX_PLAIN`]
     /// bytes) to `out`: the plaintext is copied once, then encrypted where it
     /// lies.
@@ -362,6 +426,53 @@ mod tests {
             complete_record(&[23, 3, 3, 0xff, 0xff]),
             Err(RecordError::RecordOverflow(HEADER + 0xffff))
         );
+    }
+
+    #[test]
+    fn sealing_in_a_slot_gives_the_same_record_as_sealing_a_copy() {
+        for version in [Version::Tls12, Version::Tls13] {
+            for which in [0, 1] {
+                // `up` stands for the connection a record came from, `a`
+                // and `b` for the same outgoing connection sealing it two ways.
+                let (mut up_tx, mut up_rx) = pair(version, which);
+                let (mut a, mut b) = pair(version, which);
+                for len in [0, 1, 1000, MAX_PLAIN] {
+                    let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                    let mut wire = Vec::new();
+                    up_tx.seal(APPLICATION_DATA, &data, &mut wire).unwrap();
+                    let (_, plain) = up_rx.open(&mut wire).unwrap();
+                    assert!(b.seal_in_slot(&mut wire, plain).unwrap());
+                    let mut copy = Vec::new();
+                    a.seal(APPLICATION_DATA, &data, &mut copy).unwrap();
+                    assert_eq!(wire, copy, "{version:?} {which} {len}");
+                    assert_eq!(a.seq(), b.seq());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slot_of_another_layout_is_left_alone() {
+        // TLS 1.2 AES-GCM records have an explicit nonce and no inner type.
+        let (mut up_tx, mut up_rx) = pair(Version::Tls12, 0);
+        let (mut out, _) = pair(Version::Tls13, 0);
+        let mut wire = Vec::new();
+        up_tx.seal(APPLICATION_DATA, b"data", &mut wire).unwrap();
+        let (_, plain) = up_rx.open(&mut wire).unwrap();
+        let before = wire.clone();
+        assert!(!out.seal_in_slot(&mut wire, plain).unwrap());
+        assert_eq!(wire, before);
+        assert_eq!(out.seq(), 5);
+        // TLS 1.3 padding makes the slot larger than the record needs.
+        let (mut up_tx, mut up_rx) = pair(Version::Tls13, 1);
+        let (mut out, _) = pair(Version::Tls13, 1);
+        let mut wire = Vec::new();
+        up_tx
+            .seal(APPLICATION_DATA, b"data\x17\0\0", &mut wire)
+            .unwrap();
+        let (_, mut plain) = up_rx.open(&mut wire).unwrap();
+        plain.end -= 3; // what a padded record's content is
+        assert!(!out.seal_in_slot(&mut wire, plain).unwrap());
     }
 
     #[test]

@@ -154,6 +154,23 @@ pub struct TlsStream<S: Side> {
     peer_closed: bool,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Records [`TlsStream::reseal_buffered`] re-encrypted in place (tests).
+    pub(crate) static RESEALED_IN_PLACE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// What [`TlsStream::reseal_buffered`] did.
+#[derive(Debug)]
+pub struct Resealed {
+    /// Plaintext bytes taken (and handed to `each`).
+    pub taken: u64,
+    /// Where the re-encrypted records lie in the read buffer, in order.
+    pub run: Range<usize>,
+    /// No complete record is left in the read buffer.
+    pub exhausted: bool,
+}
+
 pub type ClientTls = TlsStream<ClientConnectionData>;
 pub type ServerTls = TlsStream<ServerConnectionData>;
 
@@ -375,8 +392,13 @@ impl<S: Side> TlsStream<S> {
     }
 
     #[cfg(test)]
-    fn set_rekey_after(&mut self, records: u64) {
+    pub(crate) fn set_rekey_after(&mut self, records: u64) {
         self.rekey_after = records;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tx_seq(&self) -> u64 {
+        self.tx.seq()
     }
 
     /// Reads more bytes from the socket after what is buffered (0 at end of
@@ -629,6 +651,33 @@ impl<S: Side> TlsStream<S> {
         }
     }
 
+    /// Reads the socket until a complete record is buffered, without opening
+    /// it (so that [`TlsStream::reseal_buffered`] can). Returns false after
+    /// the peer's close_notify. Only when no opened data is waiting.
+    pub async fn fill_records(&mut self) -> io::Result<bool> {
+        if !self.plain().is_empty() {
+            return Ok(true);
+        }
+        loop {
+            if self.peer_closed {
+                return Ok(false);
+            }
+            if complete_record(&self.rbuf[self.rpos..])
+                .map_err(record_err)?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            if self.eof {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "TLS peer closed the connection without close_notify",
+                ));
+            }
+            self.fill().await?;
+        }
+    }
+
     /// Reads decrypted application data into `out`: everything one socket
     /// read brought, as far as it fits.
     async fn read_plain(&mut self, out: &mut [u8]) -> io::Result<usize> {
@@ -652,6 +701,120 @@ impl<S: Side> TlsStream<S> {
                 return Ok(filled);
             }
         }
+    }
+
+    /// Re-encrypts for `to`, in place in this stream's read buffer, the
+    /// application data records already read, each handed to `each` (the
+    /// digest check) before it is sealed: with the same record layout on
+    /// both connections (TLS 1.3 to TLS 1.3 without padding, the usual case)
+    /// a relay copies no byte at all. Takes at most `limit` bytes.
+    ///
+    /// Stops at the first record that cannot be re-encrypted this way (it
+    /// stays opened, in [`TlsStream::plain`]), at a record not adjacent to the
+    /// run (after a ticket or key update), when `to` owes a key update, or
+    /// when no complete record is left (then `exhausted`). The run goes out
+    /// after what `to` has pending (sealed before it), with
+    /// [`TlsStream::send_run`], or with [`TlsStream::send_ciphertext`] after
+    /// [`TlsStream::swap_read_buffer`].
+    pub fn reseal_buffered<T: Side>(
+        &mut self,
+        to: &mut TlsStream<T>,
+        limit: u64,
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<Resealed> {
+        let mut out = Resealed {
+            taken: 0,
+            run: self.rpos..self.rpos,
+            exhausted: false,
+        };
+        while out.taken < limit
+            && self.plain().is_empty()
+            && self.hs_partial.is_empty()
+            && !self.owe_key_update
+            && !self.peer_closed
+            && !to.owe_key_update
+            && to.tx.seq() < to.rekey_after
+        {
+            let at = self.rpos;
+            if !self.open_next()? {
+                out.exhausted = true;
+                break;
+            }
+            let plain = self.plain.clone();
+            if plain.is_empty() {
+                continue; // an alert or handshake record: the run ends here
+            }
+            if at != out.run.end || plain.len() as u64 > limit - out.taken {
+                break;
+            }
+            let slot = at..self.rpos;
+            let inner = plain.start - at..plain.end - at;
+            if !to.tx.fits_slot(slot.len(), &inner) {
+                break;
+            }
+            each(&self.rbuf[plain.clone()]);
+            let sealed = to
+                .tx
+                .seal_in_slot(&mut self.rbuf[slot.clone()], inner)
+                .map_err(record_err)?;
+            debug_assert!(sealed);
+            #[cfg(test)]
+            RESEALED_IN_PLACE.with(|n| n.set(n.get() + 1));
+            self.plain = plain.end..plain.end;
+            out.taken += plain.len() as u64;
+            out.run.end = slot.end;
+        }
+        Ok(out)
+    }
+
+    /// Answers a key update the peer asked for, if one is owed.
+    pub async fn settle(&mut self) -> io::Result<()> {
+        if self.owe_key_update {
+            self.answer_key_update().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `run` of this stream's read buffer (ciphertext for `to`, see
+    /// [`TlsStream::reseal_buffered`]) on `to`.
+    pub async fn send_run<T: Side>(
+        &mut self,
+        to: &mut TlsStream<T>,
+        run: Range<usize>,
+    ) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.rbuf);
+        let (res, buf) = to.send_ciphertext(buf, run).await;
+        self.rbuf = buf;
+        res
+    }
+
+    /// Hands the read buffer out (to send a resealed run from it while the
+    /// next bytes are read) and continues with `spare`, which receives the
+    /// unopened rest. Only when no opened data is waiting.
+    pub fn swap_read_buffer(&mut self, mut spare: Vec<u8>) -> io::Result<Vec<u8>> {
+        if !self.plain().is_empty() {
+            return Err(invalid("read buffer swapped with opened data in it"));
+        }
+        spare.clear();
+        spare.reserve(self.rbuf.capacity());
+        spare.extend_from_slice(&self.rbuf[self.rpos..]);
+        self.rpos = 0;
+        self.plain = 0..0;
+        Ok(std::mem::replace(&mut self.rbuf, spare))
+    }
+
+    /// Sends what is pending, then ciphertext already sealed for this
+    /// stream (`buf[run]`, sealed after it); gives the buffer back.
+    pub async fn send_ciphertext(
+        &mut self,
+        buf: Vec<u8>,
+        run: Range<usize>,
+    ) -> (io::Result<()>, Vec<u8>) {
+        if let Err(e) = self.send_pending().await {
+            return (Err(e), buf);
+        }
+        let (res, slice) = self.tcp.write_all(buf.slice(run)).await;
+        (res.map(|_| ()), slice.into_inner())
     }
 
     /// Seals `data` as application data after whatever is already pending;

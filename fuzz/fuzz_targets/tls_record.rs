@@ -1,6 +1,7 @@
 //! The TLS record layer must never panic on what a peer sends: records of
 //! any length and content are either opened (plaintext inside the record)
-//! or refused. What we seal, we open again unchanged.
+//! or refused. What we seal, we open again unchanged, also after it is
+//! re-encrypted in place for another connection.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -44,5 +45,24 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(complete_record(&out), Ok(Some(out.len())));
     let (typ, range) = rx.open(&mut out).unwrap();
     assert_eq!(typ, APPLICATION_DATA);
-    assert_eq!(&out[range], plain);
+    assert_eq!(&out[range.clone()], plain);
+    // Re-encrypted in place for another connection (same layout or not), it
+    // opens there to the same bytes, or is left alone.
+    let other = sel.rotate_right(2);
+    let (mut tx2, mut rx2) = (cipher(other), cipher(other));
+    let before = out.clone();
+    if tx2.seal_in_slot(&mut out, range).unwrap() {
+        let (typ, range) = rx2.open(&mut out).unwrap();
+        assert_eq!(typ, APPLICATION_DATA);
+        assert_eq!(&out[range], plain);
+    } else {
+        assert_eq!(out, before);
+    }
+    // Any slot and range: sealed or refused, never a panic.
+    if let [a, b, c, slot @ ..] = rest {
+        let mut slot = slot.to_vec();
+        let start = usize::from(*a % 16);
+        let end = usize::from(u16::from_le_bytes([*b, *c])) % (slot.len() + 2);
+        let _ = cipher(sel).seal_in_slot(&mut slot, start..end);
+    }
 });
