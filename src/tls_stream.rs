@@ -194,6 +194,14 @@ fn invalid<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> io::Error
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// TCP ended without close_notify: the data may have been cut short.
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "TLS peer closed the connection without close_notify",
+    )
+}
+
 fn record_err(e: RecordError) -> io::Error {
     invalid(e)
 }
@@ -637,10 +645,7 @@ impl<S: Side> TlsStream<S> {
                 return Ok(false);
             }
             if self.eof {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TLS peer closed the connection without close_notify",
-                ));
+                return Err(truncated());
             }
             if self.rbuf.len() - self.rpos >= MAX_RECORD {
                 return Err(record_err(RecordError::RecordOverflow(
@@ -669,10 +674,7 @@ impl<S: Side> TlsStream<S> {
                 return Ok(true);
             }
             if self.eof {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TLS peer closed the connection without close_notify",
-                ));
+                return Err(truncated());
             }
             self.fill().await?;
         }
