@@ -502,9 +502,29 @@ pub async fn send_streamed<S: ClientSink>(
     verifier: Option<Verifier>,
 ) -> Outcome {
     let limit = w.cfg.timeouts.client_write;
-    // A small body (a manifest by tag, a token) that already arrived with
-    // its head goes out in the same write: one TLS record, one syscall.
+    // A small body (a manifest by tag, a token) goes out in the same write
+    // as its head: one TLS record, one syscall. Upstreams often send the
+    // body apart from the head (a record and a segment of its own); the
+    // rest is waited for here, in the connection's buffer.
     if let RespFraming::Length(n) = head.framing {
+        let fits = n <= SMALL_BODY && n <= conn.capacity() as u64;
+        if fits && verifier.is_none() && (conn.buffered().len() as u64) < n {
+            let r = conn.fill_to(n as usize).await;
+            if !matches!(r, Ok(true)) {
+                // What a streamed relay would have done: the head and the
+                // bytes that came, then a reset.
+                out.extend_from_slice(conn.buffered());
+                let _ = send_out(client, out, limit).await;
+                let e = r
+                    .err()
+                    .map_or("upstream closed early".into(), |e| e.to_string());
+                eprintln!(
+                    "ocirelay[{}]: {} {} body aborted: upstream body: {e}",
+                    w.id, req.method, req.target
+                );
+                return Outcome::Abort;
+            }
+        }
         let whole = conn.buffered().len() as u64 >= n;
         if whole && n <= SMALL_BODY && verifier.is_none() {
             out.extend_from_slice(&conn.buffered()[..n as usize]);

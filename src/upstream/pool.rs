@@ -119,6 +119,24 @@ impl Conn {
         res
     }
 
+    /// Reads until at least `n` bytes are buffered, each read with the read
+    /// timeout; `n` is at most [`Conn::capacity`]. False if the upstream
+    /// closed first.
+    pub async fn fill_to(&mut self, n: usize) -> io::Result<bool> {
+        debug_assert!(n <= self.capacity());
+        while self.buffered().len() < n {
+            if self.fill().await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The most bytes the connection's buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Reads body bytes into `buf`, with the read timeout. Callers drain
     /// [`Conn::buffered`] first. On timeout the buffer went with the
     /// cancelled read (`None`), and the connection must be dropped.
