@@ -1,9 +1,9 @@
 //! Hot-path micro benchmarks (criterion), in ns per request:
 //!
 //! - `head/*`: find the end of a request head and parse it (`http::find_head_end`,
-//!   `http::parse_request` with `MAX_HEADERS` slots), for the request shapes real clients
-//!   send (dockerd with one `Accept` line per media type and a bearer token, containerd's
-//!   comma-joined `Accept` with `?ns=`, a blob GET with `Range`).
+//!   `http::parse_request_uninit` with `MAX_HEADERS` slots, as the connection loop does), for
+//!   the request shapes real clients send (dockerd with one `Accept` line per media type and a
+//!   bearer token, containerd's comma-joined `Accept` with `?ns=`, a blob GET with `Range`).
 //! - `route/*`: `router::split_target` + `router::classify` on those targets.
 //! - `rewrite/*`: the 401 challenge rewrite (`auth::parse_challenge`, `auth::write_rewritten`
 //!   with `auth::map_scopes`), and building a manifest response head with
@@ -15,9 +15,12 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ocirelay::auth::{map_scopes, parse_challenge, write_rewritten};
-use ocirelay::http::{find_head_end, parse_request, write_header, write_status, MAX_HEADERS};
+use ocirelay::http::{
+    find_head_end, parse_request_uninit, write_header, write_status, MAX_HEADERS,
+};
 use ocirelay::router::{classify, split_target, Route};
 use std::hint::black_box;
+use std::mem::MaybeUninit;
 
 /// A bearer token of realistic size (Docker Hub's JWTs are ~1 KiB; this is 880 bytes).
 fn fake_jwt() -> String {
@@ -107,8 +110,8 @@ fn parse_once(raw: &[u8], chunk: usize) -> usize {
         have = (have + chunk).min(raw.len());
     }
     let end = end.expect("complete head");
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let head = parse_request(&raw[..end], &mut storage).expect("valid head");
+    let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
+    let head = parse_request_uninit(&raw[..end], &mut storage).expect("valid head");
     head.head_len + head.headers.len()
 }
 
@@ -255,8 +258,8 @@ fn bench_request(c: &mut Criterion) {
             b.iter(|| {
                 let raw = black_box(raw.as_slice());
                 let end = find_head_end(raw, 0).expect("complete head");
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let head = parse_request(&raw[..end], &mut storage).expect("valid head");
+                let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
+                let head = parse_request_uninit(&raw[..end], &mut storage).expect("valid head");
                 route_label(head.method, head.target) + head.headers.len()
             })
         });

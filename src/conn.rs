@@ -2,6 +2,7 @@
 //! to its handler, and go again (keep-alive, pipelining in order) until the
 //! client or a handler closes.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use crate::access_log::Metered;
 use crate::error::{ErrorCode, ErrorReply};
 use crate::http::{
-    find_head_end, parse_request, write_header, write_status, BodyFraming, ChunkedDecoder,
+    find_head_end, parse_request_uninit, write_header, write_status, BodyFraming, ChunkedDecoder,
     HeadError, RequestHead, MAX_HEADERS,
 };
 use crate::names::NameError;
@@ -239,8 +240,8 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
 
         // ---- parse, route, handle ----
         let (outcome, consumed, overflow) = {
-            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let head = match parse_request(&inbuf[..head_end], &mut storage) {
+            let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
+            let head = match parse_request_uninit(&inbuf[..head_end], &mut storage) {
                 Ok(h) => h,
                 Err(e) => {
                     bad_head(&mut io, &mut out, e).await;

@@ -16,7 +16,7 @@ use crate::registry::{self, Hints, Target};
 use crate::relay::{self, ClientFraming, ClientSink, Verifier};
 use crate::router::Route;
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
-use crate::url::{Scheme, Url};
+use crate::url::{Origin, Scheme, Url};
 use crate::worker::{Realm, Worker, RELAY_BUF};
 
 /// Redirect hops followed before giving up (clients allow 10 as well).
@@ -78,20 +78,22 @@ pub async fn fetch(
     w: &Worker,
     mut f: Fetch<'_>,
 ) -> Result<(Conn, ResponseHead, Url), UpstreamError> {
-    let auth_origin = f.url.origin.clone();
-    let mut headers = f.headers.clone();
+    // The origin the credentials were given for, kept once a redirect
+    // leaves it (until then it is `f.url`'s).
+    let mut auth_origin: Option<Origin> = None;
+    let own_headers = f.headers.len();
     for hop in 0..=MAX_REDIRECTS {
-        headers.truncate(f.headers.len());
+        f.headers.truncate(own_headers);
         if let Some(a) = f.authorization {
-            if f.url.origin == auth_origin {
-                headers.push(("Authorization", a));
+            if auth_origin.as_ref().is_none_or(|o| f.url.origin == *o) {
+                f.headers.push(("Authorization", a));
             }
         }
         let ex = Exchange {
             method: f.method,
             url: &f.url,
             trust: f.trust,
-            headers: &headers,
+            headers: &f.headers,
             body: f.body,
         };
         let (mut conn, head) = w.upstreams.send(&ex).await?;
@@ -127,6 +129,9 @@ pub async fn fetch(
         if head.status == 303 && f.method != "HEAD" {
             f.method = "GET";
             f.body = None;
+        }
+        if auth_origin.is_none() {
+            auth_origin = Some(f.url.origin.clone());
         }
         f.url = next;
     }

@@ -7,7 +7,10 @@ pub mod request;
 pub mod response;
 
 pub use chunked::{ChunkedDecoder, ChunkedError};
-pub use request::{find_head_end, parse_request, BodyFraming, HeadError, RequestHead, MAX_HEADERS};
+pub use request::{
+    find_head_end, parse_request, parse_request_uninit, BodyFraming, HeadError, RequestHead,
+    MAX_HEADERS,
+};
 pub use response::{reason, write_header, write_status};
 
 /// Case-insensitive comparison of ASCII header names.

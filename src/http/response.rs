@@ -1,10 +1,12 @@
 //! Writing response heads into a reusable buffer.
 
-use std::io::Write;
-
 /// Appends `HTTP/1.1 <status> <reason>\r\n`.
 pub fn write_status(out: &mut Vec<u8>, status: u16) {
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `name: value\r\n`.
@@ -18,7 +20,25 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// Appends `Content-Length: n\r\n`.
 pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "Content-Length: {n}\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    write_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal (without the formatting machinery: this runs for
+/// every response head).
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The reason phrase for the statuses ocirelay emits or relays.
@@ -53,5 +73,27 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_and_lengths_are_written_in_decimal() {
+        let mut out = Vec::new();
+        write_status(&mut out, 200);
+        write_status(&mut out, 504);
+        write_status(&mut out, 999);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nHTTP/1.1 504 Gateway Timeout\r\nHTTP/1.1 999 Unknown\r\n"
+        );
+        for n in [0, 7, 10, 2048, u64::MAX] {
+            out.clear();
+            write_content_length(&mut out, n);
+            assert_eq!(out, format!("Content-Length: {n}\r\n").as_bytes());
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! the connection for the caller to stream.
 
 use std::io;
+use std::mem::MaybeUninit;
 
 use monoio::io::AsyncWriteRentExt;
 
@@ -197,9 +198,16 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Ups
 
 fn parse_head(conn: &Conn, end: usize, head_only: bool) -> Result<ResponseHead, &'static str> {
     let buf = conn.buffered();
-    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    match resp.parse(&buf[..end]) {
+    // Uninitialised slots: writing 128 empty headers first costs more than
+    // parsing a typical head.
+    let mut storage = [MaybeUninit::uninit(); MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        &buf[..end],
+        &mut storage,
+    );
+    match parsed {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err("incomplete head"),
         Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
