@@ -249,10 +249,11 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
                 }
             };
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
-            let started = Instant::now();
+            // The clock is read only for a log line.
+            let started = w.access_log.as_ref().map(|_| Instant::now());
             io.begin();
             let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
-            if let Some(log) = &w.access_log {
+            if let (Some(log), Some(started)) = (&w.access_log, started) {
                 let (status, bytes) = io.served();
                 log.record(
                     cx.peer,

@@ -2,6 +2,7 @@
 //! (and a small body), read and parse the response head. The body is left on
 //! the connection for the caller to stream.
 
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 
@@ -116,33 +117,51 @@ async fn attempt(
     req: Vec<u8>,
     head_only: bool,
 ) -> Result<(Conn, ResponseHead), (UpstreamError, Vec<u8>)> {
-    let host = || conn.key.origin.host.clone();
-    let timeout = conn.read_timeout;
-    let (res, req) = match monoio::time::timeout(timeout, conn.io.write_all(req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            return Err((
-                UpstreamError::Timeout {
-                    host: host(),
-                    phase: "sending request",
+    // One deadline for the whole step, sending the request and reading the
+    // response head: one timer per exchange instead of one per write and
+    // per read.
+    let limit = conn.read_timeout;
+    let sent = Cell::new(false);
+    let step = send_and_read_head(&mut conn, req, head_only, &sent);
+    match monoio::time::timeout(limit, step).await {
+        Ok(Ok(head)) => Ok((conn, head)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err((
+            UpstreamError::Timeout {
+                host: conn.key.origin.host.clone(),
+                phase: if sent.get() {
+                    "waiting for response"
+                } else {
+                    "sending request"
                 },
-                Vec::new(),
-            ))
-        }
-    };
+            },
+            Vec::new(),
+        )),
+    }
+}
+
+/// Writes `req`, then reads the response head; `sent` is set once the
+/// request is out. On failure `req` is handed back for a retry.
+async fn send_and_read_head(
+    conn: &mut Conn,
+    req: Vec<u8>,
+    head_only: bool,
+    sent: &Cell<bool>,
+) -> Result<ResponseHead, (UpstreamError, Vec<u8>)> {
+    let (res, req) = conn.io.write_all(req).await;
     if let Err(source) = res {
-        let before_response = conn.reused;
         return Err((
             UpstreamError::Io {
-                host: host(),
+                host: conn.key.origin.host.clone(),
                 source,
-                before_response,
+                before_response: conn.reused,
             },
             req,
         ));
     }
-    match read_head(&mut conn, head_only).await {
-        Ok(head) => Ok((conn, head)),
+    sent.set(true);
+    match read_head(conn, head_only).await {
+        Ok(head) => Ok(head),
         Err(e) => Err((e, req)),
     }
 }
@@ -167,7 +186,7 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Ups
             return Ok(head);
         }
         scanned = conn.buffered().len();
-        match conn.fill().await {
+        match conn.read_more().await {
             Ok(0) => {
                 return Err(UpstreamError::Io {
                     host: conn.key.origin.host.clone(),
@@ -179,12 +198,6 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Ups
                 })
             }
             Ok(_) => got_any = true,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(UpstreamError::Timeout {
-                    host: conn.key.origin.host.clone(),
-                    phase: "waiting for response",
-                })
-            }
             Err(source) => {
                 return Err(UpstreamError::Io {
                     host: conn.key.origin.host.clone(),

@@ -86,6 +86,20 @@ impl Conn {
     /// Reads more bytes into the connection's own buffer (appending), with
     /// the read timeout. Returns 0 at end of stream.
     pub(crate) async fn fill(&mut self) -> io::Result<usize> {
+        match monoio::time::timeout(self.read_timeout, self.read_more()).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "upstream read timed out",
+            )),
+        }
+    }
+
+    /// [`Conn::fill`] without a timeout of its own: for callers that bound a
+    /// whole step (request and response head) with one deadline. If the
+    /// read is cancelled, the buffer goes with it and the connection must
+    /// be dropped.
+    pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -105,16 +119,7 @@ impl Conn {
         let len = buf.len();
         let cap = buf.capacity();
         let slice = buf.slice_mut(len..cap);
-        let (res, slice) = match monoio::time::timeout(self.read_timeout, self.io.read(slice)).await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "upstream read timed out",
-                ))
-            }
-        };
+        let (res, slice) = self.io.read(slice).await;
         self.buf = slice.into_inner();
         res
     }
@@ -196,8 +201,9 @@ impl Upstreams {
         if !conn.buffered().is_empty() {
             return; // stray bytes: the framing is off, do not reuse
         }
+        let now = Instant::now();
         conn.reused = true;
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         conn.io.shrink_idle();
         let mut idle = self.idle.borrow_mut();
         let i = match idle.iter().position(|(k, _)| *k == conn.key) {
@@ -208,7 +214,10 @@ impl Upstreams {
             }
         };
         let list = &mut idle[i].1;
-        list.retain(|c| c.idle_since.elapsed() < MAX_IDLE_AGE);
+        // Oldest first (pushed in time order, taken from the end): the stale
+        // ones are a prefix, found with one clock read.
+        let stale = list.partition_point(|c| now.duration_since(c.idle_since) >= MAX_IDLE_AGE);
+        list.drain(..stale);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(conn);
         }
