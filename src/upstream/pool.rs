@@ -215,9 +215,13 @@ impl Upstreams {
         };
         let list = &mut idle[i].1;
         // Oldest first (pushed in time order, taken from the end): the stale
-        // ones are a prefix, found with one clock read.
-        let stale = list.partition_point(|c| now.duration_since(c.idle_since) >= MAX_IDLE_AGE);
-        list.drain(..stale);
+        // ones are a prefix, found with one clock read. Most of the time the
+        // oldest is fresh, and only that one connection is looked at.
+        let stale = |c: &Conn| now.duration_since(c.idle_since) >= MAX_IDLE_AGE;
+        if list.first().is_some_and(stale) {
+            let n = list.partition_point(stale);
+            list.drain(..n);
+        }
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(conn);
         }
