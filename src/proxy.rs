@@ -202,14 +202,14 @@ pub async fn registry_request<S: AsyncReadRent + ClientSink>(
     let name = target.as_ref().map_or("", |t| t.upstream_repo.as_ref());
     let (path, verify_digest): (String, Option<Digest<'_>>) = match *route {
         Route::Manifest { reference, .. } => (
-            format!("/v2/{name}/manifests/{}", reference.as_str()),
+            ["/v2/", name, "/manifests/", reference.as_str()].concat(),
             match reference {
                 Reference::Digest(d) => Some(d),
                 Reference::Tag(_) => None,
             },
         ),
         Route::Blob { digest, .. } => (
-            format!("/v2/{name}/blobs/{}", digest.as_str()),
+            ["/v2/", name, "/blobs/", digest.as_str()].concat(),
             Some(digest),
         ),
         Route::Tags { .. } => (

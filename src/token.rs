@@ -56,19 +56,20 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
     };
 
     // The query: the realm's own parameters, then the client's, scopes mapped.
-    let service = realm.service.as_deref();
-    let mut url = realm.url.clone();
+    let Realm { mut url, service } = realm;
+    let service = service.as_deref();
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         let Some(mapped) = auth::rewrite_token_params(q, map_name, service) else {
             let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed query string");
             return respond_error(client, out, &e, false, true).await;
         };
-        url.path_and_query
-            .push(if url.path_and_query.contains('?') {
-                '&'
-            } else {
-                '?'
-            });
+        let sep = if url.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        url.path_and_query.reserve(1 + mapped.len());
+        url.path_and_query.push(sep);
         url.path_and_query.push_str(&mapped);
     }
 

@@ -27,7 +27,7 @@ pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
 
 /// Appends `n` in decimal (without the formatting machinery: this runs for
 /// every response head).
-fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

@@ -10,8 +10,9 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::pool::{Conn, PoolKey, TrustId, Upstreams};
 use crate::error::UpstreamError;
+use crate::http::response::write_decimal;
 use crate::http::{find_head_end, has_token, name_eq, parse_content_length};
-use crate::url::Url;
+use crate::url::{Origin, Url};
 
 /// Header lines in an upstream response head we accept.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -97,7 +98,7 @@ fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(ex.url.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(ex.url.origin.authority().as_bytes());
+    write_authority(&mut out, &ex.url.origin);
     out.extend_from_slice(b"\r\n");
     for (name, value) in ex.headers {
         crate::http::write_header(&mut out, name, value);
@@ -110,6 +111,23 @@ fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
         out.extend_from_slice(body);
     }
     out
+}
+
+/// Appends what [`Origin::authority`] returns, without making a `String` of
+/// it for every request.
+fn write_authority(out: &mut Vec<u8>, o: &Origin) {
+    let v6 = o.host.contains(':');
+    if v6 {
+        out.push(b'[');
+    }
+    out.extend_from_slice(o.host.as_bytes());
+    if v6 {
+        out.push(b']');
+    }
+    if o.port != o.scheme.default_port() {
+        out.push(b':');
+        write_decimal(out, u64::from(o.port));
+    }
 }
 
 async fn attempt(
@@ -285,4 +303,25 @@ fn parse_head(conn: &Conn, end: usize, head_only: bool) -> Result<ResponseHead, 
         keep_alive,
         headers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_is_the_origins_authority() {
+        for u in [
+            "https://registry-1.docker.io/v2/",
+            "https://127.0.0.1:5000/v2/",
+            "http://localhost:80/v2/",
+            "http://[::1]:8080/v2/",
+            "https://[2001:db8::1]/v2/",
+        ] {
+            let o = Url::parse(u).unwrap().origin;
+            let mut out = Vec::new();
+            write_authority(&mut out, &o);
+            assert_eq!(out, o.authority().as_bytes(), "{u}");
+        }
+    }
 }
