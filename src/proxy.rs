@@ -509,31 +509,34 @@ pub async fn send_streamed<S: ClientSink>(
     let limit = w.cfg.timeouts.client_write;
     // A small body (a manifest by tag, a token) goes out in the same write
     // as its head: one TLS record, one syscall. Upstreams often send the
-    // body apart from the head (a record and a segment of its own); the
-    // rest is waited for here, in the connection's buffer.
+    // body apart from the head (a record and a segment of its own): then
+    // it is gathered behind the head in `out` as it comes.
     if let RespFraming::Length(n) = head.framing {
-        let fits = n <= SMALL_BODY && n <= conn.capacity() as u64;
-        if fits && verifier.is_none() && (conn.buffered().len() as u64) < n {
-            let r = conn.fill_to(n as usize).await;
-            if !matches!(r, Ok(true)) {
-                // What a streamed relay would have done: the head and the
-                // bytes that came, then a reset.
-                out.extend_from_slice(conn.buffered());
+        if n <= SMALL_BODY && verifier.is_none() {
+            let n = n as usize;
+            let mut got = 0;
+            loop {
+                let take = conn.buffered().len().min(n - got);
+                out.extend_from_slice(&conn.buffered()[..take]);
+                conn.consume(take);
+                got += take;
+                if got == n {
+                    break;
+                }
+                let e = match conn.fill().await {
+                    Ok(0) => "upstream closed before the end of the body".to_string(),
+                    Ok(_) => continue,
+                    Err(e) => e.to_string(),
+                };
+                // What a streamed relay does: the head and the bytes that
+                // came, then a reset.
                 let _ = send_out(client, out, limit).await;
-                let e = r
-                    .err()
-                    .map_or("upstream closed early".into(), |e| e.to_string());
                 eprintln!(
                     "ocirelay[{}]: {} {} body aborted: upstream body: {e}",
                     w.id, req.method, req.target
                 );
                 return Outcome::Abort;
             }
-        }
-        let whole = conn.buffered().len() as u64 >= n;
-        if whole && n <= SMALL_BODY && verifier.is_none() {
-            out.extend_from_slice(&conn.buffered()[..n as usize]);
-            conn.consume(n as usize);
             if head.keep_alive {
                 w.upstreams.release(conn);
             }

@@ -115,31 +115,18 @@ impl Conn {
                 ));
             }
         }
+        // The buffer goes with the read. If the read is cancelled (a
+        // timeout), it does not come back: the connection then holds
+        // nothing, and `buffered` must be empty rather than out of range.
+        let pos = std::mem::take(&mut self.pos);
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let cap = buf.capacity();
         let slice = buf.slice_mut(len..cap);
         let (res, slice) = self.io.read(slice).await;
         self.buf = slice.into_inner();
+        self.pos = pos;
         res
-    }
-
-    /// Reads until at least `n` bytes are buffered, each read with the read
-    /// timeout; `n` is at most [`Conn::capacity`]. False if the upstream
-    /// closed first.
-    pub async fn fill_to(&mut self, n: usize) -> io::Result<bool> {
-        debug_assert!(n <= self.capacity());
-        while self.buffered().len() < n {
-            if self.fill().await? == 0 {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// The most bytes the connection's buffer holds.
-    pub fn capacity(&self) -> usize {
-        self.buf.capacity()
     }
 
     /// Reads body bytes into `buf`, with the read timeout. Callers drain
