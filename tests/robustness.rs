@@ -427,6 +427,9 @@ enum After {
     Close,
     /// Keep it open and send nothing more (a stall mid-body).
     Hold,
+    /// Send the first this many bytes, pause, then the rest (a head and
+    /// its body in separate writes), then wait for the next request.
+    SplitAt(usize),
 }
 
 /// A canned answer of [`FakeUpstream`]: raw response bytes for a path.
@@ -514,11 +517,21 @@ impl FakeUpstream {
                     After::KeepAlive,
                 ),
             };
-            if conn.write_all(&bytes).is_err() {
+            let at = match after {
+                After::SplitAt(at) => at.min(bytes.len()),
+                _ => bytes.len(),
+            };
+            if conn.write_all(&bytes[..at]).is_err() {
                 return;
             }
+            if at < bytes.len() {
+                std::thread::sleep(Duration::from_millis(100));
+                if conn.write_all(&bytes[at..]).is_err() {
+                    return;
+                }
+            }
             match after {
-                After::KeepAlive => {}
+                After::KeepAlive | After::SplitAt(_) => {}
                 After::Close => {
                     let _ = conn.shutdown(Shutdown::Both);
                     return;
@@ -1998,6 +2011,67 @@ fn upstream_stalling_mid_body_ends_the_client_connection() {
             == 1),
         "the stalled upstream connection was not closed"
     );
+}
+
+/// A small body (a manifest by tag) sent apart from its head is gathered and
+/// sent whole; one that stalls half way gives the client the head and the
+/// bytes that came, then the end of the connection after the read timeout,
+/// and the relay goes on serving (it once crashed here).
+#[test]
+fn small_body_split_from_its_head_or_stalled_half_way() {
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"layers\":[],\"pad\":\"{}\"}}",
+        hubdouble::OCI_MANIFEST,
+        "x".repeat(1800)
+    )
+    .into_bytes();
+    let mut whole = length_response(hubdouble::OCI_MANIFEST, &sha256(&manifest), &manifest);
+    let head_len = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let half = whole[..head_len + manifest.len() / 2].to_vec();
+    whole.truncate(head_len + manifest.len());
+    let fake = FakeUpstream::start(vec![
+        Canned {
+            path: "/v2/library/split/manifests/1".into(),
+            bytes: whole,
+            after: After::SplitAt(head_len),
+        },
+        Canned {
+            path: "/v2/library/stall/manifests/1".into(),
+            bytes: half,
+            after: After::Hold,
+        },
+    ]);
+    let mut relay = Relay::start_with(&config_with_upstream(&fake.url())); // upstream_read 2 s
+    let mut c = relay.client();
+    for _ in 0..2 {
+        let r = c.get("/v2/library/split/manifests/1").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, manifest);
+    }
+
+    let mut raw = Raw::connect(relay.http);
+    raw.send(&request("GET", "/v2/library/stall/manifests/1", &[]));
+    let t = Instant::now();
+    let head = raw.read_head().expect("the head of a stalled small body");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.content_length(), Some(manifest.len() as u64));
+    let (body, end) = raw.read_to_end(Duration::from_secs(10));
+    let took = t.elapsed();
+    assert_ne!(end, End::Open, "client left hanging on a stalled upstream");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "cut after {took:?} with upstream_read_secs = 2"
+    );
+    assert!(body.len() < manifest.len(), "a cut body looked complete");
+    assert_eq!(&body[..], &manifest[..body.len()]);
+
+    // Still serving, on both workers.
+    assert!(relay.alive(), "the relay died: {}", relay.stderr());
+    for _ in 0..4 {
+        let mut c = relay.client();
+        let r = c.get("/v2/library/split/manifests/1").unwrap();
+        assert_eq!(r.status, 200);
+    }
 }
 
 #[test]
