@@ -566,6 +566,20 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// Reads the rest of a response the relay must cut because its upstream
+/// stalled: the connection ends once `upstream_read_secs` (2 s in these
+/// configs) has run out since `since`, not before and not much later.
+fn read_until_cut(raw: &mut Raw, since: Instant) -> Vec<u8> {
+    let (body, end) = raw.read_to_end(Duration::from_secs(10));
+    let took = since.elapsed();
+    assert_ne!(end, End::Open, "client left hanging on a stalled upstream");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "cut after {took:?} with upstream_read_secs = 2"
+    );
+    body
+}
+
 /// A relay config whose only registry is `upstream` (plain HTTP, so `debug`).
 fn config_with_upstream(upstream: &str) -> String {
     format!(
@@ -1994,14 +2008,7 @@ fn upstream_stalling_mid_body_ends_the_client_connection() {
     let head = raw.read_head().unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(head.content_length(), Some(data.len() as u64));
-    let t = Instant::now();
-    let (body, end) = raw.read_to_end(Duration::from_secs(10));
-    let took = t.elapsed();
-    assert_ne!(end, End::Open, "client left hanging on a stalled upstream");
-    assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
-        "cut after {took:?} with upstream_read_secs = 2"
-    );
+    let body = read_until_cut(&mut raw, Instant::now());
     assert!(body.len() <= 300_000, "{}", body.len());
     assert_eq!(&body[..], &data[..body.len()]);
     assert!(
@@ -2055,13 +2062,7 @@ fn small_body_split_from_its_head_or_stalled_half_way() {
     let head = raw.read_head().expect("the head of a stalled small body");
     assert_eq!(head.status, 200);
     assert_eq!(head.content_length(), Some(manifest.len() as u64));
-    let (body, end) = raw.read_to_end(Duration::from_secs(10));
-    let took = t.elapsed();
-    assert_ne!(end, End::Open, "client left hanging on a stalled upstream");
-    assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
-        "cut after {took:?} with upstream_read_secs = 2"
-    );
+    let body = read_until_cut(&mut raw, t);
     assert!(body.len() < manifest.len(), "a cut body looked complete");
     assert_eq!(&body[..], &manifest[..body.len()]);
 
