@@ -353,19 +353,11 @@ async fn relay_length_tls_inner(
         if !done.run.is_empty() {
             if remaining == 0 {
                 // The last piece is held back until the digest is known good.
-                if verify.take().is_some_and(|v| !v.matches()) {
-                    return Err(RelayError::DigestMismatch);
-                }
+                check_digest(&mut verify)?;
                 timed(client_timeout, up.send_run(client, done.run))
                     .await
                     .map_err(RelayError::Client)?;
-                return Ok(Relayed {
-                    bytes: total,
-                    // Bytes after the end of the body mean the framing is off.
-                    reusable: up.plain().is_empty(),
-                });
-            }
-            if done.exhausted {
+            } else if done.exhausted {
                 let sent = up
                     .swap_read_buffer(std::mem::take(&mut spare))
                     .map_err(RelayError::Upstream)?;
@@ -380,7 +372,9 @@ async fn relay_length_tls_inner(
                     .await
                     .map_err(RelayError::Client)?;
             }
-            continue;
+            if remaining > 0 {
+                continue;
+            }
         }
         // A record that cannot be re-encrypted in place (another layout, a
         // key update due towards the client, more than the body): one copy,
@@ -404,10 +398,9 @@ async fn relay_length_tls_inner(
             }
         }
         if remaining == 0 {
-            // The last piece is held back until the digest is known good.
-            if verify.take().is_some_and(|v| !v.matches()) {
-                return Err(RelayError::DigestMismatch);
-            }
+            // The last piece is held back until the digest is known good
+            // (checked already if it went out in place).
+            check_digest(&mut verify)?;
             send_pending(client, client_timeout).await?;
             return Ok(Relayed {
                 bytes: total,
@@ -423,6 +416,14 @@ async fn relay_length_tls_inner(
         sent?;
         read?;
     }
+}
+
+/// Finishes the digest check of a body (once; later calls pass).
+fn check_digest(verify: &mut Option<Verifier>) -> Result<(), RelayError> {
+    if verify.take().is_some_and(|v| !v.matches()) {
+        return Err(RelayError::DigestMismatch);
+    }
+    Ok(())
 }
 
 /// `io` within `limit` (a timeout is an error like any other).
@@ -458,13 +459,9 @@ async fn timed_buf(
 const MAX_PENDING: usize = crate::worker::RELAY_BUF;
 
 async fn send_pending(client: &mut ServerTls, limit: Duration) -> Result<(), RelayError> {
-    match monoio::time::timeout(limit, client.send_pending()).await {
-        Ok(res) => res.map_err(RelayError::Client),
-        Err(_) => Err(RelayError::Client(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client write timed out",
-        ))),
-    }
+    timed(limit, client.send_pending())
+        .await
+        .map_err(RelayError::Client)
 }
 
 /// Reads until at least one more complete record is buffered.
