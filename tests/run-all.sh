@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 stage() { printf '\n==== %s ====\n' "$*"; }
 
+stage "test dependencies"
+bash tests/deps.sh
+
 stage "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: Debian's packages
+# (the real registry, nginx, skopeo, podman, containerd, Chromium and its CJK
+# fonts, ...) and cargo-fuzz. Called by tests/run-all.sh, so that the README's
+# one test command works on a fresh machine. Installing needs root; without it
+# this names what is missing and how to install it, and fails.
+set -euo pipefail
+
+# Debian package -> why the tests need it.
+PKGS=(
+  docker-registry   # the CNCF distribution registry (e2e upstream)
+  nginx             # the e2e CDN and TLS front
+  skopeo podman containerd  # real clients in the e2e suite
+  chromium fonts-noto-cjk   # the landing page screenshot test
+  ca-certificates curl jq tar gzip coreutils iproute2 openssl
+)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+else
+  # Not Debian: check for the commands instead and let the operator install.
+  for c in docker-registry nginx skopeo podman ctr chromium curl jq openssl; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+  done
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+  else
+    echo "tests/deps.sh: the tests need these and they are missing: ${missing[*]}" >&2
+    echo "  install them as root (Debian: sudo apt-get install ${missing[*]})," >&2
+    echo "  or run this script as root to have it done." >&2
+    exit 1
+  fi
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "tests/deps.sh: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
