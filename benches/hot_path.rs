@@ -14,11 +14,11 @@
 //! `-- route`). See BENCHMARKS.md for recorded numbers.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ocirelay::auth::{map_scopes, parse_challenge, write_rewritten};
-use ocirelay::http::{
+use ocirelay::route::classify::{classify, split_target, Route};
+use ocirelay::wire::challenge::{map_scopes, parse_challenge, write_rewritten};
+use ocirelay::wire::http::{
     find_head_end, parse_request_uninit, write_header, write_status, MAX_HEADERS,
 };
-use ocirelay::router::{classify, split_target, Route};
 use std::hint::black_box;
 use std::mem::MaybeUninit;
 

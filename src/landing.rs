@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use crate::config::{Config, Registry};
 use crate::conn::ClientCtx;
-use crate::http::RequestHead;
-use crate::router::split_target;
+use crate::route::classify::split_target;
+use crate::wire::http::RequestHead;
 use crate::worker::Worker;
 
 /// The page's language.

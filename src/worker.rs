@@ -5,10 +5,10 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::ops::access_log::AccessLog;
 use crate::upstream::Upstreams;
-use crate::url::Url;
+use crate::wire::url::Url;
 
 /// Size of a body relay buffer. Large reads and writes keep syscalls (and
 /// TLS record overhead) per byte low.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::http::ChunkedDecoder;
+use ocirelay::wire::http::ChunkedDecoder;
 
 fuzz_target!(|data: &[u8]| {
     let mut whole = Vec::new();

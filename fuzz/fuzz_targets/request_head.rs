@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::http::{find_head_end, parse_request, BodyFraming, MAX_HEADERS};
+use ocirelay::wire::http::{find_head_end, parse_request, BodyFraming, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     let Some(end) = find_head_end(data, 0) else {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::names::{Reference, RepoName};
-use ocirelay::router::{classify, split_target, Route};
+use ocirelay::wire::names::{Reference, RepoName};
+use ocirelay::route::classify::{classify, split_target, Route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(target) = std::str::from_utf8(data) else {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::tls_record::{complete_record, RecordCipher, Version, APPLICATION_DATA, MAX_PLAIN};
+use ocirelay::tls::record::{complete_record, RecordCipher, Version, APPLICATION_DATA, MAX_PLAIN};
 use rustls::crypto::cipher::{AeadKey, Iv};
 use rustls::ConnectionTrafficSecrets;
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::auth::{map_scopes, parse_challenge, rewrite_scope_params, write_rewritten};
+use ocirelay::wire::challenge::{map_scopes, parse_challenge, rewrite_scope_params, write_rewritten};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(ch) = parse_challenge(data) {

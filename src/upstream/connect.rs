@@ -9,8 +9,8 @@ use rustls::pki_types::ServerName;
 use super::io::UpstreamIo;
 use super::pool::{Conn, PoolKey, Upstreams};
 use crate::error::UpstreamError;
-use crate::tls_stream;
-use crate::url::Scheme;
+use crate::tls::stream as tls_stream;
+use crate::wire::url::Scheme;
 
 impl Upstreams {
     /// Connects to `key.origin`, verifying TLS with `key.trust`.

@@ -10,9 +10,9 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::pool::{Conn, PoolKey, TrustId, Upstreams};
 use crate::error::UpstreamError;
-use crate::http::response::write_decimal;
-use crate::http::{find_head_end, has_token, name_eq, parse_content_length};
-use crate::url::{Origin, Url};
+use crate::wire::http::response::write_decimal;
+use crate::wire::http::{find_head_end, has_token, name_eq, parse_content_length};
+use crate::wire::url::{Origin, Url};
 
 /// Header lines in an upstream response head we accept.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -101,10 +101,10 @@ fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
     write_authority(&mut out, &ex.url.origin);
     out.extend_from_slice(b"\r\n");
     for (name, value) in ex.headers {
-        crate::http::write_header(&mut out, name, value);
+        crate::wire::http::write_header(&mut out, name, value);
     }
     if let Some(body) = ex.body {
-        crate::http::response::write_content_length(&mut out, body.len() as u64);
+        crate::wire::http::response::write_content_length(&mut out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if let Some(body) = ex.body {

@@ -1,6 +1,6 @@
 //! One stream type for plain and TLS upstream connections.
 
-use crate::tls_stream::ClientTls;
+use crate::tls::stream::ClientTls;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;

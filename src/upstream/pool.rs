@@ -13,7 +13,7 @@ use rustls::ClientConfig;
 use super::dns::Resolver;
 use super::io::UpstreamIo;
 use crate::config::Timeouts;
-use crate::url::Origin;
+use crate::wire::url::Origin;
 
 /// Index of a trust configuration (roots + extra CA) in [`Upstreams`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

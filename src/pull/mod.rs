@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use crate::auth;
 use crate::conn::{respond_error, ClientCtx, Outcome};
 use crate::error::{ErrorCode, ErrorReply, UpstreamError};
-use crate::http::{name_eq, write_header, write_status, RequestHead};
-use crate::names::{Digest, Reference};
-use crate::registry::{self, Hints, Target};
 use crate::relay::{self, ClientFraming, ClientSink, Verifier};
-use crate::router::Route;
+use crate::route::classify::Route;
+use crate::route::registry::{self, Hints, Target};
 use crate::upstream::{Conn, Exchange, RespFraming, ResponseHead, TrustId};
-use crate::url::{Origin, Scheme, Url};
+use crate::wire::challenge;
+use crate::wire::http::{name_eq, write_header, write_status, RequestHead};
+use crate::wire::names::{Digest, Reference};
+use crate::wire::url::{Origin, Scheme, Url};
 use crate::worker::{Realm, Worker, RELAY_BUF};
 
 /// Redirect hops followed before giving up (clients allow 10 as well).
@@ -452,7 +452,7 @@ async fn manifest_head_via_get<S: ClientSink>(
 
 /// Ends a measured HEAD answer: length, digest, blank line.
 fn finish_measured(out: &mut Vec<u8>, len: u64, digest: &str, close: bool) {
-    crate::http::response::write_content_length(out, len);
+    crate::wire::http::response::write_content_length(out, len);
     write_header(out, "Docker-Content-Digest", digest.as_bytes());
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -588,7 +588,7 @@ fn rewrite_challenge(
     cx: &ClientCtx,
     out: &mut Vec<u8>,
 ) {
-    let Some(ch) = auth::parse_challenge(value) else {
+    let Some(ch) = challenge::parse_challenge(value) else {
         return; // unparseable: dropping it beats leaking an upstream host
     };
     if !ch.is_bearer() {
@@ -597,7 +597,7 @@ fn rewrite_challenge(
         write_header(out, "WWW-Authenticate", value);
         return;
     }
-    if let Some((url, service)) = auth::bearer_realm(&ch) {
+    if let Some((url, service)) = challenge::bearer_realm(&ch) {
         if url.origin.scheme == Scheme::Https || w.cfg.debug {
             w.learn_realm(reg_index, Realm { url, service });
         }
@@ -605,8 +605,8 @@ fn rewrite_challenge(
     let mut realm = cx.base_url(w, req);
     realm.push_str(&token_path(w, reg_index));
     out.extend_from_slice(b"WWW-Authenticate: ");
-    auth::write_rewritten(out, &ch, &realm, |scopes| {
-        auth::map_scopes(scopes, |name| match target {
+    challenge::write_rewritten(out, &ch, &realm, |scopes| {
+        challenge::map_scopes(scopes, |name| match target {
             Some(t) if name == t.upstream_repo => Some(t.client_repo.to_string()),
             _ => None,
         })

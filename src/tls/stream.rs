@@ -4,7 +4,7 @@
 //! rustls does the handshake (its unbuffered API, driven through our own
 //! buffers); once keys are established it hands the traffic secrets over
 //! (`dangerous_into_kernel_connection`, the kernel-TLS interface) and
-//! [`crate::tls_record`] protects application data in place in this stream's
+//! [`crate::tls::record`] protects application data in place in this stream's
 //! buffers. rustls stays in charge of what follows the handshake: key
 //! updates and session tickets.
 //!
@@ -34,7 +34,7 @@ use rustls::unbuffered::{
 };
 use rustls::{ClientConfig, ExtractedSecrets, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 
-use crate::tls_record::{
+use crate::tls::record::{
     complete_record, RecordCipher, RecordError, Version, ALERT, APPLICATION_DATA, HANDSHAKE,
     MAX_PLAIN, MAX_RECORD,
 };
@@ -930,5 +930,5 @@ impl<S: Side> AsRawFd for TlsStream<S> {
 }
 
 #[cfg(test)]
-#[path = "tls_stream_tests.rs"]
+#[path = "stream_tests.rs"]
 mod tests;

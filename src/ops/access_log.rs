@@ -14,7 +14,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::BufResult;
 
 use crate::relay::ClientSink;
-use crate::tls_stream::ServerTls;
+use crate::tls::stream::ServerTls;
 
 /// Lines are written out once this much is buffered (or every second).
 const FLUSH_AT: usize = 32 * 1024;

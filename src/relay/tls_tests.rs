@@ -16,10 +16,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::SupportedProtocolVersion;
 
 use super::*;
+use crate::tls::stream::{accept, connect, RESEALED_IN_PLACE};
 use crate::tls::{client_config, server_config, ServerMaterial};
-use crate::tls_stream::{accept, connect, RESEALED_IN_PLACE};
 use crate::upstream::{PoolKey, TrustId};
-use crate::url::{Origin, Scheme};
+use crate::wire::url::{Origin, Scheme};
 
 const LEN: usize = (1 << 20) + 12_345;
 /// Body bytes that came with the response head (in the connection's buffer).
@@ -184,7 +184,7 @@ fn relay_once(case: Case, sent: Vec<u8>, digest: &str) -> Outcome {
 fn a_good_body_goes_through_whole_either_way() {
     let sent = body();
     let digest = sha256_digest(&sent);
-    let records = (LEN / crate::tls_record::MAX_PLAIN) as u64;
+    let records = (LEN / crate::tls::record::MAX_PLAIN) as u64;
     for (name, case, in_place) in [
         ("TLS 1.3 both sides", IN_PLACE, true),
         (

@@ -6,15 +6,15 @@
 
 use monoio::io::AsyncReadRent;
 
-use crate::auth;
 use crate::conn::{respond_error, BodyError, ClientCtx, Outcome, PendingBody};
 use crate::error::{ErrorCode, ErrorReply, UpstreamError};
-use crate::http::{name_eq, write_header, write_status, RequestHead};
-use crate::proxy::{end_head, fetch, send_streamed, Fetch};
-use crate::registry::{self, Hints};
+use crate::pull::{end_head, fetch, send_streamed, Fetch};
 use crate::relay::{self, ClientFraming, ClientSink};
+use crate::route::registry::{self, Hints};
 use crate::upstream::TrustId;
-use crate::url::{Scheme, Url};
+use crate::wire::challenge;
+use crate::wire::http::{name_eq, write_header, write_status, RequestHead};
+use crate::wire::url::{Scheme, Url};
 use crate::worker::{Realm, Worker};
 
 /// Handles `GET|POST /token[/<registry>]`.
@@ -59,7 +59,7 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
     let Realm { mut url, service } = realm;
     let service = service.as_deref();
     if let Some(q) = query.filter(|q| !q.is_empty()) {
-        let Some(mapped) = auth::rewrite_token_params(q, map_name, service) else {
+        let Some(mapped) = challenge::rewrite_token_params(q, map_name, service) else {
             let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed query string");
             return respond_error(client, out, &e, false, true).await;
         };
@@ -96,7 +96,7 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
             Err(BodyError::Io) => return Outcome::Close,
         };
         let text = String::from_utf8(raw).unwrap_or_default();
-        match auth::rewrite_token_params(text.trim(), map_name, service) {
+        match challenge::rewrite_token_params(text.trim(), map_name, service) {
             Some(f) => form = f.into_bytes(),
             None => {
                 let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed form body");
@@ -179,8 +179,8 @@ async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Realm>, Upst
     let (mut conn, head, _) = fetch(w, f).await?;
     let realm = if head.status == 401 {
         head.header(&conn, "www-authenticate")
-            .and_then(auth::parse_challenge)
-            .and_then(|c| auth::bearer_realm(&c))
+            .and_then(challenge::parse_challenge)
+            .and_then(|c| challenge::bearer_realm(&c))
             .filter(|(u, _)| u.origin.scheme == Scheme::Https || w.cfg.debug)
             .map(|(url, service)| Realm { url, service })
     } else {

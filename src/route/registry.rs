@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use crate::config::{Config, Registry};
 use crate::error::{ErrorCode, ErrorReply};
-use crate::names::RepoName;
+use crate::wire::names::RepoName;
 
 /// The upstream side of a repository request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +214,7 @@ pub fn for_token(
         .into_iter()
         .flat_map(|q| q.split('&'))
         .filter_map(|p| p.strip_prefix("scope="))
-        .filter_map(crate::auth::percent_decode)
+        .filter_map(crate::wire::challenge::percent_decode)
         .find_map(|scopes| {
             let repo = scopes
                 .split(' ')

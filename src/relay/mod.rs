@@ -11,10 +11,10 @@ use std::time::Duration;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
-use crate::http::{ChunkedDecoder, ChunkedError};
-use crate::names::{Algorithm, Digest};
-use crate::tls_stream::{ClientTls, ServerTls};
+use crate::tls::stream::{ClientTls, ServerTls};
 use crate::upstream::{Conn, RespFraming, UpstreamIo};
+use crate::wire::http::{ChunkedDecoder, ChunkedError};
+use crate::wire::names::{Algorithm, Digest};
 
 /// The client end of a relay. A TLS client takes a body from a TLS upstream
 /// sealed straight from the upstream's decrypted records (see
@@ -136,7 +136,9 @@ impl ClientFraming {
     /// Writes the framing header lines for the client's response head.
     pub fn write_headers(self, framing: RespFraming, out: &mut Vec<u8>) {
         match (framing, self) {
-            (RespFraming::Length(n), _) => crate::http::response::write_content_length(out, n),
+            (RespFraming::Length(n), _) => {
+                crate::wire::http::response::write_content_length(out, n)
+            }
             (RespFraming::Chunked, ClientFraming::Same)
             | (RespFraming::Close, ClientFraming::Rechunk) => {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
@@ -715,5 +717,5 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "relay_tls_tests.rs"]
+#[path = "tls_tests.rs"]
 mod tls_tests;

@@ -15,7 +15,6 @@ use rustls::pki_types::CertificateDer;
 use crate::config::{Config, Driver};
 use crate::conn::{self, ClientCtx};
 use crate::tls::{self, ServerMaterial};
-use crate::tls_stream;
 use crate::upstream::Upstreams;
 use crate::worker::Worker;
 
@@ -297,7 +296,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
                 let limit = w.cfg.timeouts.client_header;
                 monoio::spawn(async move {
                     if let Ok(Ok(s)) =
-                        monoio::time::timeout(limit, tls_stream::accept(acceptor, stream)).await
+                        monoio::time::timeout(limit, tls::stream::accept(acceptor, stream)).await
                     {
                         conn::serve(w, s, cx).await;
                     }

@@ -2,7 +2,7 @@
 //! head: no allocation, no copying. Which upstream registry serves it is
 //! decided later (see `registry.rs`); this only understands the URL shape.
 
-use crate::names::{Digest, NameError, Reference, RepoName};
+use crate::wire::names::{Digest, NameError, Reference, RepoName};
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

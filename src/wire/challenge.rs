@@ -277,11 +277,11 @@ pub fn rewrite_token_params(
 }
 
 /// The realm URL and service of a Bearer challenge.
-pub fn bearer_realm(ch: &Challenge<'_>) -> Option<(crate::url::Url, Option<String>)> {
+pub fn bearer_realm(ch: &Challenge<'_>) -> Option<(crate::wire::url::Url, Option<String>)> {
     if !ch.is_bearer() {
         return None;
     }
-    let url = crate::url::Url::parse(ch.param("realm")?).ok()?;
+    let url = crate::wire::url::Url::parse(ch.param("realm")?).ok()?;
     Some((url, ch.param("service").map(str::to_string)))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::url::{Origin, Scheme, Url};
+use crate::wire::url::{Origin, Scheme, Url};
 
 /// The embedded default: a Docker Hub mirror on 127.0.0.1:5000.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");

@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use crate::access_log::Metered;
 use crate::error::{ErrorCode, ErrorReply};
-use crate::http::{
+use crate::ops::access_log::Metered;
+use crate::relay::ClientSink;
+use crate::route::classify::{self, Route};
+use crate::wire::http::{
     find_head_end, parse_request_uninit, write_header, write_status, BodyFraming, ChunkedDecoder,
     HeadError, RequestHead, MAX_HEADERS,
 };
-use crate::names::NameError;
-use crate::relay::ClientSink;
-use crate::router::{self, Route};
+use crate::wire::names::NameError;
 use crate::worker::Worker;
-use crate::{landing, proxy, token};
+use crate::{landing, pull, token};
 
 /// Where a client connection came in.
 #[derive(Debug, Clone, Copy)]
@@ -300,8 +300,8 @@ async fn dispatch<S: AsyncReadRent + ClientSink>(
     out: &mut Vec<u8>,
     cx: &ClientCtx,
 ) -> Outcome {
-    let (path, query) = router::split_target(head.target);
-    let route = router::classify(head.method, path);
+    let (path, query) = classify::split_target(head.target);
+    let route = classify::classify(head.method, path);
     let head_only = head.method == "HEAD";
     let will_close = !head.keep_alive || body.framing != BodyFraming::None;
     let reply = match route {
@@ -310,7 +310,7 @@ async fn dispatch<S: AsyncReadRent + ClientSink>(
         | Route::Tags { .. }
         | Route::Referrers { .. }
         | Route::Ping => {
-            return proxy::registry_request(w, head, &route, query, io, out, cx, will_close).await;
+            return pull::registry_request(w, head, &route, query, io, out, cx, will_close).await;
         }
         Route::Token { registry } => {
             return token::token_request(w, head, registry, query, body, io, out, cx).await;
@@ -411,7 +411,7 @@ pub async fn respond<S: AsyncWriteRent>(
     for (n, v) in headers {
         write_header(out, n, v);
     }
-    crate::http::response::write_content_length(out, body.len() as u64);
+    crate::wire::http::response::write_content_length(out, body.len() as u64);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }

@@ -1,0 +1,4 @@
+//! What an operator reads: the access log (one line per request) and the
+//! event log (levelled lines on stderr).
+
+pub mod access_log;

@@ -1,0 +1,10 @@
+//! The protocol's vocabulary, sans-IO: names (`RepoName`, `Tag`, `Digest`,
+//! `Reference`), URLs, `WWW-Authenticate` challenges and token scopes, the
+//! OCI error body, the request method, and HTTP/1.1 heads, framing and the
+//! chunked coding. Nothing here does I/O or imports from the rest of the
+//! crate, so it can become a crate of its own by moving this folder.
+
+pub mod challenge;
+pub mod http;
+pub mod names;
+pub mod url;
