@@ -19,6 +19,7 @@ use ocirelay::wire::challenge::{map_scopes, parse_challenge, write_rewritten};
 use ocirelay::wire::http::{
     find_head_end, parse_request_uninit, write_header, write_status, MAX_HEADERS,
 };
+use ocirelay::wire::method::Method;
 use std::hint::black_box;
 use std::mem::MaybeUninit;
 
@@ -168,7 +169,7 @@ fn route_targets() -> Vec<(&'static str, String, &'static str)> {
 
 fn route_label(method: &str, target: &str) -> usize {
     let (path, query) = split_target(target);
-    let r: Route<'_> = classify(method, path);
+    let r: Route<'_> = classify(Method::parse(method), path);
     r.label().len() + query.map_or(0, str::len)
 }
 
@@ -260,7 +261,7 @@ fn bench_request(c: &mut Criterion) {
                 let end = find_head_end(raw, 0).expect("complete head");
                 let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
                 let head = parse_request_uninit(&raw[..end], &mut storage).expect("valid head");
-                route_label(head.method, head.target) + head.headers.len()
+                route_label(head.method_text, head.target) + head.headers.len()
             })
         });
     }

@@ -1,96 +1,12 @@
-//! Errors: the OCI error codes ocirelay answers with, and the proxy's own
-//! error type that says what went wrong upstream and how to tell the client.
+//! Errors on the data path: [`UpstreamError`] (what the upstream module
+//! reports) and [`Error`], the one error a request carries to its end: kind,
+//! side and context, which decide the client's status, the retry and the
+//! OCI error body (`wire::oci`).
 
 use std::fmt;
 use std::io;
 
-/// The error codes of the OCI distribution spec (plus distribution's
-/// `UNAVAILABLE`), written into `{"errors":[{"code":..}]}` bodies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    NameInvalid,
-    TagInvalid,
-    DigestInvalid,
-    NameUnknown,
-    ManifestUnknown,
-    BlobUnknown,
-    Unauthorized,
-    Denied,
-    Unsupported,
-    TooManyRequests,
-    Unavailable,
-    Unknown,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::NameInvalid => "NAME_INVALID",
-            ErrorCode::TagInvalid => "TAG_INVALID",
-            ErrorCode::DigestInvalid => "DIGEST_INVALID",
-            ErrorCode::NameUnknown => "NAME_UNKNOWN",
-            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
-            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Denied => "DENIED",
-            ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-/// A complete error answer: status, code and a human message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ErrorReply {
-    pub status: u16,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ErrorReply {
-    pub fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The JSON body `{"errors":[{"code":..,"message":..,"detail":null}]}`.
-    pub fn body(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64 + self.message.len());
-        b.extend_from_slice(b"{\"errors\":[{\"code\":\"");
-        b.extend_from_slice(self.code.as_str().as_bytes());
-        b.extend_from_slice(b"\",\"message\":");
-        json_string(&mut b, &self.message);
-        b.extend_from_slice(b",\"detail\":null}]}");
-        b
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn json_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
-            }
-            c => {
-                let mut tmp = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
-}
+pub use crate::wire::oci::{ErrorCode, ErrorReply};
 
 /// What can go wrong between ocirelay and an upstream. The kind decides the
 /// client's status (502 unreachable, 504 timed out) and whether a retry on a
@@ -120,30 +36,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The answer a client gets when this error ends its request.
-    pub fn reply(&self, registry: &str) -> ErrorReply {
-        match self {
-            UpstreamError::Timeout { phase, .. } => ErrorReply::new(
-                504,
-                ErrorCode::Unavailable,
-                format!("upstream registry {registry} timed out ({phase})"),
-            ),
-            UpstreamError::Redirect { reason } => ErrorReply::new(
-                502,
-                ErrorCode::Unavailable,
-                format!("upstream registry {registry}: {reason}"),
-            ),
-            other => ErrorReply::new(
-                502,
-                ErrorCode::Unavailable,
-                format!(
-                    "upstream registry {registry} unreachable: {}",
-                    other.short()
-                ),
-            ),
-        }
-    }
-
     fn short(&self) -> String {
         match self {
             UpstreamError::Resolve { source, .. } => format!("name resolution failed: {source}"),
@@ -190,26 +82,147 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_body_is_the_oci_json_shape() {
-        let r = ErrorReply::new(400, ErrorCode::NameInvalid, "bad \"name\"\n");
-        assert_eq!(
-            String::from_utf8(r.body()).unwrap(),
-            r#"{"errors":[{"code":"NAME_INVALID","message":"bad \"name\"\n","detail":null}]}"#
-        );
-    }
-
-    #[test]
     fn timeouts_become_504_and_other_failures_502() {
         let t = UpstreamError::Timeout {
             host: "h".into(),
             phase: "connect",
         };
-        assert_eq!(t.reply("docker.io").status, 504);
+        assert_eq!(Error::from(t).reply("docker.io").status, 504);
         let c = UpstreamError::Connect {
             host: "h".into(),
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
         };
+        let c = Error::from(c);
         assert_eq!(c.reply("docker.io").status, 502);
         assert!(!c.reply("docker.io").message.contains("h:"));
+    }
+}
+
+/// Which end of a request an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Upstream,
+    Downstream,
+    Internal,
+}
+
+/// What went wrong on the data path, as far as the client's answer and a
+/// retry are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Could not reach the upstream (resolve, connect, TLS).
+    Unreachable,
+    /// An operation ran out its deadline.
+    TimedOut,
+    /// The connection ended before the message did.
+    Cut,
+    /// The body does not match the digest that named it.
+    DigestMismatch,
+    /// Not HTTP/1.x, broken framing, too large.
+    BadResponse,
+    /// Redirects that cannot be followed.
+    Redirect,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::TimedOut => "timeout",
+            ErrorKind::Cut => "cut",
+            ErrorKind::DigestMismatch => "digest",
+            ErrorKind::BadResponse => "bad-response",
+            ErrorKind::Redirect => "redirect",
+        }
+    }
+}
+
+/// One data-path error: what, on which side, and the context a person needs
+/// (host, phase, cause). It knows the client's status and whether a retry on
+/// a fresh connection is safe; it becomes a reply at one boundary.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub side: Side,
+    /// For the operator's log: hosts, phases, causes.
+    pub context: String,
+    /// For the client, after "upstream registry <name>": never a host.
+    public: String,
+    retryable: bool,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, side: Side, context: impl Into<String>) -> Error {
+        let public = match kind {
+            ErrorKind::Unreachable => " unreachable",
+            ErrorKind::TimedOut => " timed out (body)",
+            ErrorKind::Cut => ": the response ended before it was complete",
+            ErrorKind::DigestMismatch => " sent content that does not match the requested digest",
+            ErrorKind::BadResponse => " sent a malformed response",
+            ErrorKind::Redirect => ": redirect not followed",
+        };
+        Error {
+            kind,
+            side,
+            context: context.into(),
+            public: public.into(),
+            retryable: false,
+        }
+    }
+
+    /// The status a client gets when this error ends its request before a
+    /// response head went out.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::TimedOut => 504,
+            _ => 502,
+        }
+    }
+
+    /// Safe to retry once on a new connection (nothing of the answer seen).
+    pub fn retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The OCI error answer, naming the registry (never an upstream host:
+    /// that is for the operator's log).
+    pub fn reply(&self, registry: &str) -> ErrorReply {
+        ErrorReply::new(
+            self.status(),
+            ErrorCode::Unavailable,
+            format!("upstream registry {registry}{}", self.public),
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.context)
+    }
+}
+
+impl From<UpstreamError> for Error {
+    fn from(e: UpstreamError) -> Error {
+        let kind = match &e {
+            UpstreamError::Resolve { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Tls { .. } => ErrorKind::Unreachable,
+            UpstreamError::Timeout { .. } => ErrorKind::TimedOut,
+            UpstreamError::Io { .. } => ErrorKind::Cut,
+            UpstreamError::BadResponse { .. } => ErrorKind::BadResponse,
+            UpstreamError::Redirect { .. } => ErrorKind::Redirect,
+        };
+        let public = match &e {
+            UpstreamError::Timeout { phase, .. } => format!(" timed out ({phase})"),
+            UpstreamError::Redirect { reason } => format!(": {reason}"),
+            other => format!(" unreachable: {}", other.short()),
+        };
+        Error {
+            kind,
+            side: Side::Upstream,
+            context: e.to_string(),
+            public,
+            retryable: e.retryable(),
+        }
     }
 }

@@ -10,7 +10,7 @@
 use std::fmt::Write;
 
 use crate::config::{Config, Registry};
-use crate::conn::ClientCtx;
+use crate::downstream::ClientCtx;
 use crate::route::classify::split_target;
 use crate::wire::http::RequestHead;
 use crate::worker::Worker;
@@ -42,7 +42,7 @@ impl Lang {
 /// Renders the page for the host the client used, in the language it asked
 /// for (`?lang=` wins over `Accept-Language`).
 pub fn render(w: &Worker, req: &RequestHead<'_>, cx: &ClientCtx) -> String {
-    let base = cx.base_url(w, req);
+    let base = cx.base_url(&w.cfg, req.host());
     let (_, query) = split_target(req.target);
     let lang = pick_lang(query, req.header("accept-language"));
     page(&w.cfg, &base, lang)
@@ -100,7 +100,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
     let (scheme, host) = base.split_once("://").unwrap_or(("http", base));
     let insecure = scheme == "http";
     let port = port_suffix(host);
-    let def_i = cfg.default_registry();
+    let def_i = cfg.default_registry().index();
     let def = &cfg.registries[def_i];
     let hub = def.name == "docker.io";
     // The registry the "another registry" examples use.
@@ -113,7 +113,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
     let routes_of = |i: usize| -> Vec<String> {
         cfg.host_routes
             .iter()
-            .filter(|h| h.registry == i)
+            .filter(|h| h.registry.index() == i)
             .map(|h| format!("{}{port}", h.host))
             .collect()
     };
@@ -123,7 +123,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
         .or_else(|| {
             cfg.host_routes
                 .first()
-                .map(|h| (format!("{}{port}", h.host), &cfg.registries[h.registry]))
+                .map(|h| (format!("{}{port}", h.host), cfg.registry(h.registry)))
         });
 
     let e_host = esc(host);

@@ -1,17 +1,56 @@
 //! ocirelay: a thread-per-core io_uring mirror for Docker Hub and other OCI
 //! registries.
+//!
+//! A request's path through the modules:
+//!
+//! ```text
+//! accept    server/      TCP (+ TLS handshake) on this core's listener
+//! parse     conn/        one head, borrowed from the read buffer (wire::http)
+//! route     route/       what is asked -> local/ | pull/ | token/ | refusal
+//! pull      pull/        target -> admit -> plan -> lookup -> fetch -> head -> body
+//!   fetch   upstream/    pool -> connect -> exchange (redirects in pull::fetch)
+//!   body    relay/       bounded buffers, taps (digest check), TLS-to-TLS in place
+//! respond   downstream/  Reply writes heads; keep-alive | close | reset
+//! finish    conn/        RequestSummary -> access log (ops/) and event log
+//! ```
+//!
+//! Layers (imports go down, never up; `tests/layering.rs` enforces it):
+//!
+//! ```text
+//! server -> conn -> {pull, token, local} -> worker
+//!   -> {route, downstream, relay, upstream} -> {tls, ops, config, error, sys, wire}
+//! ```
+//!
+//! Sideways in the middle only where one stage plugs into another
+//! (`downstream -> relay` for the sink, `relay -> upstream` for the
+//! connection, `token -> pull` for the shared fetch and body phases).
+//! `wire/` imports nothing from the crate; `tls/` only `wire/`.
 
-pub mod config;
+// ---- the top: start-up, connections, handlers ----
+pub mod server;
+
 pub mod conn;
-pub mod error;
-pub mod landing;
-pub mod ops;
+
+pub mod local;
 pub mod pull;
+pub mod token;
+
+// ---- per-core state ----
+pub mod worker;
+
+// ---- stages ----
+pub mod downstream;
 pub mod relay;
 pub mod route;
-pub mod server;
-pub mod tls;
-pub mod token;
 pub mod upstream;
+
+// ---- foundations ----
+pub mod config;
+pub mod error;
+pub mod ops;
+pub mod sys;
+pub mod tls;
 pub mod wire;
-pub mod worker;
+
+// The landing page (template, style, script, texts), rendered by `local`.
+pub mod landing;

@@ -1,24 +1,18 @@
 //! Per-worker state: everything a worker thread needs to serve requests,
-//! owned by that thread alone (`Rc`, `RefCell`; no locks).
+//! owned by that thread alone (`Rc`, `RefCell`; no locks). Handles only:
+//! the config, the upstream pools, trust keys, learned realms, relay
+//! buffers and the access log.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, RegistryId};
 use crate::ops::access_log::AccessLog;
-use crate::upstream::Upstreams;
+use crate::relay::BufPool;
+use crate::upstream::{TrustKey, Upstreams};
 use crate::wire::url::Url;
 
-/// Size of a body relay buffer. Large reads and writes keep syscalls (and
-/// TLS record overhead) per byte low.
-pub const RELAY_BUF: usize = 256 * 1024;
-/// Relay buffers kept for reuse per worker. A few cover the steady state
-/// (each one saves a 256 KiB allocation and its page faults); more only
-/// pin the high-water mark of a burst: with 32, a burst of concurrent blob
-/// relays left up to 8 MiB per worker resident for good. Buffers past this
-/// go back to the allocator.
-const MAX_POOLED_BUFS: usize = 4;
 /// How long a learned token realm is trusted before it is learned again.
 const REALM_TTL: Duration = Duration::from_secs(600);
 /// How often a worker hands allocator pages it no longer uses back to the
@@ -38,75 +32,61 @@ pub struct Worker {
     pub upstreams: Upstreams,
     /// Access log lines, buffered (None when `access_log = false`).
     pub access_log: Option<AccessLog>,
-    /// Token realm learned from each registry's own challenge, by index.
+    pub bufs: BufPool,
+    /// The trust each registry's upstream is verified with, by registry.
+    trust: Vec<TrustKey>,
+    /// Token realm learned from each registry's own challenge, by registry.
     realms: RefCell<Vec<Option<(Realm, Instant)>>>,
-    bufs: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, cfg: Arc<Config>, upstreams: Upstreams) -> Worker {
+    /// `trust[i]`: the trust key of the `i`th registry of `cfg`.
+    pub fn new(id: usize, cfg: Arc<Config>, upstreams: Upstreams, trust: Vec<TrustKey>) -> Worker {
         let n = cfg.registries.len();
+        assert_eq!(trust.len(), n, "one trust key per registry");
         Worker {
             id,
             access_log: cfg.access_log.then(AccessLog::default),
             cfg,
             upstreams,
+            bufs: BufPool::default(),
+            trust,
             realms: RefCell::new(vec![None; n]),
-            bufs: RefCell::new(Vec::new()),
         }
     }
 
+    /// The trust registry `reg`'s upstream (and its realm and redirects)
+    /// are verified with.
+    pub fn trust(&self, reg: RegistryId) -> TrustKey {
+        self.trust[reg.index()]
+    }
+
     /// The upstream token realm of registry `reg`, if learned recently.
-    pub fn realm(&self, reg: usize) -> Option<Realm> {
-        match &self.realms.borrow()[reg] {
+    pub fn realm(&self, reg: RegistryId) -> Option<Realm> {
+        match &self.realms.borrow()[reg.index()] {
             Some((realm, at)) if at.elapsed() < REALM_TTL => Some(realm.clone()),
             _ => None,
         }
     }
 
     /// Records the realm an upstream challenge of registry `reg` named.
-    pub fn learn_realm(&self, reg: usize, realm: Realm) {
+    pub fn learn_realm(&self, reg: RegistryId, realm: Realm) {
         let mut realms = self.realms.borrow_mut();
-        match &mut realms[reg] {
+        match &mut realms[reg.index()] {
             Some((old, at)) if *old == realm => *at = Instant::now(),
             slot => *slot = Some((realm, Instant::now())),
-        }
-    }
-
-    /// A relay buffer (empty, capacity [`RELAY_BUF`]).
-    pub fn take_buf(&self) -> Vec<u8> {
-        self.bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(RELAY_BUF))
-    }
-
-    /// Returns a relay buffer for reuse.
-    pub fn give_buf(&self, mut buf: Vec<u8>) {
-        if buf.capacity() >= RELAY_BUF {
-            buf.clear();
-            let mut bufs = self.bufs.borrow_mut();
-            if bufs.len() < MAX_POOLED_BUFS {
-                bufs.push(buf);
-            }
         }
     }
 }
 
 /// Runs for the life of a worker: every [`TRIM_EVERY`], lets mimalloc free
-/// this thread's empty pages and purge (`MADV_DONTNEED`) what has been free
-/// longer than its purge delay. mimalloc only does that work from inside an
-/// allocation or free, so after a burst an idle worker kept its empty pages
-/// resident until traffic came back (5-9 MiB after 32 concurrent blob
-/// relays). A non-forced collect of one thread's heap is cheap: an idle
-/// worker spends ~85 µs per tick on it (wake-up included), < 0.01% of a core.
-/// (`mi_collect` acts on the calling thread's heap, hence one per worker;
-/// where mimalloc is not the global allocator, e.g. in tests, it finds an
-/// empty heap and returns.)
+/// this thread's empty pages and purge what has been free longer than its
+/// purge delay; after a burst an idle worker otherwise kept them resident
+/// (5-9 MiB after 32 concurrent blob relays). ~85 µs per tick when idle,
+/// < 0.01% of a core. See `docs/design.md`, "Memory".
 pub async fn trim_memory() {
     loop {
         monoio::time::sleep(TRIM_EVERY).await;
-        // SAFETY: no arguments to uphold; safe to call from any thread.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        crate::sys::trim_thread_heap();
     }
 }

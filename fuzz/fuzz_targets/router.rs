@@ -5,6 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use ocirelay::wire::names::{Reference, RepoName};
 use ocirelay::route::classify::{classify, split_target, Route};
+use ocirelay::wire::method::Method;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(target) = std::str::from_utf8(data) else {
@@ -12,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let (path, _query) = split_target(target);
     for method in ["GET", "HEAD", "POST"] {
-        match classify(method, path) {
+        match classify(Method::parse(method), path) {
             Route::Manifest { repo, reference } => {
                 assert!(RepoName::parse(repo.as_str()).is_ok());
                 assert!(Reference::parse(reference.as_str()).is_ok());

@@ -104,11 +104,28 @@ pub struct Registry {
     pub prefix: Option<String>,
 }
 
+/// Which configured registry: a position in [`Config::registries`], valid
+/// for the config it came from (a reload builds new ids with a new config;
+/// nothing that outlives a config, such as an upstream pool, is keyed by
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RegistryId(u16);
+
+impl RegistryId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    fn at(i: usize) -> RegistryId {
+        RegistryId(u16::try_from(i).expect("fewer than 65536 registries (checked when parsed)"))
+    }
+}
+
 /// A host name that selects a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoute {
     pub host: String,
-    pub registry: usize,
+    pub registry: RegistryId,
 }
 
 // ---- the file's shape ----
@@ -389,8 +406,28 @@ impl Config {
         })
     }
 
-    pub fn default_registry(&self) -> usize {
-        self.registries.iter().position(|r| r.default).unwrap_or(0)
+    pub fn default_registry(&self) -> RegistryId {
+        RegistryId::at(self.registries.iter().position(|r| r.default).unwrap_or(0))
+    }
+
+    pub fn registry(&self, id: RegistryId) -> &Registry {
+        &self.registries[id.index()]
+    }
+
+    /// Every registry with its id, in config order.
+    pub fn registry_ids(&self) -> impl Iterator<Item = (RegistryId, &Registry)> {
+        self.registries
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (RegistryId::at(i), r))
+    }
+
+    /// A configured registry by name (case-insensitive).
+    pub fn registry_named(&self, name: &str) -> Option<RegistryId> {
+        self.registries
+            .iter()
+            .position(|r| r.name.eq_ignore_ascii_case(name))
+            .map(RegistryId::at)
     }
 }
 
@@ -526,15 +563,19 @@ fn host_routes(registries: &[Registry], domain: Option<&str>) -> Result<Vec<Host
         };
         for host in r.hosts.iter().cloned().chain(derived) {
             if let Some(other) = routes.iter().find(|x| x.host == host) {
-                if other.registry != i {
+                if other.registry.index() != i {
                     return Err(format!(
                         "host {host} routes to both {} and {}",
-                        registries[other.registry].name, r.name
+                        registries[other.registry.index()].name,
+                        r.name
                     ));
                 }
                 continue;
             }
-            routes.push(HostRoute { host, registry: i });
+            routes.push(HostRoute {
+                host,
+                registry: RegistryId::at(i),
+            });
         }
     }
     Ok(routes)
@@ -562,7 +603,7 @@ mod tests {
     fn embedded_default_is_a_docker_hub_mirror_on_5000() {
         let c = Config::default_config();
         assert_eq!(c.listen, vec!["127.0.0.1:5000".parse().unwrap()]);
-        let r = &c.registries[c.default_registry()];
+        let r = &c.registry(c.default_registry());
         assert_eq!(r.name, "docker.io");
         assert_eq!(r.upstream.host, "registry-1.docker.io");
         assert!(r.library_prefix);
@@ -624,7 +665,7 @@ upstream = "https://registry-1.docker.io"
             "the built-in label is kept"
         );
         assert_eq!(c.registries.len(), 11, "replaced, not added");
-        assert_eq!(c.registries[c.default_registry()].name, "docker.io");
+        assert_eq!(c.registry(c.default_registry()).name, "docker.io");
         let only = Config::parse(
             "listen = [\"127.0.0.1:1\"]\nbuiltin_registries = false\n[[registry]]\nname = \"r.example\"\nupstream = \"https://r.example\"\n",
         )
@@ -640,7 +681,7 @@ upstream = "https://registry-1.docker.io"
         )
         .unwrap();
         let host_of = |name: &str| -> Vec<String> {
-            let i = c.registries.iter().position(|r| r.name == name).unwrap();
+            let i = c.registry_named(name).unwrap();
             c.host_routes
                 .iter()
                 .filter(|h| h.registry == i)

@@ -1,176 +1,29 @@
-//! One client connection: read a request head, parse it, route it, hand it
-//! to its handler, and go again (keep-alive, pipelining in order) until the
+//! One client connection: read a request head under its deadlines, parse it
+//! (borrowed from the read buffer), route it, hand it to its handler
+//! (`pull`, `token`, `local`), finish it (one summary -> the access log and
+//! the event log), and go again (keep-alive, pipelining in order) until the
 //! client or a handler closes.
 
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use crate::error::{ErrorCode, ErrorReply};
-use crate::ops::access_log::Metered;
+use crate::downstream::{ClientCtx, Metered, Outcome, PendingBody, Reply};
+use crate::ops::log::Level;
+use crate::ops::summary::RequestSummary;
 use crate::relay::ClientSink;
 use crate::route::classify::{self, Route};
 use crate::wire::http::{
-    find_head_end, parse_request_uninit, write_header, write_status, BodyFraming, ChunkedDecoder,
-    HeadError, RequestHead, MAX_HEADERS,
+    find_head_end, parse_request_uninit, BodyFraming, HeadError, RequestHead, MAX_HEADERS,
 };
+use crate::wire::method::Method;
 use crate::wire::names::NameError;
+use crate::wire::oci::{ErrorCode, ErrorReply};
 use crate::worker::Worker;
-use crate::{landing, pull, token};
-
-/// Where a client connection came in.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientCtx {
-    pub tls: bool,
-    /// The client socket, for an abortive close (see [`Outcome::Abort`]).
-    pub fd: std::os::fd::RawFd,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-}
-
-impl ClientCtx {
-    /// The base URL the client used to reach us (`public_url` wins), e.g.
-    /// `https://mirror.example.com` — realms handed out are built on it.
-    pub fn base_url(&self, w: &Worker, req: &RequestHead<'_>) -> String {
-        if let Some(u) = &w.cfg.public_url {
-            return u.origin.to_string();
-        }
-        let scheme = if self.tls { "https" } else { "http" };
-        match req.host() {
-            Some(h) => format!("{scheme}://{h}"),
-            None => format!("{scheme}://{}", self.local),
-        }
-    }
-}
-
-/// What the connection does after a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    KeepAlive,
-    Close,
-    /// Reset the connection: a body already under way failed, and for a
-    /// close-delimited body an orderly close would make a truncated (or
-    /// unverified) body look complete.
-    Abort,
-}
-
-/// A request body not read yet: what is already buffered behind the head,
-/// and how it is framed. Handlers that need the body read it through here;
-/// the connection loop then knows how much of its buffer was consumed.
-pub struct PendingBody<'a> {
-    pub framing: BodyFraming,
-    buffered: &'a [u8],
-    consumed: usize,
-    finished: bool,
-    expect_continue: bool,
-    /// Bytes read from the socket past the end of the body: the start of the
-    /// next pipelined request, handed back to the connection loop.
-    overflow: Vec<u8>,
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    TooLarge,
-    Malformed,
-    Io,
-}
-
-impl<'a> PendingBody<'a> {
-    fn new(framing: BodyFraming, buffered: &'a [u8], expect_continue: bool) -> Self {
-        PendingBody {
-            framing,
-            buffered,
-            consumed: 0,
-            finished: framing == BodyFraming::None,
-            expect_continue,
-            overflow: Vec::new(),
-        }
-    }
-
-    /// Reads the whole body (at most `max` bytes), decoding chunked framing.
-    pub async fn read_all<S: AsyncReadRent + AsyncWriteRent>(
-        &mut self,
-        io: &mut S,
-        max: usize,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, BodyError> {
-        let mut body = Vec::new();
-        match self.framing {
-            BodyFraming::None => {}
-            BodyFraming::Length(n) => {
-                if n > max as u64 {
-                    return Err(BodyError::TooLarge);
-                }
-                let n = n as usize;
-                let take = n.min(self.buffered.len());
-                body.extend_from_slice(&self.buffered[..take]);
-                self.consumed = take;
-                if body.len() < n {
-                    self.send_continue(io).await?;
-                }
-                while body.len() < n {
-                    let more = read_some(io, n - body.len(), timeout).await?;
-                    body.extend_from_slice(&more);
-                }
-            }
-            BodyFraming::Chunked => {
-                let mut dec = ChunkedDecoder::new();
-                // Each feed adds at most one read's worth, so checking the
-                // size after each keeps the body bounded.
-                let used = dec
-                    .feed(self.buffered, |d| body.extend_from_slice(d))
-                    .map_err(|_| BodyError::Malformed)?;
-                self.consumed = used;
-                if !dec.is_done() {
-                    self.send_continue(io).await?;
-                }
-                while !dec.is_done() {
-                    if body.len() > max {
-                        return Err(BodyError::TooLarge);
-                    }
-                    let more = read_some(io, 16 * 1024, timeout).await?;
-                    let used = dec
-                        .feed(&more, |d| body.extend_from_slice(d))
-                        .map_err(|_| BodyError::Malformed)?;
-                    // Bytes after the body belong to the next request.
-                    self.overflow.extend_from_slice(&more[used..]);
-                }
-                if body.len() > max {
-                    return Err(BodyError::TooLarge);
-                }
-            }
-        }
-        self.finished = true;
-        Ok(body)
-    }
-
-    async fn send_continue<S: AsyncWriteRent>(&mut self, io: &mut S) -> Result<(), BodyError> {
-        if std::mem::take(&mut self.expect_continue) {
-            let (r, _) = io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                .await;
-            r.map_err(|_| BodyError::Io)?;
-        }
-        Ok(())
-    }
-}
-
-async fn read_some<S: AsyncReadRent>(
-    io: &mut S,
-    max: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>, BodyError> {
-    let buf = Vec::with_capacity(max.min(64 * 1024));
-    match monoio::time::timeout(timeout, io.read(buf)).await {
-        Ok((Ok(0), _)) | Ok((Err(_), _)) | Err(_) => Err(BodyError::Io),
-        Ok((Ok(_), b)) => Ok(b),
-    }
-}
+use crate::{local, pull, token};
 
 /// Serves one client connection to the end.
 pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: ClientCtx) {
@@ -231,14 +84,16 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
                             ErrorCode::Unknown,
                             "request head not received in time",
                         );
-                        let _ = respond_error(&mut io, &mut out, &e, false, true).await;
+                        let _ = Reply::new(&mut out, false, true, 1)
+                            .error(&mut io, &e)
+                            .await;
                     }
                     return;
                 }
             }
         };
 
-        // ---- parse, route, handle ----
+        // ---- parse, route, handle, finish ----
         let (outcome, consumed, overflow) = {
             let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
             let head = match parse_request_uninit(&inbuf[..head_end], &mut storage) {
@@ -252,18 +107,11 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
             // The clock is read only for a log line.
             let started = w.access_log.as_ref().map(|_| Instant::now());
             io.begin();
-            let outcome = dispatch(&w, &head, &mut body, &mut io, &mut out, &cx).await;
-            if let (Some(log), Some(started)) = (&w.access_log, started) {
-                let (status, bytes) = io.served();
-                log.record(
-                    cx.peer,
-                    head.method,
-                    head.target,
-                    status,
-                    bytes,
-                    started.elapsed(),
-                );
-            }
+            let mut summary = RequestSummary::default();
+            let outcome =
+                dispatch(&w, &head, &mut body, &mut io, &mut out, &cx, &mut summary).await;
+            (summary.status, summary.bytes) = io.served();
+            finish(&w, &cx, &head, &summary, started);
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
             let outcome = match outcome {
                 Outcome::Abort => Outcome::Abort,
@@ -283,7 +131,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
                 return;
             }
             Outcome::Abort => {
-                abort(cx.fd);
+                crate::sys::reset_on_close(cx.fd);
                 return; // dropping `io` closes the socket with a reset
             }
         }
@@ -292,58 +140,70 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
     }
 }
 
-async fn dispatch<S: AsyncReadRent + ClientSink>(
+/// The finish phase: the request's summary goes to the access log, and
+/// what ended it early (if anything) to the event log.
+fn finish(
     w: &Worker,
+    cx: &ClientCtx,
     head: &RequestHead<'_>,
+    summary: &RequestSummary<'_>,
+    started: Option<Instant>,
+) {
+    if let (Some(log), Some(started)) = (&w.access_log, started) {
+        log.record(
+            cx.peer,
+            head.method_text,
+            head.target,
+            summary,
+            started.elapsed(),
+        );
+    }
+    if let Some(e) = &summary.error {
+        crate::event!(
+            Level::Warn,
+            Some(w.id),
+            "{} {} -> {e}",
+            head.method_text,
+            head.target
+        );
+    }
+}
+
+/// Routes a request to its handler.
+async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
+    w: &'a Worker,
+    head: &RequestHead<'a>,
     body: &mut PendingBody<'_>,
     io: &mut S,
     out: &mut Vec<u8>,
     cx: &ClientCtx,
+    summary: &mut RequestSummary<'a>,
 ) -> Outcome {
     let (path, query) = classify::split_target(head.target);
     let route = classify::classify(head.method, path);
-    let head_only = head.method == "HEAD";
+    summary.route = route.label();
+    let head_only = head.method == Method::Head;
+    // A request body other handlers do not read cannot be skipped safely:
+    // the connection ends after the response.
     let will_close = !head.keep_alive || body.framing != BodyFraming::None;
-    let reply = match route {
+    let mut reply = Reply::new(out, head_only, will_close, head.minor);
+    let refusal = match route {
         Route::Manifest { .. }
         | Route::Blob { .. }
         | Route::Tags { .. }
         | Route::Referrers { .. }
         | Route::Ping => {
-            return pull::registry_request(w, head, &route, query, io, out, cx, will_close).await;
+            return pull::registry_request(w, head, &route, query, io, &mut reply, cx, summary)
+                .await;
         }
         Route::Token { registry } => {
-            return token::token_request(w, head, registry, query, body, io, out, cx).await;
+            // The token handler reads its body: keep-alive is the client's.
+            let mut reply = Reply::new(reply.into_out(), false, !head.keep_alive, head.minor);
+            return token::token_request(w, head, registry, query, body, io, &mut reply, summary)
+                .await;
         }
-        Route::Landing => {
-            let page = landing::render(w, head, cx);
-            return respond(
-                io,
-                out,
-                200,
-                &[
-                    ("Content-Type", b"text/html; charset=utf-8"),
-                    ("Cache-Control", b"no-cache"),
-                    ("Vary", b"Accept-Language"),
-                ],
-                page.as_bytes(),
-                head_only,
-                will_close,
-            )
-            .await;
-        }
-        Route::Health => {
-            return respond(
-                io,
-                out,
-                200,
-                &[("Content-Type", b"text/plain")],
-                b"ok\n",
-                head_only,
-                will_close,
-            )
-            .await;
-        }
+        Route::Landing => return local::landing(w, head, cx, io, &mut reply).await,
+        Route::Health => return local::health(io, &mut reply).await,
         Route::Push => ErrorReply::new(
             405,
             ErrorCode::Unsupported,
@@ -367,7 +227,7 @@ async fn dispatch<S: AsyncReadRent + ClientSink>(
             ErrorReply::new(404, ErrorCode::NameUnknown, format!("no route for {path}"))
         }
     };
-    respond_error(io, out, &reply, head_only, will_close).await
+    reply.error(io, &refusal).await
 }
 
 /// Whether buffered bytes can be the start of a request line: an uppercase
@@ -377,82 +237,12 @@ fn starts_like_http(buf: &[u8]) -> bool {
     start.is_none_or(|i| buf[i].is_ascii_uppercase())
 }
 
-/// Makes the next close of `fd` a reset (SO_LINGER with a zero timeout).
-fn abort(fd: std::os::fd::RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `fd` is the client socket, still open and owned by the
-    // connection being ended; setsockopt only reads `linger`.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Writes a complete response with a small body from memory.
-pub async fn respond<S: AsyncWriteRent>(
-    io: &mut S,
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-    head_only: bool,
-    close: bool,
-) -> Outcome {
-    out.clear();
-    write_status(out, status);
-    for (n, v) in headers {
-        write_header(out, n, v);
-    }
-    crate::wire::http::response::write_content_length(out, body.len() as u64);
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body);
-    }
-    let buf = std::mem::take(out);
-    let (res, buf) = io.write_all(buf).await;
-    *out = buf;
-    match res {
-        Ok(_) if !close => Outcome::KeepAlive,
-        _ => Outcome::Close,
-    }
-}
-
-/// Writes an OCI JSON error response.
-pub async fn respond_error<S: AsyncWriteRent>(
-    io: &mut S,
-    out: &mut Vec<u8>,
-    e: &ErrorReply,
-    head_only: bool,
-    close: bool,
-) -> Outcome {
-    let body = e.body();
-    let mut headers: Vec<(&str, &[u8])> = vec![
-        ("Content-Type", b"application/json"),
-        ("Docker-Distribution-Api-Version", b"registry/2.0"),
-    ];
-    if e.status == 405 {
-        headers.push(("Allow", b"GET, HEAD"));
-    }
-    respond(io, out, e.status, &headers, &body, head_only, close).await
-}
-
 async fn too_large<S: AsyncWriteRent>(io: &mut S, out: &mut Vec<u8>) {
     let e = ErrorReply::new(431, ErrorCode::Unknown, "request head too large");
-    respond_error(io, out, &e, false, true).await;
+    Reply::new(out, false, true, 1).error(io, &e).await;
 }
 
 async fn bad_head<S: AsyncWriteRent>(io: &mut S, out: &mut Vec<u8>, err: HeadError) {
     let e = ErrorReply::new(err.status(), ErrorCode::Unknown, err.message());
-    respond_error(io, out, &e, false, true).await;
+    Reply::new(out, false, true, 1).error(io, &e).await;
 }

@@ -2,19 +2,14 @@
 //! stderr in batches, so the data path takes no lock and makes no syscall
 //! per request.
 //!
-//! `2026-11-22T08:40:00Z 10.0.0.7:51234 GET /v2/library/alpine/manifests/latest 200 1572 3.1ms`
+//! `2026-11-22T08:40:00Z 10.0.0.7:51234 GET /v2/library/alpine/manifests/latest 200 docker.io library/alpine up=200/2.9ms cache=- err=- 1572 3.1ms`
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::BufResult;
-
-use crate::relay::ClientSink;
-use crate::tls::stream::ServerTls;
+use super::summary::RequestSummary;
 
 /// Lines are written out once this much is buffered (or every second).
 const FLUSH_AT: usize = 32 * 1024;
@@ -26,20 +21,44 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Records one request.
+    /// Records one finished request: `time client method target status
+    /// registry repository upstream cache error bytes duration`, `-` for
+    /// what does not apply (e.g. `... GET /v2/library/alpine/manifests/3
+    /// 200 docker.io library/alpine up=200/41.2ms cache=- err=- 1572 43.0ms`).
     pub fn record(
         &self,
         peer: SocketAddr,
         method: &str,
         target: &str,
-        status: u16,
-        bytes: u64,
+        s: &RequestSummary<'_>,
         took: Duration,
     ) {
         let mut buf = self.buf.borrow_mut();
         write_timestamp(&mut buf, SystemTime::now());
         let ms = took.as_secs_f64() * 1000.0;
-        let _ = writeln!(buf, " {peer} {method} {target} {status} {bytes} {ms:.1}ms");
+        let _ = write!(
+            buf,
+            " {peer} {method} {target} {} {} {} up=",
+            s.status,
+            s.registry.unwrap_or("-"),
+            s.repository.unwrap_or("-"),
+        );
+        match (s.upstream_status, s.upstream_time) {
+            (Some(st), Some(t)) => {
+                let _ = write!(buf, "{st}/{:.1}ms", t.as_secs_f64() * 1000.0);
+            }
+            (Some(st), None) => {
+                let _ = write!(buf, "{st}");
+            }
+            _ => buf.push(b'-'),
+        }
+        let err = s.error.as_ref().map_or("-", |e| e.kind.as_str());
+        let _ = writeln!(
+            buf,
+            " cache={} err={err} {} {ms:.1}ms",
+            s.cache.as_str(),
+            s.bytes
+        );
         if buf.len() >= FLUSH_AT {
             flush_to_stderr(&mut buf);
         }
@@ -55,17 +74,13 @@ impl AccessLog {
 }
 
 fn flush_to_stderr(buf: &mut Vec<u8>) {
-    let mut rest: &[u8] = buf;
-    while !rest.is_empty() {
-        // SAFETY: writes `rest.len()` initialised bytes from a live slice to
-        // fd 2; no memory is handed to the kernel beyond this call.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            break; // stderr is gone or broken: drop the lines, never block serving
-        }
-        rest = &rest[n as usize..];
-    }
+    crate::sys::write_stderr(buf);
     buf.clear();
+}
+
+/// Writes a finished line (or lines) to stderr, unbuffered.
+pub fn write_stderr(bytes: &[u8]) {
+    crate::sys::write_stderr(bytes);
 }
 
 /// RFC 3339 UTC timestamp with second precision.
@@ -91,97 +106,6 @@ fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
     );
 }
 
-/// A client stream that counts the bytes written to it and notes the status
-/// of the response it carries, so that handlers need not report either.
-pub struct Metered<S> {
-    inner: S,
-    bytes: u64,
-    status: u16,
-    sniff: bool,
-}
-
-impl<S> Metered<S> {
-    pub fn new(inner: S) -> Metered<S> {
-        Metered {
-            inner,
-            bytes: 0,
-            status: 0,
-            sniff: false,
-        }
-    }
-
-    /// Starts counting a new response.
-    pub fn begin(&mut self) {
-        self.bytes = 0;
-        self.status = 0;
-        self.sniff = true;
-    }
-
-    /// Status and bytes of the response since [`Metered::begin`].
-    pub fn served(&self) -> (u16, u64) {
-        (self.status, self.bytes)
-    }
-
-    fn note(&mut self, data: &[u8], written: usize) {
-        if self.sniff && data.len() >= 12 && data.starts_with(b"HTTP/1.") {
-            let code = std::str::from_utf8(&data[9..12])
-                .ok()
-                .and_then(|c| c.parse().ok());
-            if let Some(code) = code {
-                self.status = code;
-                // An interim 100 Continue is followed by the real status.
-                self.sniff = code == 100;
-            }
-        }
-        self.bytes += written as u64;
-    }
-}
-
-impl<S: ClientSink> ClientSink for Metered<S> {
-    fn tls(&mut self) -> Option<&mut ServerTls> {
-        self.inner.tls()
-    }
-
-    fn sent_directly(&mut self, bytes: u64) {
-        self.bytes += bytes;
-    }
-}
-
-impl<S: AsyncReadRent> AsyncReadRent for Metered<S> {
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        self.inner.read(buf).await
-    }
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        self.inner.readv(buf).await
-    }
-}
-
-impl<S: AsyncWriteRent> AsyncWriteRent for Metered<S> {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let (res, buf) = self.inner.write(buf).await;
-        if let Ok(n) = res {
-            // SAFETY: `read_ptr` is valid for `bytes_init` bytes (IoBuf contract).
-            let data =
-                unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init().min(16)) };
-            self.note(data, n);
-        }
-        (res, buf)
-    }
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let (res, buf) = self.inner.writev(buf).await;
-        if let Ok(n) = res {
-            self.bytes += n as u64;
-        }
-        (res, buf)
-    }
-    async fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().await
-    }
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        self.inner.shutdown().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,15 +118,5 @@ mod tests {
         let mut out = Vec::new();
         write_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
         assert_eq!(String::from_utf8(out).unwrap(), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn the_status_is_read_from_the_status_line_after_any_100() {
-        let mut m = Metered::new(());
-        m.begin();
-        m.note(b"HTTP/1.1 100 Continue\r\n\r\n", 25);
-        m.note(b"HTTP/1.1 404 Not Found\r\n", 24);
-        m.note(b"body", 4);
-        assert_eq!(m.served(), (404, 53));
     }
 }

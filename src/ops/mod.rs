@@ -2,3 +2,5 @@
 //! event log (levelled lines on stderr).
 
 pub mod access_log;
+pub mod log;
+pub mod summary;

@@ -1,4 +1,4 @@
-//! The TLS-to-TLS relay path ([`relay_length_tls`]) against rustls peers over
+//! The TLS-to-TLS relay path ([`tls::relay_length_tls`]) against rustls peers over
 //! loopback: an upstream that sends a body, a client that reads until the
 //! connection ends. Both ways through it (records re-encrypted in place when
 //! the layouts match, sealed from a copy when they do not), with key updates
@@ -18,7 +18,9 @@ use rustls::SupportedProtocolVersion;
 use super::*;
 use crate::tls::stream::{accept, connect, RESEALED_IN_PLACE};
 use crate::tls::{client_config, server_config, ServerMaterial};
-use crate::upstream::{PoolKey, TrustId};
+use crate::upstream::{PoolKey, TrustKey};
+use crate::wire::digest::{sha256_digest, Verifier};
+use crate::wire::names::Digest;
 use crate::wire::url::{Origin, Scheme};
 
 const LEN: usize = (1 << 20) + 12_345;
@@ -146,20 +148,20 @@ fn relay_once(case: Case, sent: Vec<u8>, digest: &str) -> Outcome {
                     host: "localhost".into(),
                     port: up_addr.port(),
                 },
-                trust: TrustId(0),
+                trust: TrustKey::of(&[]),
             };
             let mut conn = Conn::new(UpstreamIo::Tls(Box::new(up)), key, Duration::from_secs(5));
             conn.buf.extend_from_slice(&head_part);
 
             let d = Digest::parse(&digest).unwrap();
-            let mut buf = Vec::with_capacity(crate::worker::RELAY_BUF);
+            let mut buf = Vec::with_capacity(crate::relay::RELAY_BUF);
             let before = RESEALED_IN_PLACE.with(|n| n.get());
             let result = relay_body(
                 &mut conn,
                 RespFraming::Length(LEN as u64),
                 &mut to_client,
                 Duration::from_secs(5),
-                Verifier::new(&d),
+                &mut Verifier::new(&d),
                 ClientFraming::Same,
                 &mut buf,
             )

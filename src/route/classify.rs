@@ -2,6 +2,7 @@
 //! head: no allocation, no copying. Which upstream registry serves it is
 //! decided later (see `registry.rs`); this only understands the URL shape.
 
+use crate::wire::method::Method;
 use crate::wire::names::{Digest, NameError, Reference, RepoName};
 
 /// What a request asks for.
@@ -71,8 +72,8 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 /// Classifies `method` + `path` (query already split off).
-pub fn classify<'a>(method: &str, path: &'a str) -> Route<'a> {
-    let read = matches!(method, "GET" | "HEAD");
+pub fn classify<'a>(method: Method, path: &'a str) -> Route<'a> {
+    let read = method.is_read();
     match path {
         "/" => {
             return if read {
@@ -85,7 +86,7 @@ pub fn classify<'a>(method: &str, path: &'a str) -> Route<'a> {
         "/v2" | "/v2/" => return if read { Route::Ping } else { Route::Push },
         "/token" => {
             return match method {
-                "GET" | "POST" => Route::Token { registry: None },
+                Method::Get | Method::Post => Route::Token { registry: None },
                 _ => Route::NotFound,
             }
         }
@@ -93,7 +94,7 @@ pub fn classify<'a>(method: &str, path: &'a str) -> Route<'a> {
     }
     if let Some(name) = path.strip_prefix("/token/") {
         return match method {
-            "GET" | "POST" if !name.is_empty() && !name.contains('/') => Route::Token {
+            Method::Get | Method::Post if !name.is_empty() && !name.contains('/') => Route::Token {
                 registry: Some(name),
             },
             _ => Route::NotFound,
@@ -161,7 +162,7 @@ mod tests {
 
     #[test]
     fn manifest_paths_carry_repo_and_reference() {
-        match classify("GET", "/v2/library/alpine/manifests/3.20") {
+        match classify(Method::parse("GET"), "/v2/library/alpine/manifests/3.20") {
             Route::Manifest { repo, reference } => {
                 assert_eq!(repo.as_str(), "library/alpine");
                 assert_eq!(reference.as_str(), "3.20");
@@ -170,7 +171,7 @@ mod tests {
         }
         let p = format!("/v2/a/b/c/manifests/{D}");
         assert!(matches!(
-            classify("HEAD", &p),
+            classify(Method::parse("HEAD"), &p),
             Route::Manifest {
                 reference: Reference::Digest(_),
                 ..
@@ -180,11 +181,11 @@ mod tests {
 
     #[test]
     fn a_repository_may_be_named_like_a_path_keyword() {
-        match classify("GET", "/v2/manifests/manifests/latest") {
+        match classify(Method::parse("GET"), "/v2/manifests/manifests/latest") {
             Route::Manifest { repo, .. } => assert_eq!(repo.as_str(), "manifests"),
             r => panic!("{r:?}"),
         }
-        match classify("GET", "/v2/blobs/tags/list") {
+        match classify(Method::parse("GET"), "/v2/blobs/tags/list") {
             Route::Tags { repo } => assert_eq!(repo.as_str(), "blobs"),
             r => panic!("{r:?}"),
         }
@@ -193,15 +194,15 @@ mod tests {
     #[test]
     fn blobs_tags_and_referrers_are_recognised() {
         assert!(matches!(
-            classify("GET", &format!("/v2/alpine/blobs/{D}")),
+            classify(Method::parse("GET"), &format!("/v2/alpine/blobs/{D}")),
             Route::Blob { .. }
         ));
         assert!(matches!(
-            classify("GET", "/v2/ghcr.io/o/i/tags/list"),
+            classify(Method::parse("GET"), "/v2/ghcr.io/o/i/tags/list"),
             Route::Tags { .. }
         ));
         assert!(matches!(
-            classify("GET", &format!("/v2/o/i/referrers/{D}")),
+            classify(Method::parse("GET"), &format!("/v2/o/i/referrers/{D}")),
             Route::Referrers { .. }
         ));
     }
@@ -209,60 +210,81 @@ mod tests {
     #[test]
     fn invalid_names_tags_and_digests_are_reported_as_such() {
         assert_eq!(
-            classify("GET", "/v2/Bad/manifests/latest"),
+            classify(Method::parse("GET"), "/v2/Bad/manifests/latest"),
             Route::Invalid(NameError::Name)
         );
         assert_eq!(
-            classify("GET", "/v2/ok/manifests/-bad"),
+            classify(Method::parse("GET"), "/v2/ok/manifests/-bad"),
             Route::Invalid(NameError::Tag)
         );
         assert_eq!(
-            classify("GET", "/v2/ok/blobs/sha256:xyz"),
+            classify(Method::parse("GET"), "/v2/ok/blobs/sha256:xyz"),
             Route::Invalid(NameError::Digest)
         );
         assert_eq!(
-            classify("GET", "/v2/ok/blobs/latest"),
+            classify(Method::parse("GET"), "/v2/ok/blobs/latest"),
             Route::Invalid(NameError::Digest)
         );
         assert_eq!(
-            classify("GET", "/v2/a%2fb/tags/list"),
+            classify(Method::parse("GET"), "/v2/a%2fb/tags/list"),
             Route::Invalid(NameError::Name)
         );
     }
 
     #[test]
     fn writes_are_push_and_refused() {
-        assert_eq!(classify("POST", "/v2/alpine/blobs/uploads/"), Route::Push);
-        assert_eq!(classify("PUT", "/v2/alpine/manifests/latest"), Route::Push);
         assert_eq!(
-            classify("DELETE", &format!("/v2/alpine/blobs/{D}")),
+            classify(Method::parse("POST"), "/v2/alpine/blobs/uploads/"),
             Route::Push
         );
-        assert_eq!(classify("GET", "/v2/alpine/blobs/uploads/abc"), Route::Push);
+        assert_eq!(
+            classify(Method::parse("PUT"), "/v2/alpine/manifests/latest"),
+            Route::Push
+        );
+        assert_eq!(
+            classify(Method::parse("DELETE"), &format!("/v2/alpine/blobs/{D}")),
+            Route::Push
+        );
+        assert_eq!(
+            classify(Method::parse("GET"), "/v2/alpine/blobs/uploads/abc"),
+            Route::Push
+        );
     }
 
     #[test]
     fn fixed_paths() {
-        assert_eq!(classify("GET", "/"), Route::Landing);
-        assert_eq!(classify("GET", "/v2/"), Route::Ping);
-        assert_eq!(classify("HEAD", "/v2"), Route::Ping);
-        assert_eq!(classify("GET", "/token"), Route::Token { registry: None });
+        assert_eq!(classify(Method::parse("GET"), "/"), Route::Landing);
+        assert_eq!(classify(Method::parse("GET"), "/v2/"), Route::Ping);
+        assert_eq!(classify(Method::parse("HEAD"), "/v2"), Route::Ping);
         assert_eq!(
-            classify("POST", "/token/ghcr.io"),
+            classify(Method::parse("GET"), "/token"),
+            Route::Token { registry: None }
+        );
+        assert_eq!(
+            classify(Method::parse("POST"), "/token/ghcr.io"),
             Route::Token {
                 registry: Some("ghcr.io")
             }
         );
-        assert_eq!(classify("GET", "/v2/_catalog"), Route::Catalog);
-        assert_eq!(classify("GET", "/favicon.ico"), Route::NotFound);
-        assert_eq!(classify("GET", "/v2/alpine"), Route::NotFound);
-        // Distribution has no trailing-slash forms of resource paths.
         assert_eq!(
-            classify("GET", "/v2/alpine/manifests/latest/"),
+            classify(Method::parse("GET"), "/v2/_catalog"),
+            Route::Catalog
+        );
+        assert_eq!(
+            classify(Method::parse("GET"), "/favicon.ico"),
             Route::NotFound
         );
         assert_eq!(
-            classify("GET", &format!("/v2/alpine/blobs/{D}/")),
+            classify(Method::parse("GET"), "/v2/alpine"),
+            Route::NotFound
+        );
+        // Distribution has no trailing-slash forms of resource paths.
+        assert_eq!(
+            classify(Method::parse("GET"), "/v2/alpine/manifests/latest/"),
+            Route::NotFound
+        );
+        assert_eq!(
+            classify(Method::parse("GET"), &format!("/v2/alpine/blobs/{D}/")),
             Route::NotFound
         );
         assert_eq!(split_target("/token?a=b"), ("/token", Some("a=b")));

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use crate::config::{Config, Registry};
+use crate::config::{Config, Registry, RegistryId};
 use crate::error::{ErrorCode, ErrorReply};
 use crate::wire::names::RepoName;
 
@@ -19,7 +19,7 @@ use crate::wire::names::RepoName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
     /// Index into `Config::registries` (also the upstream trust id).
-    pub registry: usize,
+    pub registry: RegistryId,
     /// The name as the client wrote it (with a path prefix, if any).
     pub client_repo: &'a str,
     /// The name the upstream knows.
@@ -73,7 +73,7 @@ impl RouteError {
 /// One line per registry: name, how to reach it.
 pub fn describe_routes(cfg: &Config) -> String {
     let mut parts = Vec::with_capacity(cfg.registries.len());
-    for (i, r) in cfg.registries.iter().enumerate() {
+    for (i, r) in cfg.registry_ids() {
         let mut ways = vec![format!("/v2/{}/...", r.name)];
         ways.extend(
             cfg.host_routes
@@ -103,7 +103,7 @@ fn host_name(host: &str) -> String {
 
 /// The registry picked by Host or `ns` alone (for `/v2/` and `/token`).
 /// `Ok(None)`: nothing in the request names one.
-pub fn by_hints(cfg: &Config, hints: Hints<'_>) -> Result<Option<usize>, RouteError> {
+pub fn by_hints(cfg: &Config, hints: Hints<'_>) -> Result<Option<RegistryId>, RouteError> {
     if let Some(host) = hints.host {
         let name = host_name(host);
         if let Some(r) = cfg.host_routes.iter().find(|r| r.host == name) {
@@ -128,15 +128,13 @@ pub fn by_hints(cfg: &Config, hints: Hints<'_>) -> Result<Option<usize>, RouteEr
 }
 
 /// The registry for a request that names no repository.
-pub fn for_request(cfg: &Config, hints: Hints<'_>) -> Result<usize, RouteError> {
+pub fn for_request(cfg: &Config, hints: Hints<'_>) -> Result<RegistryId, RouteError> {
     Ok(by_hints(cfg, hints)?.unwrap_or_else(|| cfg.default_registry()))
 }
 
 /// A configured registry by name.
-pub fn by_name(cfg: &Config, name: &str) -> Option<usize> {
-    cfg.registries
-        .iter()
-        .position(|r| r.name.eq_ignore_ascii_case(name))
+pub fn by_name(cfg: &Config, name: &str) -> Option<RegistryId> {
+    cfg.registry_named(name)
 }
 
 /// Whether a first path component names a registry host rather than a
@@ -167,11 +165,16 @@ pub fn select<'a>(
     Ok(target(cfg, cfg.default_registry(), name, name))
 }
 
-fn target<'a>(cfg: &Config, registry: usize, client_repo: &'a str, name: &'a str) -> Target<'a> {
+fn target<'a>(
+    cfg: &Config,
+    registry: RegistryId,
+    client_repo: &'a str,
+    name: &'a str,
+) -> Target<'a> {
     Target {
         registry,
         client_repo,
-        upstream_repo: upstream_name(&cfg.registries[registry], name),
+        upstream_repo: upstream_name(cfg.registry(registry), name),
     }
 }
 
@@ -203,7 +206,7 @@ pub fn for_token(
     named: Option<&str>,
     hints: Hints<'_>,
     query: Option<&str>,
-) -> Result<usize, RouteError> {
+) -> Result<RegistryId, RouteError> {
     if let Some(n) = named {
         return by_name(cfg, n).ok_or_else(|| RouteError::UnknownRegistry(n.to_string()));
     }
@@ -244,7 +247,7 @@ mod tests {
     ) -> Result<(String, String), RouteError> {
         let t = select(c, Hints::new(host, query), RepoName::parse(repo).unwrap())?;
         Ok((
-            c.registries[t.registry].name.clone(),
+            c.registry(t.registry).name.clone(),
             t.upstream_repo.into_owned(),
         ))
     }
@@ -349,7 +352,7 @@ mod tests {
     #[test]
     fn token_requests_find_their_registry() {
         let c = cfg();
-        let name = |r: Result<usize, RouteError>| c.registries[r.unwrap()].name.clone();
+        let name = |r: Result<RegistryId, RouteError>| c.registry(r.unwrap()).name.clone();
         assert_eq!(
             name(for_token(&c, Some("ghcr.io"), Hints::default(), None)),
             "ghcr.io"
@@ -387,8 +390,8 @@ mod tests {
     #[test]
     fn scope_names_lose_their_prefix_and_gain_library() {
         let c = Config::default_config();
-        let hub = &c.registries[by_name(&c, "docker.io").unwrap()];
-        let ghcr = &c.registries[by_name(&c, "ghcr.io").unwrap()];
+        let hub = c.registry(by_name(&c, "docker.io").unwrap());
+        let ghcr = c.registry(by_name(&c, "ghcr.io").unwrap());
         assert_eq!(scope_name(hub, "alpine"), "library/alpine");
         assert_eq!(scope_name(hub, "docker.io/alpine"), "library/alpine");
         assert_eq!(scope_name(ghcr, "ghcr.io/owner/img"), "owner/img");

@@ -13,9 +13,11 @@ use monoio::net::{ListenerOpts, TcpListener};
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{Config, Driver};
-use crate::conn::{self, ClientCtx};
+use crate::conn;
+use crate::downstream::ClientCtx;
+use crate::ops::log::Level;
 use crate::tls::{self, ServerMaterial};
-use crate::upstream::Upstreams;
+use crate::upstream::{Trust, TrustKey, Upstreams};
 use crate::worker::Worker;
 
 /// What every worker is built from (read-only, shared at start-up only).
@@ -217,16 +219,22 @@ async fn start_worker(
     sh: &Shared,
 ) -> io::Result<(Bound, Vec<monoio::task::JoinHandle<()>>)> {
     let cfg = sh.cfg.clone();
-    let connectors = sh
-        .extra_roots
-        .iter()
-        .map(|roots| tls::client_config(roots))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io::Error::other)?;
+    // One client config per distinct set of extra roots, built on this
+    // thread (rustls session caches are then per worker); each registry
+    // names its trust by content, not by position.
+    let keys: Vec<TrustKey> = sh.extra_roots.iter().map(|r| TrustKey::of(r)).collect();
+    let mut trusts: Vec<Trust> = Vec::new();
+    for (key, roots) in keys.iter().zip(&sh.extra_roots) {
+        if trusts.iter().all(|t| t.key != *key) {
+            let config = tls::client_config(roots).map_err(io::Error::other)?;
+            trusts.push(Trust { key: *key, config });
+        }
+    }
     let w = Rc::new(Worker::new(
         id,
         cfg.clone(),
-        Upstreams::new(connectors, cfg.timeouts),
+        Upstreams::new(trusts, cfg.timeouts),
+        keys,
     ));
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -274,7 +282,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
-                eprintln!("ocirelay[{}]: accept failed: {e}", w.id);
+                crate::event!(Level::Warn, Some(w.id), "accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

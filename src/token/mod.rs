@@ -2,56 +2,73 @@
 //! challenge; the request is forwarded to the realm the upstream named in its
 //! own challenge (never to one a client supplies), with scopes mapped to the
 //! upstream's names and `Authorization` (docker login) passed through. The
-//! upstream's answer is returned unchanged.
+//! upstream's answer is returned unchanged. Fetch and body phases are the
+//! registry request's (`pull::fetch`, `pull::body`).
 
 use monoio::io::AsyncReadRent;
 
-use crate::conn::{respond_error, BodyError, ClientCtx, Outcome, PendingBody};
-use crate::error::{ErrorCode, ErrorReply, UpstreamError};
-use crate::pull::{end_head, fetch, send_streamed, Fetch};
-use crate::relay::{self, ClientFraming, ClientSink};
+use crate::config::RegistryId;
+use crate::downstream::{BodyError, Outcome, PendingBody, Reply};
+use crate::error::{Error, UpstreamError};
+use crate::ops::summary::RequestSummary;
+use crate::pull::body;
+use crate::pull::fetch::{fetch, release_after, Fetch, Fetched};
+use crate::relay::{tap::NoTap, ClientSink};
 use crate::route::registry::{self, Hints};
-use crate::upstream::TrustId;
 use crate::wire::challenge;
-use crate::wire::http::{name_eq, write_header, write_status, RequestHead};
+use crate::wire::http::{name_eq, RequestHead};
+use crate::wire::method::Method;
+use crate::wire::oci::{ErrorCode, ErrorReply};
 use crate::wire::url::{Scheme, Url};
 use crate::worker::{Realm, Worker};
 
+/// A ping body is a few bytes of JSON; more is not read.
+const MAX_PING_BODY: u64 = 64 * 1024;
+
 /// Handles `GET|POST /token[/<registry>]`.
 #[allow(clippy::too_many_arguments)]
-pub async fn token_request<S: AsyncReadRent + ClientSink>(
-    w: &Worker,
-    req: &RequestHead<'_>,
+pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
+    w: &'a Worker,
+    req: &RequestHead<'a>,
     named: Option<&str>,
     query: Option<&str>,
-    body: &mut PendingBody<'_>,
+    pending: &mut PendingBody<'_>,
     client: &mut S,
-    out: &mut Vec<u8>,
-    _cx: &ClientCtx,
+    reply: &mut Reply<'_>,
+    summary: &mut RequestSummary<'a>,
 ) -> Outcome {
     let cfg = &w.cfg;
-    let close = !req.keep_alive;
+    // Errors here close the connection: a request body may be unread.
     let hints = Hints::new(req.host(), query);
-    let reg_index = match registry::for_token(cfg, named, hints, query) {
+    let reg = match registry::for_token(cfg, named, hints, query) {
         Ok(i) => i,
-        Err(e) => return respond_error(client, out, &e.reply(cfg), false, true).await,
+        Err(e) => return refuse(client, reply, &e.reply(cfg)).await,
     };
-    let reg = &cfg.registries[reg_index];
-    let map_name = |name: &str| Some(registry::scope_name(reg, name));
+    let registry = cfg.registry(reg);
+    summary.registry = Some(registry.name.as_str());
+    let map_name = |name: &str| Some(registry::scope_name(registry, name));
 
-    let realm = match w.realm(reg_index) {
+    let realm = match w.realm(reg) {
         Some(r) => r,
-        None => match learn_realm(w, reg_index).await {
+        None => match learn_realm(w, reg).await {
             Ok(Some(r)) => r,
             Ok(None) => {
                 let e = ErrorReply::new(
                     404,
                     ErrorCode::Unsupported,
-                    format!("registry {} does not use token authentication", reg.name),
+                    format!(
+                        "registry {} does not use token authentication",
+                        registry.name
+                    ),
                 );
-                return respond_error(client, out, &e, false, true).await;
+                return refuse(client, reply, &e).await;
             }
-            Err(e) => return respond_error(client, out, &e.reply(&reg.name), false, true).await,
+            Err(e) => {
+                let e = Error::from(e);
+                let r = e.reply(&registry.name);
+                summary.error = Some(e);
+                return refuse(client, reply, &r).await;
+            }
         },
     };
 
@@ -61,7 +78,7 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         let Some(mapped) = challenge::rewrite_token_params(q, map_name, service) else {
             let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed query string");
-            return respond_error(client, out, &e, false, true).await;
+            return refuse(client, reply, &e).await;
         };
         let sep = if url.path_and_query.contains('?') {
             '&'
@@ -74,9 +91,9 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
     }
 
     let form;
-    let post = req.method == "POST";
+    let post = req.method == Method::Post;
     if post {
-        let raw = match body
+        let raw = match pending
             .read_all(
                 client,
                 cfg.limits.max_token_body_bytes,
@@ -87,11 +104,11 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 let e = ErrorReply::new(413, ErrorCode::Unknown, "token request body too large");
-                return respond_error(client, out, &e, false, true).await;
+                return refuse(client, reply, &e).await;
             }
             Err(BodyError::Malformed) => {
                 let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed chunked request body");
-                return respond_error(client, out, &e, false, true).await;
+                return refuse(client, reply, &e).await;
             }
             Err(BodyError::Io) => return Outcome::Close,
         };
@@ -100,7 +117,7 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
             Some(f) => form = f.into_bytes(),
             None => {
                 let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed form body");
-                return respond_error(client, out, &e, false, true).await;
+                return refuse(client, reply, &e).await;
             }
         }
     } else {
@@ -120,25 +137,25 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
         headers.push(("Content-Type", b"application/x-www-form-urlencoded"));
     }
     let f = Fetch {
-        method: if post { "POST" } else { "GET" },
+        method: if post { Method::Post } else { Method::Get },
         url,
-        trust: TrustId(reg_index),
+        trust: w.trust(reg),
         headers,
         authorization,
         body: post.then_some(form.as_slice()),
     };
-    let (mut conn, head, _) = match fetch(w, f).await {
+    let Fetched { mut conn, head, .. } = match fetch(w, f).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ocirelay[{}]: token for {} -> {e}", w.id, reg.name);
-            return respond_error(client, out, &e.reply(&reg.name), false, true).await;
+            let e = Error::from(e);
+            let r = e.reply(&registry.name);
+            summary.error = Some(e);
+            return refuse(client, reply, &r).await;
         }
     };
+    summary.upstream_status = Some(head.status);
 
-    let to_client = ClientFraming::for_client(head.framing, req.minor);
-    let close = close || to_client.close_delimited(head.framing);
-    out.clear();
-    write_status(out, head.status);
+    reply.status(head.status);
     for (name, value) in head.headers(&conn) {
         let keep = [
             "content-type",
@@ -153,30 +170,38 @@ pub async fn token_request<S: AsyncReadRent + ClientSink>(
         // host; Basic ones (bad credentials) are passed on.
         let bearer_challenge = name_eq(name, "www-authenticate") && !value.starts_with(b"Basic");
         if keep && !bearer_challenge {
-            write_header(out, name, value);
+            reply.header(name, value);
         }
     }
-    end_head(out, head.framing, to_client, close);
+    let to_client = reply.end_relayed(head.framing);
     conn.consume(head.head_len);
-    send_streamed(w, req, conn, &head, client, out, to_client, close, None).await
+    body::stream(
+        w, conn, &head, client, reply, to_client, &mut NoTap, summary,
+    )
+    .await
+}
+
+/// An error answer after which the connection closes.
+async fn refuse<S: ClientSink>(client: &mut S, reply: &mut Reply<'_>, e: &ErrorReply) -> Outcome {
+    reply.must_close();
+    reply.error(client, e).await
 }
 
 /// Asks the upstream's `/v2/` for its challenge and remembers the realm.
 /// `Ok(None)`: the upstream does not use token auth.
-async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Realm>, UpstreamError> {
-    let reg = &w.cfg.registries[reg_index];
+async fn learn_realm(w: &Worker, reg: RegistryId) -> Result<Option<Realm>, UpstreamError> {
     let f = Fetch {
-        method: "GET",
+        method: Method::Get,
         url: Url {
-            origin: reg.upstream.clone(),
+            origin: w.cfg.registry(reg).upstream.clone(),
             path_and_query: "/v2/".into(),
         },
-        trust: TrustId(reg_index),
+        trust: w.trust(reg),
         headers: Vec::new(),
         authorization: None,
         body: None,
     };
-    let (mut conn, head, _) = fetch(w, f).await?;
+    let Fetched { conn, head, .. } = fetch(w, f).await?;
     let realm = if head.status == 401 {
         head.header(&conn, "www-authenticate")
             .and_then(challenge::parse_challenge)
@@ -187,26 +212,9 @@ async fn learn_realm(w: &Worker, reg_index: usize) -> Result<Option<Realm>, Upst
         None
     };
     // Drain the small ping body so the connection can be reused.
-    conn.consume(head.head_len);
-    let mut buf = w.take_buf();
-    if let Ok(done) = relay::relay_body(
-        &mut conn,
-        head.framing,
-        &mut relay::Collect::discard(),
-        w.cfg.timeouts.client_write,
-        None,
-        ClientFraming::Same,
-        &mut buf,
-    )
-    .await
-    {
-        if done.reusable && head.keep_alive {
-            w.upstreams.release(conn);
-        }
-    }
-    w.give_buf(buf);
+    release_after(w, conn, &head, MAX_PING_BODY).await;
     if let Some(r) = &realm {
-        w.learn_realm(reg_index, r.clone());
+        w.learn_realm(reg, r.clone());
     }
     Ok(realm)
 }

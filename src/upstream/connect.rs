@@ -71,7 +71,15 @@ impl Upstreams {
                     host: host.clone(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
                 })?;
-                let config = self.tls[key.trust.0].clone();
+                let config = match self.trust(key.trust) {
+                    Some(t) => t.config.clone(),
+                    None => {
+                        return Err(UpstreamError::Tls {
+                            host: host.clone(),
+                            source: std::io::Error::other("no TLS config for this trust key"),
+                        })
+                    }
+                };
                 let tls = tls_stream::connect(config, name, tcp)
                     .await
                     .map_err(|source| UpstreamError::Tls {

@@ -8,10 +8,13 @@ use std::mem::MaybeUninit;
 
 use monoio::io::AsyncWriteRentExt;
 
-use super::pool::{Conn, PoolKey, TrustId, Upstreams};
+use super::pool::{Conn, PoolKey, Upstreams};
+use super::trust::TrustKey;
 use crate::error::UpstreamError;
 use crate::wire::http::response::write_decimal;
+use crate::wire::http::RespFraming;
 use crate::wire::http::{find_head_end, has_token, name_eq, parse_content_length};
+use crate::wire::method::Method;
 use crate::wire::url::{Origin, Url};
 
 /// Header lines in an upstream response head we accept.
@@ -19,23 +22,12 @@ const MAX_RESPONSE_HEADERS: usize = 128;
 
 /// A request to send upstream.
 pub struct Exchange<'a> {
-    pub method: &'a str,
+    pub method: Method,
     pub url: &'a Url,
-    pub trust: TrustId,
+    pub trust: TrustKey,
     /// Header lines to send besides Host and Content-Length.
     pub headers: &'a [(&'a str, &'a [u8])],
     pub body: Option<&'a [u8]>,
-}
-
-/// How an upstream response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RespFraming {
-    /// No body (HEAD, 204, 304).
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the upstream closes the connection.
-    Close,
 }
 
 /// A parsed response head. Header names and values are ranges into the
@@ -73,13 +65,11 @@ impl Upstreams {
     /// GET and HEAD.
     pub async fn send(&self, ex: &Exchange<'_>) -> Result<(Conn, ResponseHead), UpstreamError> {
         let mut req = build_request(ex);
-        let head_only = ex.method == "HEAD";
+        let head_only = ex.method == Method::Head;
         if let Some(conn) = self.checkout(&ex.url.origin, ex.trust) {
             match attempt(conn, req, head_only).await {
                 Ok(r) => return Ok(r),
-                Err((e, back)) if e.retryable() && matches!(ex.method, "GET" | "HEAD") => {
-                    req = back
-                }
+                Err((e, back)) if e.retryable() && ex.method.idempotent_read() => req = back,
                 Err((e, _)) => return Err(e),
             }
         }
@@ -94,7 +84,7 @@ impl Upstreams {
 
 fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + ex.body.map_or(0, <[u8]>::len));
-    out.extend_from_slice(ex.method.as_bytes());
+    out.extend_from_slice(ex.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(ex.url.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");

@@ -6,10 +6,14 @@
 
 mod connect;
 mod dns;
+mod drain;
 mod exchange;
 mod io;
 mod pool;
+mod trust;
 
-pub use exchange::{Exchange, RespFraming, ResponseHead};
+pub use crate::wire::http::RespFraming;
+pub use exchange::{Exchange, ResponseHead};
 pub use io::UpstreamIo;
-pub use pool::{Conn, PoolKey, TrustId, Upstreams};
+pub use pool::{Conn, PoolKey, Upstreams};
+pub use trust::{Trust, TrustKey};

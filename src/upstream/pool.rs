@@ -3,21 +3,16 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
-use rustls::ClientConfig;
 
 use super::dns::Resolver;
 use super::io::UpstreamIo;
+use super::trust::{Trust, TrustKey};
 use crate::config::Timeouts;
 use crate::wire::url::Origin;
-
-/// Index of a trust configuration (roots + extra CA) in [`Upstreams`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TrustId(pub usize);
 
 /// Everything that decides whether a connection may be reused for a request:
 /// scheme, host (also the SNI name), port, and the trust settings it was
@@ -26,7 +21,7 @@ pub struct TrustId(pub usize);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub origin: Origin,
-    pub trust: TrustId,
+    pub trust: TrustKey,
 }
 
 /// Idle connections kept per key; more are closed.
@@ -150,7 +145,8 @@ impl Conn {
 /// A worker's upstream machinery: resolver, TLS connectors, idle pool.
 pub struct Upstreams {
     pub(crate) resolver: Resolver,
-    pub(crate) tls: Vec<Arc<ClientConfig>>,
+    /// One client config per distinct trust (a handful: scanned in place).
+    pub(crate) tls: Vec<Trust>,
     pub(crate) timeouts: Timeouts,
     /// Idle connections by key. A worker talks to a handful of origins, so
     /// a short list scanned in place beats hashing a key per request.
@@ -158,8 +154,9 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// `tls[i]` is the client config for `TrustId(i)`.
-    pub fn new(tls: Vec<Arc<ClientConfig>>, timeouts: Timeouts) -> Upstreams {
+    /// `tls`: the client config for each trust key requests will name.
+    pub fn new(mut tls: Vec<Trust>, timeouts: Timeouts) -> Upstreams {
+        tls.dedup_by_key(|t| t.key);
         Upstreams {
             resolver: Resolver::default(),
             tls,
@@ -170,7 +167,7 @@ impl Upstreams {
 
     /// An idle connection to `origin` under `trust`, if a fresh enough one
     /// is pooled.
-    pub(crate) fn checkout(&self, origin: &Origin, trust: TrustId) -> Option<Conn> {
+    pub(crate) fn checkout(&self, origin: &Origin, trust: TrustKey) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let (_, list) = idle
             .iter_mut()
@@ -212,6 +209,11 @@ impl Upstreams {
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(conn);
         }
+    }
+
+    /// The client config for `key`.
+    pub(crate) fn trust(&self, key: TrustKey) -> Option<&Trust> {
+        self.tls.iter().find(|t| t.key == key)
     }
 
     /// Number of idle pooled connections (for tests and metrics).

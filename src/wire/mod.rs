@@ -5,6 +5,9 @@
 //! crate, so it can become a crate of its own by moving this folder.
 
 pub mod challenge;
+pub mod digest;
 pub mod http;
+pub mod method;
 pub mod names;
+pub mod oci;
 pub mod url;

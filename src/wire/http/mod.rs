@@ -3,10 +3,12 @@
 //! output buffer.
 
 pub mod chunked;
+pub mod framing;
 pub mod request;
 pub mod response;
 
 pub use chunked::{ChunkedDecoder, ChunkedError};
+pub use framing::{ClientFraming, RespFraming};
 pub use request::{
     find_head_end, parse_request, parse_request_uninit, BodyFraming, HeadError, RequestHead,
     MAX_HEADERS,

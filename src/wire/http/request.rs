@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use std::sync::LazyLock;
 
 use super::{has_token, name_eq, parse_content_length};
+use crate::wire::method::Method;
 
 /// Most header lines accepted in one request; more is answered with 431.
 pub const MAX_HEADERS: usize = 96;
@@ -48,7 +49,10 @@ impl HeadError {
 /// A parsed request head. Every slice borrows the read buffer.
 #[derive(Debug)]
 pub struct RequestHead<'a> {
-    pub method: &'a str,
+    /// The method, parsed once.
+    pub method: Method,
+    /// The method as sent (for the log, where `method` is `Other`).
+    pub method_text: &'a str,
     pub target: &'a str,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
@@ -192,7 +196,8 @@ fn finish<'a>(
         }
     }
     Ok(RequestHead {
-        method,
+        method: Method::parse(method),
+        method_text: method,
         target,
         minor,
         headers,
@@ -281,7 +286,7 @@ mod tests {
         let raw = b"GET /v2/ HTTP/1.1\r\nHost: m\r\nContent-Length: 3\r\n\r\nabc";
         let mut st = [MaybeUninit::uninit(); MAX_HEADERS];
         let h = parse_request_uninit(raw, &mut st).unwrap();
-        assert_eq!((h.method, h.target, h.head_len), ("GET", "/v2/", 49));
+        assert_eq!((h.method, h.target, h.head_len), (Method::Get, "/v2/", 49));
         assert_eq!(h.headers.len(), 2);
         assert_eq!(h.body, BodyFraming::Length(3));
         assert_eq!(parse(raw).unwrap(), (h.body, h.keep_alive, h.head_len));

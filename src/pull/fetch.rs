@@ -1,0 +1,110 @@
+//! The fetch phase: one request upstream, redirects followed here (a CDN's
+//! 307 included), credentials only ever sent to the origin they were given
+//! for. Shared by registry requests and the token endpoint.
+
+use crate::error::UpstreamError;
+use crate::upstream::{Conn, Exchange, ResponseHead, TrustKey};
+use crate::wire::method::Method;
+use crate::wire::url::{Origin, Scheme, Url};
+use crate::worker::Worker;
+
+/// Redirect hops followed before giving up (clients allow 10 as well).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Redirect bodies up to this size are read to keep their connection.
+const MAX_DRAINED: u64 = 64 * 1024;
+
+/// A request ocirelay sends upstream, possibly across redirects.
+#[derive(Clone)]
+pub struct Fetch<'a> {
+    pub method: Method,
+    pub url: Url,
+    pub trust: TrustKey,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// Sent only to `auth_origin`, never to a redirect target elsewhere.
+    pub authorization: Option<&'a [u8]>,
+    pub body: Option<&'a [u8]>,
+}
+
+/// What a fetch brought back: the connection with the response head read
+/// (the body still on it), and the URL that answered.
+pub struct Fetched {
+    pub conn: Conn,
+    pub head: ResponseHead,
+    pub url: Url,
+}
+
+/// Sends `f`, following up to [`MAX_REDIRECTS`] redirects with the method,
+/// headers and query string kept, and credentials dropped whenever the
+/// target is not the origin they were given for.
+pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> {
+    // The origin the credentials were given for, kept once a redirect
+    // leaves it (until then it is `f.url`'s).
+    let mut auth_origin: Option<Origin> = None;
+    let own_headers = f.headers.len();
+    for hop in 0..=MAX_REDIRECTS {
+        f.headers.truncate(own_headers);
+        if let Some(a) = f.authorization {
+            if auth_origin.as_ref().is_none_or(|o| f.url.origin == *o) {
+                f.headers.push(("Authorization", a));
+            }
+        }
+        let ex = Exchange {
+            method: f.method,
+            url: &f.url,
+            trust: f.trust,
+            headers: &f.headers,
+            body: f.body,
+        };
+        let (conn, head) = w.upstreams.send(&ex).await?;
+        let location = match head.status {
+            301 | 302 | 303 | 307 | 308 => head.header(&conn, "location").map(<[u8]>::to_vec),
+            _ => None,
+        };
+        let Some(location) = location else {
+            return Ok(Fetched {
+                conn,
+                head,
+                url: f.url,
+            });
+        };
+        if hop == MAX_REDIRECTS {
+            break;
+        }
+        let location = String::from_utf8(location).map_err(|_| UpstreamError::Redirect {
+            reason: "redirect Location is not text".into(),
+        })?;
+        let next = f.url.join(&location).map_err(|e| UpstreamError::Redirect {
+            reason: format!("bad redirect Location: {e}"),
+        })?;
+        if next.origin.scheme == Scheme::Http
+            && f.url.origin.scheme == Scheme::Https
+            && !w.cfg.debug
+        {
+            return Err(UpstreamError::Redirect {
+                reason: "refusing a redirect from https to plain http".into(),
+            });
+        }
+        release_after(w, conn, &head, MAX_DRAINED).await;
+        if head.status == 303 && f.method != Method::Head {
+            f.method = Method::Get;
+            f.body = None;
+        }
+        if auth_origin.is_none() {
+            auth_origin = Some(f.url.origin.clone());
+        }
+        f.url = next;
+    }
+    Err(UpstreamError::Redirect {
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+/// Drains a small body that nobody reads (a redirect's, a ping's) and pools
+/// the connection if it ended cleanly; otherwise drops it.
+pub async fn release_after(w: &Worker, mut conn: Conn, head: &ResponseHead, max: u64) {
+    conn.consume(head.head_len);
+    if head.keep_alive && conn.drain(head.framing, max).await {
+        w.upstreams.release(conn);
+    }
+}
