@@ -10,6 +10,18 @@ use common::*;
 
 const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
+/// `GET target` with the bearer `token` and the Accept of a manifest pull.
+fn get_manifest(c: &mut Client, target: &str, token: &str) -> Response {
+    c.get_with(
+        target,
+        &[
+            ("Authorization", &bearer(token)),
+            ("Accept", MANIFEST_ACCEPT),
+        ],
+    )
+    .unwrap()
+}
+
 /// No header of the response names one of the double's hosts.
 fn assert_no_upstream_host(r: &Response, hub: &HubDouble) {
     for (name, value) in &r.headers {
@@ -82,12 +94,7 @@ fn anonymous_pull_of_manifest_and_blobs_matches_the_digests() {
     let img = hub.seeded().alpine.clone();
 
     let auth = bearer(&token);
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/library/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200, "{}", m.text());
     assert_eq!(m.body, img.manifest_bytes);
     assert_eq!(
@@ -174,15 +181,7 @@ fn library_prefix_is_added_to_path_and_token_scope() {
         tok[0].target
     );
     let token = t.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            "/v2/alpine/manifests/latest",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
     assert_eq!(m.body, img.manifest_bytes);
     let layer = &img.layers[0];
@@ -293,15 +292,7 @@ fn docker_login_credentials_pass_through_to_the_token_host() {
         .get(&format!("/token?service=registry.docker.io&scope={scope}"))
         .unwrap();
     let anon_token = anon.json().unwrap()["token"].as_str().unwrap().to_string();
-    let denied = c
-        .get_with(
-            &path,
-            &[
-                ("Authorization", &bearer(&anon_token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let denied = get_manifest(&mut c, &path, &anon_token);
     assert_eq!(denied.status, 401);
 
     // Wrong password: the token host's refusal comes back.
@@ -322,15 +313,7 @@ fn docker_login_credentials_pass_through_to_the_token_host() {
         .unwrap();
     assert_eq!(ok.status, 200);
     let token = ok.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            &path,
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, &path, &token);
     assert_eq!(m.status, 200);
     assert_eq!(m.body, secret.manifest_bytes);
     assert!(hub
@@ -495,22 +478,15 @@ fn multi_arch_index_and_its_children_are_served_by_digest() {
     let multi = hub.seeded().multi.clone();
     let mut c = relay.client();
     let token = anonymous_token(&relay, &mut c, "library/multi");
-    let auth = bearer(&token);
-    let idx = c
-        .get_with(
-            "/v2/multi/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let idx = get_manifest(&mut c, "/v2/multi/manifests/latest", &token);
     assert_eq!(idx.status, 200);
     assert_eq!(sha256(&idx.body), multi.manifest.digest);
     for child in &multi.images {
-        let m = c
-            .get_with(
-                &format!("/v2/multi/manifests/{}", child.manifest.digest),
-                &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-            )
-            .unwrap();
+        let m = get_manifest(
+            &mut c,
+            &format!("/v2/multi/manifests/{}", child.manifest.digest),
+            &token,
+        );
         assert_eq!(m.status, 200);
         assert_eq!(sha256(&m.body), child.manifest.digest);
     }
@@ -520,15 +496,7 @@ fn multi_arch_index_and_its_children_are_served_by_digest() {
 fn unknown_tags_are_reported_with_the_upstream_error() {
     let hub = hub();
     let (_relay, mut c, token) = relay_with_alpine_token(&hub);
-    let r = c
-        .get_with(
-            "/v2/alpine/manifests/badtag",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let r = get_manifest(&mut c, "/v2/alpine/manifests/badtag", &token);
     assert_eq!(r.status, 404);
     assert!(r.text().contains("MANIFEST_UNKNOWN"));
 }
@@ -576,12 +544,7 @@ fn blobs_from_a_tls_upstream_reach_a_tls_client_whole() {
         assert_eq!(sha256(&r.body), digest, "{size}");
     }
     // The same connection still carries a manifest after the blobs.
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/library/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
     assert!(m.json().is_ok());
     assert_eq!(c.connections_opened(), 1, "one keep-alive TLS connection");
@@ -682,15 +645,7 @@ fn upstream_names_are_resolved_and_verified_against_the_name() {
     let r = c.get("/v2/").unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
     let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let m = c
-        .get_with(
-            "/v2/alpine/manifests/latest",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
 }
 
