@@ -10,8 +10,16 @@ use common::*;
 
 const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+/// `GET target` with the bearer `token` and the Accept of a manifest pull.
+fn get_manifest(c: &mut Client, target: &str, token: &str) -> Response {
+    c.get_with(
+        target,
+        &[
+            ("Authorization", &bearer(token)),
+            ("Accept", MANIFEST_ACCEPT),
+        ],
+    )
+    .unwrap()
 }
 
 /// No header of the response names one of the double's hosts.
@@ -29,7 +37,7 @@ fn assert_no_upstream_host(r: &Response, hub: &HubDouble) {
 
 #[test]
 fn ping_challenge_realm_points_at_the_relay_and_keeps_the_service() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let mut c = relay.client();
     let r = c.get("/v2/").unwrap();
@@ -52,7 +60,7 @@ fn ping_challenge_realm_points_at_the_relay_and_keeps_the_service() {
 
 #[test]
 fn realm_uses_the_host_the_client_addressed() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let mut c = relay.client();
     let r = c
@@ -66,7 +74,7 @@ fn realm_uses_the_host_the_client_addressed() {
 
 #[test]
 fn configured_public_url_wins_in_the_realm() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start_with(&config_for(
         &hub,
         "public_url = \"https://hub.mirror.test\"",
@@ -81,19 +89,12 @@ fn configured_public_url_wins_in_the_realm() {
 
 #[test]
 fn anonymous_pull_of_manifest_and_blobs_matches_the_digests() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
+    let hub = hub();
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let img = hub.seeded().alpine.clone();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
 
     let auth = bearer(&token);
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/library/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200, "{}", m.text());
     assert_eq!(m.body, img.manifest_bytes);
     assert_eq!(
@@ -144,7 +145,7 @@ fn anonymous_pull_of_manifest_and_blobs_matches_the_digests() {
 
 #[test]
 fn library_prefix_is_added_to_path_and_token_scope() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let img = hub.seeded().alpine.clone();
     let mut c = relay.client();
@@ -180,34 +181,23 @@ fn library_prefix_is_added_to_path_and_token_scope() {
         tok[0].target
     );
     let token = t.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            "/v2/alpine/manifests/latest",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
     assert_eq!(m.body, img.manifest_bytes);
     let layer = &img.layers[0];
-    let b = c
-        .get_with(
-            &format!("/v2/alpine/blobs/{}", layer.digest),
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let b = get_auth(
+        &mut c,
+        &format!("/v2/alpine/blobs/{}", layer.digest),
+        &token,
+    );
     assert_eq!(sha256(&b.body), layer.digest);
 }
 
 #[test]
 fn head_stays_head_and_carries_length_and_digest() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
+    let hub = hub();
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let img = hub.seeded().alpine.clone();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
     let gets_before = hub.knobs().manifest_gets();
     let r = c
         .request(
@@ -261,12 +251,10 @@ fn head_stays_head_and_carries_length_and_digest() {
 
 #[test]
 fn range_requests_resume_a_blob() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
+    let hub = hub();
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let digest = hub.add_random_blob("library/alpine", 3 << 20, 7);
     let full = hub.content().blob(&digest).unwrap();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
     let from = 1_234_567usize;
     let r = c
         .get_with(
@@ -292,7 +280,7 @@ fn range_requests_resume_a_blob() {
 
 #[test]
 fn docker_login_credentials_pass_through_to_the_token_host() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let secret = hub.seeded().secret.clone();
     let mut c = relay.client();
@@ -304,15 +292,7 @@ fn docker_login_credentials_pass_through_to_the_token_host() {
         .get(&format!("/token?service=registry.docker.io&scope={scope}"))
         .unwrap();
     let anon_token = anon.json().unwrap()["token"].as_str().unwrap().to_string();
-    let denied = c
-        .get_with(
-            &path,
-            &[
-                ("Authorization", &bearer(&anon_token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let denied = get_manifest(&mut c, &path, &anon_token);
     assert_eq!(denied.status, 401);
 
     // Wrong password: the token host's refusal comes back.
@@ -333,15 +313,7 @@ fn docker_login_credentials_pass_through_to_the_token_host() {
         .unwrap();
     assert_eq!(ok.status, 200);
     let token = ok.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            &path,
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, &path, &token);
     assert_eq!(m.status, 200);
     assert_eq!(m.body, secret.manifest_bytes);
     assert!(hub
@@ -359,7 +331,7 @@ fn docker_login_credentials_pass_through_to_the_token_host() {
 
 #[test]
 fn token_post_oauth_form_is_forwarded_with_scopes_mapped() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let mut c = relay.client();
     let _ = c.get("/v2/").unwrap(); // learn the realm, as a client would
@@ -386,7 +358,7 @@ fn token_post_oauth_form_is_forwarded_with_scopes_mapped() {
 
 #[test]
 fn token_endpoint_learns_the_realm_on_a_worker_that_never_saw_a_challenge() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     // Fresh connections, straight to /token: whichever worker gets them
     // must find the realm by asking the upstream itself.
@@ -423,16 +395,13 @@ fn token_answers_are_returned_unchanged_in_every_variant() {
 #[test]
 fn redirect_chains_with_relative_locations_are_followed_without_credentials() {
     let hub = HubDouble::start(Options::default().extra_hops(3)).unwrap();
-    let relay = Relay::start(&hub);
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let layer = hub.seeded().alpine.layers[1].clone();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let b = c
-        .get_with(
-            &format!("/v2/library/alpine/blobs/{}", layer.digest),
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let b = get_auth(
+        &mut c,
+        &format!("/v2/library/alpine/blobs/{}", layer.digest),
+        &token,
+    );
     assert_eq!(b.status, 200);
     assert_eq!(sha256(&b.body), layer.digest);
     let cdn = hub.log().for_host(Host::Cdn);
@@ -447,16 +416,13 @@ fn redirect_chains_with_relative_locations_are_followed_without_credentials() {
 #[test]
 fn too_many_redirects_end_in_a_502() {
     let hub = HubDouble::start(Options::default().extra_hops(12)).unwrap();
-    let relay = Relay::start(&hub);
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let layer = hub.seeded().alpine.layers[0].clone();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let b = c
-        .get_with(
-            &format!("/v2/library/alpine/blobs/{}", layer.digest),
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let b = get_auth(
+        &mut c,
+        &format!("/v2/library/alpine/blobs/{}", layer.digest),
+        &token,
+    );
     assert_eq!(b.status, 502);
     assert!(b.text().contains("redirects"), "{}", b.text());
 }
@@ -464,35 +430,22 @@ fn too_many_redirects_end_in_a_502() {
 #[test]
 fn signed_redirects_are_never_reused() {
     let hub = HubDouble::start(Options::default().cdn_signature_ttl(1)).unwrap();
-    let relay = Relay::start(&hub);
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
     let layer = hub.seeded().alpine.layers[0].clone();
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
     let path = format!("/v2/library/alpine/blobs/{}", layer.digest);
-    let first = c
-        .get_with(&path, &[("Authorization", &bearer(&token))])
-        .unwrap();
+    let first = get_auth(&mut c, &path, &token);
     assert_eq!(first.status, 200);
     std::thread::sleep(Duration::from_millis(2100));
-    let second = c
-        .get_with(&path, &[("Authorization", &bearer(&token))])
-        .unwrap();
+    let second = get_auth(&mut c, &path, &token);
     assert_eq!(second.status, 200, "a stored signed URL would have expired");
     assert_eq!(hub.log().matching(Host::Registry, &path).len(), 2);
 }
 
 #[test]
 fn tags_list_is_relayed_including_chunked_bodies_and_pagination() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let r = c
-        .get_with(
-            "/v2/alpine/tags/list",
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let hub = hub();
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
+    let r = get_auth(&mut c, "/v2/alpine/tags/list", &token);
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json().unwrap();
     let tags: Vec<&str> = j["tags"]
@@ -505,12 +458,7 @@ fn tags_list_is_relayed_including_chunked_bodies_and_pagination() {
         tags.contains(&"latest") && tags.contains(&"3.20"),
         "{tags:?}"
     );
-    let page = c
-        .get_with(
-            "/v2/alpine/tags/list?n=1",
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let page = get_auth(&mut c, "/v2/alpine/tags/list?n=1", &token);
     assert_eq!(page.json().unwrap()["tags"].as_array().unwrap().len(), 1);
     assert!(
         page.header("link").is_some(),
@@ -525,27 +473,20 @@ fn tags_list_is_relayed_including_chunked_bodies_and_pagination() {
 
 #[test]
 fn multi_arch_index_and_its_children_are_served_by_digest() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let multi = hub.seeded().multi.clone();
     let mut c = relay.client();
     let token = anonymous_token(&relay, &mut c, "library/multi");
-    let auth = bearer(&token);
-    let idx = c
-        .get_with(
-            "/v2/multi/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let idx = get_manifest(&mut c, "/v2/multi/manifests/latest", &token);
     assert_eq!(idx.status, 200);
     assert_eq!(sha256(&idx.body), multi.manifest.digest);
     for child in &multi.images {
-        let m = c
-            .get_with(
-                &format!("/v2/multi/manifests/{}", child.manifest.digest),
-                &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-            )
-            .unwrap();
+        let m = get_manifest(
+            &mut c,
+            &format!("/v2/multi/manifests/{}", child.manifest.digest),
+            &token,
+        );
         assert_eq!(m.status, 200);
         assert_eq!(sha256(&m.body), child.manifest.digest);
     }
@@ -553,26 +494,16 @@ fn multi_arch_index_and_its_children_are_served_by_digest() {
 
 #[test]
 fn unknown_tags_are_reported_with_the_upstream_error() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let r = c
-        .get_with(
-            "/v2/alpine/manifests/badtag",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let hub = hub();
+    let (_relay, mut c, token) = relay_with_alpine_token(&hub);
+    let r = get_manifest(&mut c, "/v2/alpine/manifests/badtag", &token);
     assert_eq!(r.status, 404);
     assert!(r.text().contains("MANIFEST_UNKNOWN"));
 }
 
 #[test]
 fn tls_listener_serves_the_same_api() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let (relay, ca_pem) = start_with_tls(&hub, "");
     let https = relay.https.expect("a TLS listener");
     let mut c = relay.tls_client(&ca_pem);
@@ -594,7 +525,7 @@ fn tls_listener_serves_the_same_api() {
 /// the access log counts the bytes sent that way.
 #[test]
 fn blobs_from_a_tls_upstream_reach_a_tls_client_whole() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let (mut relay, ca_pem) = start_with_tls(&hub, "access_log = true");
     let mut c = relay.tls_client(&ca_pem);
     let token = anonymous_token(&relay, &mut c, "library/alpine");
@@ -613,31 +544,25 @@ fn blobs_from_a_tls_upstream_reach_a_tls_client_whole() {
         assert_eq!(sha256(&r.body), digest, "{size}");
     }
     // The same connection still carries a manifest after the blobs.
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &auth), ("Accept", MANIFEST_ACCEPT)],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/library/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
     assert!(m.json().is_ok());
     assert_eq!(c.connections_opened(), 1, "one keep-alive TLS connection");
 
     let big = *sizes.last().unwrap() as u64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let logged = loop {
-        let log = relay.stderr();
-        let bytes = log
+    // The most bytes a blob line of the access log gives.
+    let logged_bytes = || {
+        relay
+            .stderr()
             .lines()
             .filter(|l| l.contains("/blobs/sha256:") && l.contains(" 200 "))
             .filter_map(|l| l.rsplit(' ').nth(1)?.parse::<u64>().ok())
-            .max();
-        if bytes.is_some_and(|b| b >= big) || std::time::Instant::now() > deadline {
-            break bytes;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+            .max()
     };
-    let logged = logged.expect("blob lines in the access log");
+    wait_until(Duration::from_secs(5), || {
+        logged_bytes().is_some_and(|b| b >= big)
+    });
+    let logged = logged_bytes().expect("blob lines in the access log");
     assert!(
         (big..big + 4096).contains(&logged),
         "access log says {logged} bytes for a {big}-byte blob"
@@ -647,10 +572,8 @@ fn blobs_from_a_tls_upstream_reach_a_tls_client_whole() {
 
 #[test]
 fn http10_clients_get_chunked_upstream_bodies_decoded_and_closed() {
-    let hub = HubDouble::start(Options::default()).unwrap();
-    let relay = Relay::start(&hub);
-    let mut c = relay.client();
-    let token = anonymous_token(&relay, &mut c, "library/alpine");
+    let hub = hub();
+    let (relay, _c, token) = relay_with_alpine_token(&hub);
     let mut raw = relay.client();
     raw.write_raw(
         format!("GET /v2/alpine/tags/list HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n")
@@ -674,17 +597,16 @@ fn http10_clients_get_chunked_upstream_bodies_decoded_and_closed() {
 
 #[test]
 fn the_legacy_epoll_driver_serves_a_pull_too() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start_with(&config_for(&hub, "driver = \"legacy\""));
     let layer = hub.seeded().alpine.layers[0].clone();
     let mut c = relay.client();
     let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let b = c
-        .get_with(
-            &format!("/v2/alpine/blobs/{}", layer.digest),
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let b = get_auth(
+        &mut c,
+        &format!("/v2/alpine/blobs/{}", layer.digest),
+        &token,
+    );
     assert_eq!(sha256(&b.body), layer.digest);
     assert!(
         relay.stderr().contains("legacy (epoll) driver"),
@@ -695,7 +617,7 @@ fn the_legacy_epoll_driver_serves_a_pull_too() {
 
 #[test]
 fn workers_log_the_driver_they_run_on() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let relay = Relay::start(&hub);
     let mut c = relay.client();
     assert_eq!(c.get("/healthz").unwrap().status, 200);
@@ -708,7 +630,7 @@ fn workers_log_the_driver_they_run_on() {
 
 #[test]
 fn upstream_names_are_resolved_and_verified_against_the_name() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     // `localhost` goes through the resolver (on the blocking pool) and TLS is
     // verified for the name, not the address.
     let by_name = config_for(&hub, "").replace(
@@ -723,35 +645,23 @@ fn upstream_names_are_resolved_and_verified_against_the_name() {
     let r = c.get("/v2/").unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
     let token = anonymous_token(&relay, &mut c, "library/alpine");
-    let m = c
-        .get_with(
-            "/v2/alpine/manifests/latest",
-            &[
-                ("Authorization", &bearer(&token)),
-                ("Accept", MANIFEST_ACCEPT),
-            ],
-        )
-        .unwrap();
+    let m = get_manifest(&mut c, "/v2/alpine/manifests/latest", &token);
     assert_eq!(m.status, 200);
 }
 
 #[test]
 fn every_request_is_written_to_the_access_log() {
-    let hub = HubDouble::start(Options::default()).unwrap();
+    let hub = hub();
     let mut relay = Relay::start(&hub);
     let mut c = relay.client();
     assert_eq!(c.get("/healthz").unwrap().status, 200);
     assert_eq!(c.get("/v2/Bad/manifests/x").unwrap().status, 400);
     assert_eq!(c.get("/v2/").unwrap().status, 401);
     // Lines are buffered per worker and flushed at least every second.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = relay.stderr();
-        if log.contains("GET /v2/ 401") || std::time::Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    wait_until(Duration::from_secs(5), || {
+        relay.stderr().contains("GET /v2/ 401")
+    });
+    let log = relay.stderr();
     assert!(relay.alive());
     for expect in [
         "GET /healthz 200 ",

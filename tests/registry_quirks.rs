@@ -15,9 +15,8 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vn
 /// A relay with one registry `name` pointed at `hub` (built-ins kept).
 fn relay_for(name: &str, hub: &HubDouble) -> Relay {
     Relay::start_with(&format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 3\n\n[[registry]]\nname = \"{name}\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
-        hub.registry_url(),
-        hub.ca_path().unwrap().display()
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 3\n\n{}",
+        registry_block(hub, name)
     ))
 }
 
@@ -31,17 +30,7 @@ fn auth_for(c: &mut Client, path: &str) -> Vec<(String, String)> {
     if r.status != 401 {
         return Vec::new();
     }
-    let realm = challenge_param(&r, "realm").unwrap();
-    let token_path = &realm[realm.find("/token").expect("realm on the relay")..];
-    let t = c
-        .get(&format!(
-            "{token_path}?service={}&scope={}",
-            enc(&challenge_param(&r, "service").unwrap()),
-            enc(&challenge_param(&r, "scope").unwrap())
-        ))
-        .unwrap();
-    assert_eq!(t.status, 200, "{}", t.text());
-    let j = t.json().unwrap();
+    let j = token_answer(c, &realm_token_path(&r), &r, &[]);
     let token = j["token"]
         .as_str()
         .or(j["access_token"].as_str())

@@ -22,45 +22,14 @@ fn doubles() -> (HubDouble, HubDouble, Image) {
     (hub, gh, tool)
 }
 
-fn registry(name: &str, hub: &HubDouble, extra: &str) -> String {
-    format!(
-        "[[registry]]\nname = \"{name}\"\nupstream = \"{}\"\nca_file = \"{}\"\n{extra}\n",
-        hub.registry_url(),
-        hub.ca_path().unwrap().display()
-    )
-}
-
 /// A realistic config: the built-in registries, with docker.io and ghcr.io
 /// pointed at the doubles.
 fn config(hub: &HubDouble, gh: &HubDouble, top: &str, gh_extra: &str) -> String {
     format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\n{top}\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 3\n\n{}{}",
-        registry("docker.io", hub, ""),
-        registry("ghcr.io", gh, gh_extra),
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\n{top}\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 3\n\n{}\n{}{gh_extra}\n",
+        registry_block(hub, "docker.io"),
+        registry_block(gh, "ghcr.io"),
     )
-}
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
-
-/// Follows the challenge of `r` (as a client would, to the realm's path on
-/// the relay) and returns the token.
-fn token_from_challenge(c: &mut Client, r: &Response, host: Option<&str>) -> String {
-    let realm = challenge_param(r, "realm").expect("a realm");
-    let path = &realm[realm.find("/token").expect("the relay's token endpoint")..];
-    let q = format!(
-        "{path}?service={}&scope={}",
-        enc(&challenge_param(r, "service").unwrap()),
-        enc(&challenge_param(r, "scope").unwrap())
-    );
-    let mut headers = vec![];
-    if let Some(h) = host {
-        headers.push(("Host", h));
-    }
-    let t = c.get_with(&q, &headers).unwrap();
-    assert_eq!(t.status, 200, "{}", t.text());
-    t.json().unwrap()["token"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -98,12 +67,11 @@ fn path_prefix_routes_to_the_named_registry_with_its_own_token_flow() {
     assert_eq!(m.status, 200);
     assert_eq!(m.body, tool.manifest_bytes);
     for layer in &tool.layers {
-        let b = c
-            .get_with(
-                &format!("/v2/ghcr.io/owner/tool/blobs/{}", layer.digest),
-                &[("Authorization", &bearer(&token))],
-            )
-            .unwrap();
+        let b = get_auth(
+            &mut c,
+            &format!("/v2/ghcr.io/owner/tool/blobs/{}", layer.digest),
+            &token,
+        );
         assert_eq!(sha256(&b.body), layer.digest);
     }
     assert!(!gh
@@ -391,12 +359,7 @@ fn credentials_for_one_registry_never_reach_another() {
         .unwrap();
     assert_eq!(t.status, 200);
     let token = t.json().unwrap()["token"].as_str().unwrap().to_string();
-    let _ = c
-        .get_with(
-            "/v2/ghcr.io/owner/tool/manifests/1.0",
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let _ = get_auth(&mut c, "/v2/ghcr.io/owner/tool/manifests/1.0", &token);
     // Docker Hub's hosts saw nothing at all; ghcr's CDN saw no credentials.
     assert!(hub.log().is_empty(), "{:?}", hub.log().entries());
     assert!(gh
@@ -420,9 +383,8 @@ fn unknown_registry_prefixes_get_a_404_listing_the_routes() {
         .get("/v2/registry.evil.example/x/manifests/latest")
         .unwrap();
     assert_eq!(r.status, 404);
-    let j = r.json().unwrap();
-    assert_eq!(j["errors"][0]["code"], "NAME_UNKNOWN");
-    let msg = j["errors"][0]["message"].as_str().unwrap();
+    assert_eq!(error_code(&r.body), "NAME_UNKNOWN");
+    let msg = error_message(&r.body);
     for served in ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"] {
         assert!(msg.contains(served), "{msg}");
     }
@@ -439,12 +401,7 @@ fn tag_pagination_links_keep_the_clients_name() {
     let mut c = relay.client();
     let r = c.get("/v2/ghcr.io/owner/tool/tags/list?n=1").unwrap();
     let token = token_from_challenge(&mut c, &r, None);
-    let page = c
-        .get_with(
-            "/v2/ghcr.io/owner/tool/tags/list?n=1",
-            &[("Authorization", &bearer(&token))],
-        )
-        .unwrap();
+    let page = get_auth(&mut c, "/v2/ghcr.io/owner/tool/tags/list?n=1", &token);
     assert_eq!(page.status, 200);
     let link = page.header("link").expect("a next link");
     assert!(

@@ -1,276 +1,65 @@
-//! Shared harness for ocirelay's integration tests: starts the real
-//! `ocirelay` binary against a [`HubDouble`] and stops it (by its own PID)
-//! when dropped.
+//! Shared harness for ocirelay's integration tests. Each test crate says
+//! `mod common;` and uses what it needs (everything is re-exported here):
+//!
+//! - [`relay`]: starts the real `ocirelay` binary against a [`HubDouble`]
+//!   (or any upstream) and stops it (by its own PID) when dropped; the
+//!   tests' config texts.
+//! - [`oci`]: tokens through the relay's challenge, authorised GETs, OCI
+//!   JSON error bodies.
+//! - [`raw`]: a raw TCP client for byte-exact requests and for watching how
+//!   the relay ends a connection.
+//! - [`fake_upstream`]: a scriptable plain-HTTP upstream for faults the
+//!   double will not produce.
+//! - [`process`]: a process's memory, read from /proc.
+//!
+//! Not every test crate uses every helper, hence the module-wide allows.
 #![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+pub mod fake_upstream;
+pub mod oci;
+pub mod process;
+pub mod raw;
+pub mod relay;
+
 use std::time::{Duration, Instant};
 
+pub use fake_upstream::*;
 pub use hubdouble::client::{basic_auth, Client, Response};
 pub use hubdouble::{Host, HubDouble, Options};
+pub use oci::*;
+pub use process::*;
+pub use raw::*;
+pub use relay::*;
 
-/// A running ocirelay process.
-pub struct Relay {
-    child: Child,
-    pub http: SocketAddr,
-    pub https: Option<SocketAddr>,
-    pub dir: tempdir::Dir,
-    kept: Vec<tempdir::Dir>,
-    stderr: Arc<Mutex<String>>,
-}
-
-pub mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A directory removed on drop.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "ocirelay-test-{tag}-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The `[[registry]]` block pointing at `hub`.
-pub fn registry_block(hub: &HubDouble, name: &str) -> String {
-    let mut s = format!(
-        "[[registry]]\nname = \"{name}\"\nupstream = \"{}\"\n",
-        hub.registry_url()
-    );
-    if let Some(ca) = hub.ca_path() {
-        s.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
-    }
-    s
-}
-
-/// Config text with short timeouts suitable for tests, plus `extra`.
-pub fn config_for(hub: &HubDouble, extra: &str) -> String {
-    format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\ndebug = {}\n{extra}\n[timeouts]\nconnect_secs = 2\nupstream_read_secs = 2\nclient_header_secs = 2\nclient_idle_secs = 5\nclient_write_secs = 5\n\n{}",
-        !hub.is_tls(),
-        registry_block(hub, "docker.io")
-    )
-}
-
-impl Relay {
-    /// Starts ocirelay against `hub` with the test config.
-    pub fn start(hub: &HubDouble) -> Relay {
-        Relay::start_with(&config_for(hub, ""))
-    }
-
-    /// Starts ocirelay with the given config text.
-    pub fn start_with(config: &str) -> Relay {
-        let dir = tempdir::Dir::new("relay");
-        let path = dir.path().join("ocirelay.toml");
-        std::fs::write(&path, config).unwrap();
-        Relay::start_file(path, dir)
-    }
-
-    fn start_file(path: PathBuf, dir: tempdir::Dir) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ocirelay");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (mut http, mut https) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut line = String::new();
-        loop {
-            assert!(Instant::now() < deadline, "ocirelay did not become ready");
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                let _ = child.wait();
-                panic!(
-                    "ocirelay exited during start-up: {}",
-                    stderr.lock().unwrap()
-                );
-            }
-            let l = line.trim();
-            if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
-                http = Some(a.parse().unwrap());
-            } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
-                https = Some(a.parse().unwrap());
-            } else if l == "ocirelay ready" {
-                break;
-            }
-        }
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
-        Relay {
-            child,
-            http: http.expect("an http listener"),
-            https,
-            dir,
-            kept: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// A plain-HTTP client to the relay.
-    pub fn client(&self) -> Client {
-        let mut c = Client::new(self.http, None).unwrap();
-        c.set_timeout(Duration::from_secs(15));
-        c
-    }
-
-    /// A TLS client to the relay's TLS listener (see [`start_with_tls`]).
-    pub fn tls_client(&self, ca_pem: &str) -> Client {
-        let https = self.https.expect("a TLS listener");
-        let mut c = Client::new(https, Some(("localhost", ca_pem))).unwrap();
-        c.set_timeout(Duration::from_secs(15));
-        c
-    }
-
-    /// Keeps `dir` until the relay is dropped.
-    fn keep(&mut self, dir: tempdir::Dir) {
-        self.kept.push(dir);
-    }
-
-    /// Everything the relay wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A relay that also listens on TLS, with a certificate from a fresh test CA
-/// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
-/// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
-pub fn start_with_tls(hub: &HubDouble, extra: &str) -> (Relay, String) {
-    let dir = tempdir::Dir::new("tls");
-    let ca = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca_cert, &ca)
-            .unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    let listener = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    // tls_listener is an array of tables: it must come after the top-level keys.
-    let cfg = config_for(hub, extra).replace("[timeouts]", &format!("{listener}\n[timeouts]"));
-    let mut relay = Relay::start_with(&cfg);
-    relay.keep(dir); // the certificate files go when the relay does
-
-    (relay, ca_cert.pem())
-}
-
-/// Gets an anonymous pull token for `repo` the way a client does: ping,
-/// follow the challenge's realm (which must point at the relay), get the token.
-pub fn anonymous_token(relay: &Relay, c: &mut Client, scope_repo: &str) -> String {
-    let r = c
-        .get(&format!("/v2/{scope_repo}/manifests/latest"))
-        .unwrap();
-    assert_eq!(r.status, 401, "{}", r.text());
-    let realm = challenge_param(&r, "realm").expect("realm");
-    // The realm names the listener the client came in on.
-    let base = match relay.https {
-        Some(a) if c.addr() == a => format!("https://{a}"),
-        _ => format!("http://{}", relay.http),
-    };
-    let path = realm
-        .strip_prefix(&base)
-        .unwrap_or_else(|| panic!("realm {realm} must point at the relay {base}"));
-    let service = challenge_param(&r, "service").unwrap();
-    let scope = challenge_param(&r, "scope").unwrap();
-    let t = c
-        .get(&format!(
-            "{path}?service={}&scope={}",
-            enc(&service),
-            enc(&scope)
-        ))
-        .unwrap();
-    assert_eq!(t.status, 200, "{}", t.text());
-    t.json().unwrap()["token"].as_str().unwrap().to_string()
-}
-
-/// A param of the response's `WWW-Authenticate` challenge (simple parser for
-/// the well-formed challenges under test).
-pub fn challenge_param(r: &Response, name: &str) -> Option<String> {
-    let h = r.header("www-authenticate")?;
-    let key = format!("{name}=\"");
-    let i = h.find(&key)? + key.len();
-    let j = h[i..].find('"')? + i;
-    Some(h[i..j].to_string())
-}
-
-/// Percent-encodes a query value.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// A Docker Hub double with the default options.
+pub fn hub() -> HubDouble {
+    HubDouble::start(Options::default()).expect("start hub double")
 }
 
 /// sha256 digest string of `data`.
 pub fn sha256(data: &[u8]) -> String {
     hubdouble::sha256_digest(data)
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The length of the HTTP head at the start of `bytes` (through its blank
+/// line), if it is all there.
+pub fn head_len(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
 }

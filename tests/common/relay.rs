@@ -1,0 +1,280 @@
+//! Starting the real `ocirelay` binary: [`Relay`] runs it with a config text
+//! and stops it (by its own PID) when dropped; the config builders give the
+//! tests' usual config, with short timeouts, for a [`HubDouble`] or for any
+//! upstream URL.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hubdouble::client::Client;
+use hubdouble::HubDouble;
+
+/// A running ocirelay process.
+pub struct Relay {
+    child: Child,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub dir: tempdir::Dir,
+    kept: Vec<tempdir::Dir>,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "ocirelay-test-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The `[timeouts]` of a test config, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: u64,
+    pub upstream_read: u64,
+    pub client_header: u64,
+    pub client_idle: u64,
+    pub client_write: u64,
+}
+
+impl Default for Timeouts {
+    /// Short, so that a fault shows within seconds.
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: 2,
+            upstream_read: 2,
+            client_header: 2,
+            client_idle: 5,
+            client_write: 5,
+        }
+    }
+}
+
+/// A `[[registry]]` block: `name` served from `upstream`, trusting `ca_file`.
+fn registry_entry(name: &str, upstream: &str, ca_file: Option<&Path>) -> String {
+    let mut s = format!("[[registry]]\nname = \"{name}\"\nupstream = \"{upstream}\"\n");
+    if let Some(ca) = ca_file {
+        s.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+    }
+    s
+}
+
+/// The `[[registry]]` block pointing at `hub`.
+pub fn registry_block(hub: &HubDouble, name: &str) -> String {
+    registry_entry(name, &hub.registry_url(), hub.ca_path())
+}
+
+/// A whole test config: one listener on 127.0.0.1, two workers, `debug`,
+/// the top-level keys in `extra`, `timeouts`, then `registries`.
+pub fn config_text(debug: bool, extra: &str, timeouts: Timeouts, registries: &str) -> String {
+    let Timeouts {
+        connect,
+        upstream_read,
+        client_header,
+        client_idle,
+        client_write,
+    } = timeouts;
+    format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\ndebug = {debug}\n{extra}\n[timeouts]\nconnect_secs = {connect}\nupstream_read_secs = {upstream_read}\nclient_header_secs = {client_header}\nclient_idle_secs = {client_idle}\nclient_write_secs = {client_write}\n\n{registries}"
+    )
+}
+
+/// Config text with short timeouts suitable for tests, plus `extra`.
+pub fn config_for(hub: &HubDouble, extra: &str) -> String {
+    config_with_timeouts(hub, extra, Timeouts::default())
+}
+
+/// [`config_for`] with other `timeouts`.
+pub fn config_with_timeouts(hub: &HubDouble, extra: &str, timeouts: Timeouts) -> String {
+    config_text(
+        !hub.is_tls(),
+        extra,
+        timeouts,
+        &registry_block(hub, "docker.io"),
+    )
+}
+
+/// A relay config whose only registry is `upstream` (plain HTTP, so `debug`).
+pub fn config_with_upstream(upstream: &str) -> String {
+    config_text(
+        true,
+        "",
+        Timeouts::default(),
+        &registry_entry("docker.io", upstream, None),
+    )
+}
+
+impl Relay {
+    /// Starts ocirelay against `hub` with the test config.
+    pub fn start(hub: &HubDouble) -> Relay {
+        Relay::start_with(&config_for(hub, ""))
+    }
+
+    /// Starts ocirelay with the given config text.
+    pub fn start_with(config: &str) -> Relay {
+        let dir = tempdir::Dir::new("relay");
+        let path = dir.path().join("ocirelay.toml");
+        std::fs::write(&path, config).unwrap();
+        Relay::start_file(path, dir)
+    }
+
+    fn start_file(path: PathBuf, dir: tempdir::Dir) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ocirelay");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut http, mut https) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut line = String::new();
+        loop {
+            assert!(Instant::now() < deadline, "ocirelay did not become ready");
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!(
+                    "ocirelay exited during start-up: {}",
+                    stderr.lock().unwrap()
+                );
+            }
+            let l = line.trim();
+            if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
+                http = Some(a.parse().unwrap());
+            } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
+                https = Some(a.parse().unwrap());
+            } else if l == "ocirelay ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        Relay {
+            child,
+            http: http.expect("an http listener"),
+            https,
+            dir,
+            kept: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// A plain-HTTP client to the relay.
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(self.http, None).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
+
+    /// A TLS client to the relay's TLS listener (see [`start_with_tls`]).
+    pub fn tls_client(&self, ca_pem: &str) -> Client {
+        let https = self.https.expect("a TLS listener");
+        let mut c = Client::new(https, Some(("localhost", ca_pem))).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
+
+    /// Keeps `dir` until the relay is dropped.
+    fn keep(&mut self, dir: tempdir::Dir) {
+        self.kept.push(dir);
+    }
+
+    /// The relay's process ID (for reading /proc/<pid>).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the relay wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay that also listens on TLS, with a certificate from a fresh test CA
+/// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
+/// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
+pub fn start_with_tls(hub: &HubDouble, extra: &str) -> (Relay, String) {
+    let dir = tempdir::Dir::new("tls");
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca_cert, &ca)
+            .unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let listener = format!(
+        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    // tls_listener is an array of tables: it must come after the top-level keys.
+    let cfg = config_for(hub, extra).replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    let mut relay = Relay::start_with(&cfg);
+    relay.keep(dir); // the certificate files go when the relay does
+
+    (relay, ca_cert.pem())
+}
