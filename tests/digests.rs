@@ -247,3 +247,66 @@ fn body_failing_its_digest_is_not_completed_for_an_http10_client() {
         );
     }
 }
+
+/// A small body named by its digest that the upstream cuts or stalls half
+/// way is reported as what happened: a cut is a 502 that says the response
+/// ended early, a stall a 504, and neither claims a digest mismatch (the
+/// bytes that came were right; there were just too few of them).
+#[test]
+fn a_cut_or_stalled_small_verified_body_is_not_called_a_digest_mismatch() {
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec();
+    let mdigest = sha256(&manifest);
+    let full = length_response(hubdouble::OCI_MANIFEST, &mdigest, &manifest);
+    // The head and half of the body, then a close or a stall.
+    let partial = full[..full.len() - manifest.len() / 2].to_vec();
+    let routes = vec![
+        Canned {
+            path: "/v2/".into(),
+            bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+            after: After::KeepAlive,
+        },
+        Canned {
+            path: format!("/v2/library/cut/manifests/{mdigest}"),
+            bytes: partial.clone(),
+            after: After::Close,
+        },
+        Canned {
+            path: format!("/v2/library/stall/manifests/{mdigest}"),
+            bytes: partial,
+            after: After::Hold,
+        },
+        Canned {
+            path: format!("/v2/library/whole/manifests/{mdigest}"),
+            bytes: full,
+            after: After::KeepAlive,
+        },
+    ];
+    let fake = FakeUpstream::start(routes);
+    let relay = Relay::start_with(&config_with_upstream(&fake.url()));
+    let mut c = relay.client();
+
+    let ok = c
+        .get(&format!("/v2/library/whole/manifests/{mdigest}"))
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body, manifest);
+
+    let cut = c
+        .get(&format!("/v2/library/cut/manifests/{mdigest}"))
+        .unwrap();
+    assert_eq!(cut.status, 502, "{}", cut.text());
+    assert!(!cut.text().contains("does not match"), "{}", cut.text());
+    assert!(cut.text().contains("ended before"), "{}", cut.text());
+
+    let mut c = relay.client();
+    let stalled = c
+        .get(&format!("/v2/library/stall/manifests/{mdigest}"))
+        .unwrap();
+    assert_eq!(stalled.status, 504, "{}", stalled.text());
+    assert!(
+        !stalled.text().contains("does not match"),
+        "{}",
+        stalled.text()
+    );
+    assert!(stalled.text().contains("timed out"), "{}", stalled.text());
+}
