@@ -47,17 +47,8 @@ enum ConfigAction {
 }
 
 /// Keeps transparent huge pages out of the process, as
-/// `MIMALLOC_ALLOW_THP=0` would (mimalloc reads that only at process start,
-/// before `main`; an operator who sets it decides instead). mimalloc asks
-/// for huge pages on its arenas (`MADV_HUGEPAGE`), and a huge page stays
-/// resident whole while any 4 KiB of it is in use, and khugepaged collapses
-/// ranges mimalloc has purged back into resident huge pages. Measured after
-/// two bursts of 32 concurrent 1 MiB blob relays: RSS ~80 MiB with huge
-/// pages, ~55 MiB without (idle: 18 vs 6 MiB); CPU per GiB relayed did not
-/// change. A proxy's heap is small and its bulk data sits in kernel socket
-/// buffers. The prctl covers systems with THP `always`; mimalloc's `no_thp`
-/// feature (Cargo.toml) drops its `MADV_HUGEPAGE` requests, which on
-/// `madvise` systems also covers what is allocated before `main`.
+/// `MIMALLOC_ALLOW_THP=0` would: with them, RSS after blob bursts was ~80
+/// MiB instead of ~55 MiB at the same CPU. See `docs/design.md`, "Memory".
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments only. A failure

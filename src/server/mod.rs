@@ -104,26 +104,9 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
 }
 
 /// io_uring setups a worker tries, best first, until the kernel takes one
-/// (it answers EINVAL to flags it does not know).
-///
-/// Completions of I/O that had to wait (a read armed with poll, the common
-/// case for sockets) are posted from task work. By default the kernel
-/// interrupts the worker to run that task work as soon as it is queued: an
-/// inter-processor interrupt and a detour through the kernel for nearly
-/// every request. COOP_TASKRUN (5.19) leaves it for the worker's next entry
-/// into the kernel, which for a monoio worker is its next `io_uring_enter`,
-/// and every completion pending by then is posted in one go; TASKRUN_FLAG
-/// flags pending task work in the SQ ring. Measured per core: ~11% less
-/// CPU per manifest GET (64 connections) and per token request (16); new
-/// connections and blobs within noise.
-///
-/// Not DEFER_TASKRUN (+ SINGLE_ISSUER), although it would be safe here
-/// (monoio parks only with GETEVENTS, after running every ready task, so no
-/// completion waits for long): while waiting, the kernel runs at most
-/// max(20, wanted) deferred completions per `io_uring_enter`, and monoio
-/// always waits for 1. At 256 connections on one worker that took ~4.6
-/// `io_uring_enter` per request instead of ~2.9, 15-20% less throughput
-/// and more CPU per request; at 16-64 connections it matched COOP_TASKRUN.
+/// (it answers EINVAL to flags it does not know). COOP_TASKRUN: ~11% less
+/// CPU per small request; not DEFER_TASKRUN (15-20% slower at 256
+/// connections with monoio). Measurements: `docs/design.md`, "io_uring".
 fn uring_setups() -> [(&'static str, io_uring::Builder); 2] {
     let mut coop = io_uring::IoUring::builder();
     coop.setup_coop_taskrun().setup_taskrun_flag();
