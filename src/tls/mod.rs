@@ -2,12 +2,20 @@
 //! ocirelay's own record layer (see `docs/design.md`, "TLS").
 //!
 //! - `config`: server and client configs, certificate and key loading.
-//! - `stream`: a [`stream::TlsStream`] over monoio's TCP stream: handshake,
-//!   data phase, control messages, in-place reseal.
+//! - `handshake`: rustls driven through our buffers, then the switch to ours;
+//! - `stream`: a [`stream::TlsStream`] in the data phase over monoio's TCP
+//!   stream: reading and opening records, sealing and writing;
+//! - `control`: alerts, session tickets, key updates;
+//! - `reseal`: another stream's records re-encrypted in place (relays);
+//! - `error`: [`error::TlsError`].
 //! - `record`: the record cipher (seal/open in place, sequence numbers).
 
 pub mod config;
+mod control;
+pub mod error;
+mod handshake;
 pub mod record;
+mod reseal;
 pub mod stream;
 
 pub use config::{client_config, load_certs, load_server, server_config, ServerMaterial};
