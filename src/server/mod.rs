@@ -119,8 +119,10 @@ fn uring_setups() -> [(&'static str, io_uring::Builder); 2] {
 fn worker_thread(id: usize, cpu: usize, sh: Arc<Shared>, started: mpsc::Sender<io::Result<Bound>>) {
     let pinned = monoio::utils::bind_to_cpu_set([cpu]).is_ok();
     let announce = |driver: &str| {
-        eprintln!(
-            "ocirelay: worker {id} on {driver}{}",
+        crate::event!(
+            Level::Info,
+            Some(id),
+            "worker {id} on {driver}{}",
             if pinned {
                 format!(", pinned to cpu {cpu}")
             } else {
