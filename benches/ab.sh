@@ -71,6 +71,8 @@ cert = "$W/p.pem"
 key = "$W/p.key"
 [limits]
 verify_digests = true
+[cache]
+enabled = false
 [[registry]]
 name = "docker.io"
 upstream = "$(jq -r .registry_url "$D")"

@@ -333,6 +333,10 @@ key = "$W/proxy.key"
 [limits]
 verify_digests = $3
 
+# The relay workloads measure relaying: no cache.
+[cache]
+enabled = false
+
 [[registry]]
 name = "docker.io"
 upstream = "$REG_URL"

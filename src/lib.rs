@@ -18,12 +18,13 @@
 //!
 //! ```text
 //! server -> conn -> {pull, token, local} -> worker
-//!   -> {route, downstream, relay, upstream} -> {tls, ops, config, error, sys, wire}
+//!   -> {route, cache, downstream, relay, upstream} -> {tls, ops, config, error, sys, wire}
 //! ```
 //!
 //! Sideways in the middle only where one stage plugs into another
-//! (`downstream -> relay` for the sink, `relay -> upstream` for the
-//! connection, `token -> pull` for the shared fetch and body phases).
+//! (`cache -> relay` for the tee and for serving, `downstream -> relay` for
+//! the sink, `relay -> upstream` for the connection, `token -> pull` for the
+//! shared fetch and body phases).
 //! `wire/` imports nothing from the crate; `tls/` only `wire/`.
 
 // ---- the top: start-up, connections, handlers ----
@@ -39,6 +40,7 @@ pub mod token;
 pub mod worker;
 
 // ---- stages ----
+pub mod cache;
 pub mod downstream;
 pub mod relay;
 pub mod route;

@@ -51,3 +51,29 @@ pub fn trim_thread_heap() {
     // SAFETY: no arguments to uphold; safe to call from any thread.
     unsafe { libmimalloc_sys::mi_collect(false) };
 }
+
+/// Sets a file's modification time to now (a cache hit refreshing its
+/// object's recency; at most once an hour per object, see `cache::evict`).
+pub fn touch(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = path.as_os_str().as_bytes().to_vec();
+    c.push(0);
+    let now = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: `c` is a NUL-terminated path that lives across the call; `now`
+    // is an array of two timespecs, as utimensat reads.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr().cast(), now.as_ptr(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

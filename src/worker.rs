@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache::Cache;
 use crate::config::{Config, RegistryId};
 use crate::ops::access_log::AccessLog;
 use crate::relay::BufPool;
@@ -33,6 +34,9 @@ pub struct Worker {
     /// Access log lines, buffered (None when `access_log = false`).
     pub access_log: Option<AccessLog>,
     pub bufs: BufPool,
+    /// The content cache, shared by all workers (None when disabled or
+    /// when its directory could not be used).
+    pub cache: Option<Arc<Cache>>,
     /// The trust each registry's upstream is verified with, by registry.
     trust: Vec<TrustKey>,
     /// Token realm learned from each registry's own challenge, by registry.
@@ -41,7 +45,13 @@ pub struct Worker {
 
 impl Worker {
     /// `trust[i]`: the trust key of the `i`th registry of `cfg`.
-    pub fn new(id: usize, cfg: Arc<Config>, upstreams: Upstreams, trust: Vec<TrustKey>) -> Worker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        upstreams: Upstreams,
+        trust: Vec<TrustKey>,
+        cache: Option<Arc<Cache>>,
+    ) -> Worker {
         let n = cfg.registries.len();
         assert_eq!(trust.len(), n, "one trust key per registry");
         Worker {
@@ -50,6 +60,7 @@ impl Worker {
             cfg,
             upstreams,
             bufs: BufPool::default(),
+            cache,
             trust,
             realms: RefCell::new(vec![None; n]),
         }

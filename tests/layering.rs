@@ -22,6 +22,10 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     t.insert("upstream", FOUNDATIONS);
     t.insert("route", FOUNDATIONS);
     t.insert(
+        "cache",
+        &["relay", "tls", "ops", "config", "error", "sys", "wire"],
+    );
+    t.insert(
         "relay",
         &["upstream", "tls", "ops", "config", "error", "sys", "wire"],
     );
@@ -34,6 +38,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         "worker",
         &[
             "route",
+            "cache",
             "downstream",
             "relay",
             "upstream",
@@ -49,6 +54,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     const BELOW_HANDLERS: &[&str] = &[
         "worker",
         "route",
+        "cache",
         "downstream",
         "relay",
         "upstream",
@@ -69,6 +75,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "pull",
             "worker",
             "route",
+            "cache",
             "downstream",
             "relay",
             "upstream",
@@ -88,6 +95,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "local",
             "worker",
             "route",
+            "cache",
             "downstream",
             "relay",
             "upstream",
@@ -104,6 +112,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         &[
             "conn",
             "worker",
+            "cache",
             "downstream",
             "relay",
             "upstream",

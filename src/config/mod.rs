@@ -49,6 +49,64 @@ pub struct Config {
     pub domain: Option<String>,
     /// Every host name that selects a registry (from `hosts` and `domain`).
     pub host_routes: Vec<HostRoute>,
+    /// The content cache (`[cache]`); `None` when `enabled = false`.
+    pub cache: Option<CacheConfig>,
+}
+
+/// The content cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Where objects are stored (created if missing).
+    pub dir: PathBuf,
+    /// The store is kept under this many bytes (least recently used go).
+    pub max_size: u64,
+}
+
+/// The default `max_size`: room for a few hundred images on a laptop that
+/// just ran `cargo run`; a public mirror sets its own.
+pub const DEFAULT_CACHE_MAX: u64 = 10 << 30;
+
+/// A size as written in the config: `"200GiB"`, `"500 MB"`, `"1048576"`.
+/// Binary (KiB, MiB, GiB, TiB) and decimal (KB, MB, GB, TB) units.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return None,
+    };
+    let v = num * mult;
+    (v.is_finite() && v >= 1.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// Where the cache goes when the config names no `dir`: the user's cache
+/// directory (`$XDG_CACHE_HOME/ocirelay`, else `~/.cache/ocirelay`), or
+/// `./ocirelay-cache` when neither is known.
+pub fn default_cache_dir() -> PathBuf {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(x) = from("XDG_CACHE_HOME") {
+        return x.join("ocirelay");
+    }
+    if let Some(h) = from("HOME") {
+        return h.join(".cache").join("ocirelay");
+    }
+    PathBuf::from("ocirelay-cache")
 }
 
 /// Which monoio driver the workers run on.
@@ -155,6 +213,26 @@ struct File {
     builtin_registries: bool,
     #[serde(default)]
     registry: Vec<Spanned<FileRegistry>>,
+    #[serde(default)]
+    cache: FileCache,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileCache {
+    enabled: bool,
+    dir: Option<Spanned<String>>,
+    max_size: Option<Spanned<String>>,
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        FileCache {
+            enabled: true,
+            dir: None,
+            max_size: None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -390,7 +468,27 @@ impl Config {
                 line: find_line(text, "domain").or_else(|| find_line(text, "hosts")),
                 message,
             })?;
+        let max_size = match &file.cache.max_size {
+            None => DEFAULT_CACHE_MAX,
+            Some(v) => parse_size(v.get_ref()).ok_or_else(|| ConfigError {
+                line: Some(line_of(text, v.span().start)),
+                message: format!(
+                    "cache max_size {:?} is not a size (e.g. \"200GiB\", \"500MB\")",
+                    v.get_ref()
+                ),
+            })?,
+        };
+        let cache = file.cache.enabled.then(|| CacheConfig {
+            dir: file
+                .cache
+                .dir
+                .as_ref()
+                .map(|d| PathBuf::from(d.get_ref()))
+                .unwrap_or_else(default_cache_dir),
+            max_size,
+        });
         Ok(Config {
+            cache,
             listen,
             tls_listeners,
             workers: file.workers,
@@ -713,5 +811,24 @@ upstream = "https://registry-1.docker.io"
         )
         .unwrap_err();
         assert!(e.message.contains("debug"), "{e}");
+    }
+
+    #[test]
+    fn cache_sizes_read_binary_and_decimal_units_and_refuse_the_rest() {
+        assert_eq!(parse_size("200GiB"), Some(200 << 30));
+        assert_eq!(parse_size("500 MB"), Some(500_000_000));
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("10 parsecs"), None);
+        assert_eq!(parse_size("0"), None);
+        let l = "listen = [\"127.0.0.1:1\"]\n";
+        let c = Config::parse(&format!("{l}[cache]\nmax_size = \"1TiB\"\ndir = \"/x\"\n")).unwrap();
+        let cache = c.cache.unwrap();
+        assert_eq!((cache.max_size, cache.dir), (1 << 40, PathBuf::from("/x")));
+        let e = Config::parse(&format!("{l}\n[cache]\nmax_size = \"big\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        let off = Config::parse(&format!("{l}[cache]\nenabled = false\n")).unwrap();
+        assert!(off.cache.is_none());
     }
 }

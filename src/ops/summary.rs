@@ -7,17 +7,27 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// How the cache took part in a request (no cache yet: always `None`).
+/// How the cache took part in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CacheStatus {
+    /// Not a cacheable request, or no cache.
     #[default]
     None,
+    /// Served from disk, no upstream transfer.
+    Hit,
+    /// Fetched upstream and stored while it streamed.
+    Miss,
+    /// Followed another request's download of the same object.
+    Coalesced,
 }
 
 impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::None => "-",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Coalesced => "coalesced",
         }
     }
 }

@@ -38,6 +38,8 @@ pub async fn stream<S: ClientSink, T: BodyTap>(
             let mut got = 0;
             loop {
                 let take = conn.buffered().len().min(n - got);
+                // Taps that do not judge the body still see it.
+                tap.data(&conn.buffered()[..take]);
                 reply.append_relayed(&conn.buffered()[..take]);
                 conn.consume(take);
                 got += take;

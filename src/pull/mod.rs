@@ -4,7 +4,7 @@
 //! target   which registry, and the repository's upstream name   (route/)
 //! admit    may this client have it                               (gate/, to come)
 //! plan     the upstream path, forwarded headers, digest to check
-//! lookup   the cache                                             (cache/, to come)
+//! lookup   the cache: hit, follow, or lead a download            (cached.rs, cache/)
 //! fetch    upstream pool -> exchange, redirects followed         (fetch.rs)
 //! head     the response head rewritten for the client            (head.rs)
 //! body     relayed through bounded buffers and taps              (body.rs, relay/)
@@ -16,6 +16,7 @@
 //! request's [`RequestSummary`].
 
 pub mod body;
+pub mod cached;
 pub mod fetch;
 pub mod head;
 
@@ -23,10 +24,12 @@ use std::time::Instant;
 
 use monoio::io::AsyncReadRent;
 
+use crate::cache::access::Who;
 use crate::config::RegistryId;
 use crate::downstream::{ClientCtx, Outcome, Reply};
 use crate::error::Error;
-use crate::ops::summary::RequestSummary;
+use crate::ops::summary::{CacheStatus, RequestSummary};
+use crate::relay::BodyTap;
 use crate::relay::{self, ClientSink, Collect};
 use crate::route::classify::Route;
 use crate::route::registry::{self, Hints, Target};
@@ -37,6 +40,7 @@ use crate::wire::names::{Digest, Reference};
 use crate::wire::oci::{ErrorCode, ErrorReply};
 use crate::wire::url::Url;
 use crate::worker::Worker;
+use cached::Looked;
 use fetch::{fetch, Fetch, Fetched};
 
 /// Most bytes of a manifest read to answer a HEAD (containerd's own limit).
@@ -65,7 +69,25 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     // ---- admit: nothing to refuse yet (access control lands in gate/) ----
     // ---- plan ----
     let plan = plan(w, req, route, query, target.as_ref(), reg);
-    // ---- lookup: no cache yet ----
+    // ---- lookup ----
+    let blob = match *route {
+        Route::Blob { digest, .. } => Some(digest),
+        _ => None,
+    };
+    let who = target.as_ref().map(|t| Who {
+        registry: registry_name,
+        repo: t.upstream_repo.as_ref(),
+        authorization: plan.fetch.authorization,
+    });
+    let cache = w.cache.as_ref().filter(|_| cached::is_cacheable(req));
+    let mut leading = None;
+    if let (Some(cache), Some(d), Some(who)) = (cache, blob, who) {
+        match cached::lookup(w, cache, &d, who, &plan.fetch, req, client, reply, summary).await {
+            Looked::Answered(o) => return o,
+            Looked::Lead(l) => leading = Some(l),
+            Looked::Relay => {}
+        }
+    }
     // ---- fetch ----
     // Kept only for a manifest HEAD, which may have to be answered by a GET.
     let get_instead = plan.head_may_need_get.then(|| Fetch {
@@ -82,6 +104,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     } = match fetched {
         Ok(f) => f,
         Err(e) => {
+            if let (Some(l), Some(cache)) = (leading, cache) {
+                l.abandon(cache);
+            }
             let e = Error::from(e);
             let r = e.reply(registry_name);
             summary.error = Some(e);
@@ -89,6 +114,13 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         }
     };
     summary.upstream_status = Some(head.status);
+    // What the answer teaches the cache about access: a 200 means this
+    // client may read this repository (and the repository holds the digest).
+    if let (Some(cache), Some(who), 200) = (cache, who, head.status) {
+        cache
+            .access
+            .learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
+    }
     // containerd needs Content-Length and Docker-Content-Digest on a manifest
     // HEAD (or it falls back to GET itself); some registries (gcr) leave them
     // out. Then the manifest is fetched and measured here instead.
@@ -116,12 +148,41 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     let to_client = reply.end_relayed(head.framing);
     conn.consume(head.head_len);
     // ---- body ----
-    let check =
-        w.cfg.limits.verify_digests && head.status == 200 && !plan.ranged && !reply.head_only();
+    // A body is stored only when it is a plain 200 with a length, and only
+    // once its digest matched (checked whatever `verify_digests` says).
+    let mut store = match (leading, cache) {
+        (Some(l), Some(cache)) => match head.framing {
+            RespFraming::Length(n) if head.status == 200 => match l.start(n) {
+                Ok(tee) => Some((l, tee, cache)),
+                Err(_) => {
+                    l.abandon(cache);
+                    None
+                }
+            },
+            _ => {
+                l.abandon(cache);
+                None
+            }
+        },
+        _ => None,
+    };
+    let check = (w.cfg.limits.verify_digests || store.is_some())
+        && head.status == 200
+        && !plan.ranged
+        && !reply.head_only();
     let mut tap = plan
         .verify
         .filter(|_| check)
         .and_then(|d| Verifier::new(&d));
+    if tap.is_none() {
+        // An algorithm ocirelay cannot check: relay it, never store it.
+        if let Some((l, tee, cache)) = store.take() {
+            tee.finish(false, &l.dest, &cache.inflight, &l.key).await;
+        }
+    }
+    if store.is_some() {
+        summary.cache = CacheStatus::Miss;
+    }
     // A small body named by its digest is read whole and checked before
     // the head goes out, so a mismatch is a clean error, not a cut.
     if let (Some(_), RespFraming::Length(n)) = (&tap, head.framing) {
@@ -129,11 +190,18 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             let body = match body::read_verified(w, &mut conn, n, &mut tap).await {
                 Ok(b) => b,
                 Err(e) => {
+                    if let Some((l, tee, cache)) = store {
+                        tee.finish(false, &l.dest, &cache.inflight, &l.key).await;
+                    }
                     let r = e.reply(registry_name);
                     summary.error = Some(e);
                     return reply.error(client, &r).await;
                 }
             };
+            if let Some((l, mut tee, cache)) = store {
+                tee.data(&body);
+                tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
+            }
             reply.append_relayed(&body);
             w.bufs.give(body);
             if head.keep_alive {
@@ -144,6 +212,16 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 false => Outcome::Close,
             };
         }
+    }
+    if let Some((l, tee, cache)) = store {
+        let mut pair = (tap, tee);
+        let outcome =
+            body::stream(w, conn, &head, client, reply, to_client, &mut pair, summary).await;
+        let complete = outcome != Outcome::Abort && summary.error.is_none();
+        pair.1
+            .finish(complete, &l.dest, &cache.inflight, &l.key)
+            .await;
+        return outcome;
     }
     body::stream(w, conn, &head, client, reply, to_client, &mut tap, summary).await
 }

@@ -59,6 +59,7 @@ pub(super) async fn relay_chunked<S: AsyncWriteRent, T: BodyTap>(
                 });
             }
         }
+        tap.flush().await;
         buf.clear();
         if read_upstream(conn, buf).await? == 0 {
             return Err(RelayError::Upstream(io::Error::new(

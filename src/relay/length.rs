@@ -71,9 +71,10 @@ pub(super) async fn relay_length<S: AsyncWriteRent, T: BodyTap>(
                 reusable: true,
             });
         }
-        let (written, read) = monoio::join!(
+        let (written, read, ()) = monoio::join!(
             write_buf(client, buf, client_timeout),
-            read_piece(conn, &mut next, remaining, total)
+            read_piece(conn, &mut next, remaining, total),
+            tap.flush()
         );
         written?;
         read?;

@@ -166,6 +166,7 @@ pub async fn relay_body<S: ClientSink, T: BodyTap>(
                     }
                 }
                 buf.clear();
+                tap.flush().await;
                 let n = read_upstream(conn, buf).await?;
                 if n == 0 {
                     break;

@@ -11,6 +11,7 @@ use crate::wire::digest::Verifier;
 
 /// A watcher of a body in transit. Generic (monomorphised) on the relay's
 /// paths: no dynamic call per piece.
+#[allow(async_fn_in_trait)] // used as a generic bound only, never `dyn`
 pub trait BodyTap {
     /// Whether this tap watches at all (a body with no active tap may take
     /// shortcuts, such as leaving with its head before it is complete).
@@ -22,6 +23,9 @@ pub trait BodyTap {
     /// The body is complete: may it go out whole? Called before the held-back
     /// end is sent; answers the same on later calls.
     fn end(&mut self) -> Result<(), TapRefusal>;
+    /// Work deferred from `data` (the cache's disk write), run by the relay
+    /// while it waits on the network anyway.
+    async fn flush(&mut self) {}
 }
 
 /// Why a tap refused a complete body.
@@ -81,6 +85,11 @@ impl<A: BodyTap, B: BodyTap> BodyTap for (A, B) {
         let a = self.0.end();
         let b = self.1.end();
         a.and(b)
+    }
+
+    async fn flush(&mut self) {
+        self.0.flush().await;
+        self.1.flush().await;
     }
 }
 

@@ -77,9 +77,10 @@ async fn relay_length_tls_inner<T: BodyTap>(
                 let sent = up
                     .swap_read_buffer(std::mem::take(&mut spare))
                     .map_err(RelayError::Upstream)?;
-                let (sent, read) = monoio::join!(
+                let (sent, read, ()) = monoio::join!(
                     timed_buf(client_timeout, client.send_ciphertext(sent, done.run)),
-                    read_records(up, read_timeout, remaining, total)
+                    read_records(up, read_timeout, remaining, total),
+                    tap.flush()
                 );
                 spare = sent.map_err(RelayError::Client)?;
                 read?;
@@ -123,9 +124,10 @@ async fn relay_length_tls_inner<T: BodyTap>(
             });
         }
         // Nothing buffered: send what is sealed while reading more.
-        let (sent, read) = monoio::join!(
+        let (sent, read, ()) = monoio::join!(
             send_pending(client, client_timeout),
-            read_records(up, read_timeout, remaining, total)
+            read_records(up, read_timeout, remaining, total),
+            tap.flush()
         );
         sent?;
         read?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use monoio::net::{ListenerOpts, TcpListener};
 use rustls::pki_types::CertificateDer;
 
+use crate::cache::Cache;
 use crate::config::{Config, Driver};
 use crate::conn;
 use crate::downstream::ClientCtx;
@@ -27,6 +28,8 @@ struct Shared {
     server_tls: Vec<ServerMaterial>,
     /// Extra CA roots per registry.
     extra_roots: Vec<Vec<CertificateDer<'static>>>,
+    /// The content cache (one for all workers).
+    cache: Option<Arc<Cache>>,
 }
 
 /// Addresses actually bound (port 0 resolved), for the start-up message.
@@ -58,6 +61,24 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
     for roots in &extra_roots {
         tls::client_config(roots).map_err(io::Error::other)?;
     }
+    // An unusable cache directory is not fatal: the mirror relays without
+    // storing, and says so.
+    let cache = cfg.cache.as_ref().and_then(|c| match Cache::open(c) {
+        Ok(cache) => {
+            let cache = Arc::new(cache);
+            crate::cache::evict::start(cache.clone(), c.max_size);
+            Some(cache)
+        }
+        Err(e) => {
+            crate::event!(
+                Level::Warn,
+                None,
+                "cache: cannot use {}: {e}; relaying without a cache",
+                c.dir.display()
+            );
+            None
+        }
+    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if cfg.workers == 0 { cores } else { cfg.workers };
     let mut cfg = cfg;
@@ -65,6 +86,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
         cfg: Arc::new(cfg.clone()),
         server_tls,
         extra_roots,
+        cache,
     });
 
     // Worker 0 binds first so that port 0 resolves to one real port, which
@@ -89,6 +111,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
                 cfg: Arc::new(cfg.clone()),
                 server_tls: shared.server_tls.clone(),
                 extra_roots: shared.extra_roots.clone(),
+                cache: shared.cache.clone(),
             });
             bound = Some(b);
         }
@@ -220,6 +243,7 @@ async fn start_worker(
         cfg.clone(),
         Upstreams::new(trusts, cfg.timeouts),
         keys,
+        sh.cache.clone(),
     ));
     let opts = ListenerOpts::new()
         .reuse_port(true)

@@ -5,6 +5,8 @@
 //! upstream's answer is returned unchanged. Fetch and body phases are the
 //! registry request's (`pull::fetch`, `pull::body`).
 
+use std::time::Duration;
+
 use monoio::io::AsyncReadRent;
 
 use crate::config::RegistryId;
@@ -13,7 +15,8 @@ use crate::error::{Error, UpstreamError};
 use crate::ops::summary::RequestSummary;
 use crate::pull::body;
 use crate::pull::fetch::{fetch, release_after, Fetch, Fetched};
-use crate::relay::{tap::NoTap, ClientSink};
+use crate::relay::tap::{BodyTap, NoTap, TapRefusal};
+use crate::relay::ClientSink;
 use crate::route::registry::{self, Hints};
 use crate::wire::challenge;
 use crate::wire::http::{name_eq, RequestHead};
@@ -175,10 +178,87 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     }
     let to_client = reply.end_relayed(head.framing);
     conn.consume(head.head_len);
-    body::stream(
-        w, conn, &head, client, reply, to_client, &mut NoTap, summary,
-    )
-    .await
+    let Some(cache) = w.cache.as_ref().filter(|_| head.status == 200) else {
+        return body::stream(
+            w, conn, &head, client, reply, to_client, &mut NoTap, summary,
+        )
+        .await;
+    };
+    // The cache learns which tokens were issued without credentials (and
+    // for how long), to tell anonymously pullable repositories from
+    // private ones (see `cache::access`).
+    let mut seen = Capture::default();
+    let outcome = body::stream(w, conn, &head, client, reply, to_client, &mut seen, summary).await;
+    if let Some((token, expires_in)) = issued_token(&seen.0) {
+        let ttl = Duration::from_secs(expires_in.unwrap_or(60).min(86_400));
+        cache
+            .access
+            .learn_token(token, ttl, authorization.is_none());
+    }
+    outcome
+}
+
+/// A token answer's bytes, kept as they pass (at most [`MAX_TOKEN_BODY`]).
+#[derive(Default)]
+struct Capture(Vec<u8>);
+
+/// Token answers are a few KiB of JSON; a larger one is not looked at.
+const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+impl BodyTap for Capture {
+    fn active(&self) -> bool {
+        false // it does not judge the body: the small-body path stays
+    }
+    fn data(&mut self, bytes: &[u8]) {
+        if self.0.len() + bytes.len() <= MAX_TOKEN_BODY {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+    fn end(&mut self) -> Result<(), TapRefusal> {
+        Ok(())
+    }
+}
+
+/// The token and its `expires_in` from a token service's JSON answer
+/// (`token` or `access_token`; the spec allows either).
+fn issued_token(body: &[u8]) -> Option<(&str, Option<u64>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let token =
+        json_string_field(text, "token").or_else(|| json_string_field(text, "access_token"))?;
+    let expires = json_number_field(text, "expires_in");
+    Some((token, expires))
+}
+
+/// The value of `"key": "<value>"` in a flat JSON object, when it has no
+/// escapes (tokens are base64url and dots).
+fn json_string_field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let after = field_value(text, key)?;
+    let rest = after.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    let v = &rest[..end];
+    (!v.is_empty() && !v.contains('\\')).then_some(v)
+}
+
+fn json_number_field(text: &str, key: &str) -> Option<u64> {
+    let after = field_value(text, key)?;
+    let end = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    after[..end].parse().ok()
+}
+
+/// What follows `"key":` (whitespace skipped).
+fn field_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let quoted = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(&quoted) {
+        let after = text[from + i + quoted.len()..].trim_start();
+        if let Some(v) = after.strip_prefix(':') {
+            return Some(v.trim_start());
+        }
+        from += i + quoted.len();
+    }
+    None
 }
 
 /// An error answer after which the connection closes.
@@ -217,4 +297,20 @@ async fn learn_realm(w: &Worker, reg: RegistryId) -> Result<Option<Realm>, Upstr
         w.learn_realm(reg, r.clone());
     }
     Ok(realm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_read_from_either_field() {
+        let b = br#"{"token":"abc.def","access_token":"abc.def","expires_in":300,"issued_at":"x"}"#;
+        assert_eq!(issued_token(b), Some(("abc.def", Some(300))));
+        let b = br#"{ "access_token" : "t1" }"#;
+        assert_eq!(issued_token(b), Some(("t1", None)));
+        assert_eq!(issued_token(br#"{"tokens":"x"}"#), None);
+        assert_eq!(issued_token(br#"{"token":""}"#), None);
+        assert_eq!(issued_token(b"not json"), None);
+    }
 }

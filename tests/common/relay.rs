@@ -138,9 +138,17 @@ impl Relay {
     }
 
     /// Starts ocirelay with the given config text.
+    /// Starts ocirelay with `config`. A config without a `[cache]` table
+    /// runs without the cache (these tests are about the relay); one with
+    /// `[cache]` and no `dir` gets a cache directory of its own.
     pub fn start_with(config: &str) -> Relay {
         let dir = tempdir::Dir::new("relay");
         let path = dir.path().join("ocirelay.toml");
+        let config = if config.contains("[cache]") {
+            config.to_string()
+        } else {
+            format!("{config}\n[cache]\nenabled = false\n")
+        };
         std::fs::write(&path, config).unwrap();
         Relay::start_file(path, dir)
     }
@@ -149,6 +157,8 @@ impl Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
             .arg("--config")
             .arg(&path)
+            // Never the user's own cache directory.
+            .env("XDG_CACHE_HOME", dir.path().join("xdg-cache"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

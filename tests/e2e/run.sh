@@ -880,6 +880,9 @@ name = "ghcr.io"
 upstream = "https://$GREG"
 ca_file = "$CERTS/ghcr/ca.pem"
 hosts = ["$IP_RELAY2"]
+
+[cache]
+dir = "$WORK/cache"
 EOF
 CDN_LOG_MARK=$(wc -l <"$WORK/nginx-cdn/access.log")
 GCDN_LOG_MARK=$(wc -l <"$GHCR_CDN_LOG")

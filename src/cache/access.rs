@@ -1,0 +1,212 @@
+//! Who may read what the cache holds. The cache never hands content to a
+//! client the upstream would refuse: an object is served from disk for a
+//! repository only if
+//!
+//! - the repository is known to hold it (a *link*: the upstream answered a
+//!   request for this digest in this repository with 200), as distribution
+//!   keeps per-repository links, so that a blob fetched through repository X
+//!   is not served for Y on its digest alone; and
+//! - the repository is known to be anonymously pullable (the upstream served
+//!   it to a request with no credentials, or with a token ocirelay's token
+//!   endpoint saw issued without credentials), or the client's own
+//!   credentials were accepted by the upstream for it, within their
+//!   lifetime.
+//!
+//! Otherwise the caller asks the upstream with a HEAD (free on Docker Hub)
+//! with the client's credentials, and learns from the answer.
+//!
+//! Everything here is learned from upstream answers; nothing is assumed.
+//! Keys are SipHash values under a per-process random key: no allocation per
+//! lookup, and no way for a client to aim at a collision.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a repository learnt to be anonymously pullable is trusted
+/// without hearing it again: a repository made private stops being served
+/// from the cache to anonymous clients within this time.
+pub const PUBLIC_TTL: Duration = Duration::from_secs(600);
+/// Lifetime assumed for credentials whose expiry ocirelay did not see
+/// (`expires_in` defaults to 60 s in the token spec).
+pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(60);
+/// Entries kept per map; past it the map is cleared (everything is learnt
+/// again from upstream answers, at the cost of a HEAD each).
+const MAX_ENTRIES: usize = 200_000;
+
+/// What the cache knows about access, shared by all workers.
+///
+/// Shared (behind one mutex, held for a hash-map operation and never across
+/// I/O) rather than per worker: otherwise each core would ask the upstream
+/// again what another core already learnt.
+pub struct Access {
+    keys: RandomState,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// (registry, repository) -> anonymously pullable until.
+    public: HashMap<u64, Instant>,
+    /// (credentials, registry, repository) -> accepted until.
+    granted: HashMap<u64, Instant>,
+    /// (registry, repository, digest): the repository holds the object.
+    links: HashMap<u64, ()>,
+    /// Bearer tokens ocirelay's token endpoint saw issued: expiry, and
+    /// whether they were issued without credentials.
+    tokens: HashMap<u64, (Instant, bool)>,
+}
+
+fn bounded<V>(m: &mut HashMap<u64, V>) -> &mut HashMap<u64, V> {
+    if m.len() >= MAX_ENTRIES {
+        m.clear();
+    }
+    m
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            keys: RandomState::new(),
+            known: Mutex::new(Known::default()),
+        }
+    }
+}
+
+/// A request's identity for access decisions.
+#[derive(Clone, Copy)]
+pub struct Who<'a> {
+    pub registry: &'a str,
+    pub repo: &'a str,
+    /// The client's `Authorization` header, as sent.
+    pub authorization: Option<&'a [u8]>,
+}
+
+impl Access {
+    fn key(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = self.keys.build_hasher();
+        for p in parts {
+            p.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May `who` be served the object `digest` from the cache?
+    pub fn allowed(&self, who: Who<'_>, digest: &str) -> bool {
+        let link = self.key(&[
+            who.registry.as_bytes(),
+            who.repo.as_bytes(),
+            digest.as_bytes(),
+        ]);
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let grant = who
+            .authorization
+            .map(|a| self.key(&[a, who.registry.as_bytes(), who.repo.as_bytes()]));
+        let now = Instant::now();
+        let k = self.lock();
+        if !k.links.contains_key(&link) {
+            return false;
+        }
+        if k.public.get(&repo).is_some_and(|t| *t > now) {
+            return true;
+        }
+        grant.is_some_and(|g| k.granted.get(&g).is_some_and(|t| *t > now))
+    }
+
+    /// The upstream answered `who`'s request for `digest` (if any) with 200:
+    /// the repository holds it, and `who` may read the repository.
+    pub fn learn_ok(&self, who: Who<'_>, digest: Option<&str>) {
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let link =
+            digest.map(|d| self.key(&[who.registry.as_bytes(), who.repo.as_bytes(), d.as_bytes()]));
+        let auth = who.authorization.map(|a| {
+            (
+                self.key(&[a]),
+                self.key(&[a, who.registry.as_bytes(), who.repo.as_bytes()]),
+            )
+        });
+        let now = Instant::now();
+        let mut k = self.lock();
+        if let Some(l) = link {
+            bounded(&mut k.links).insert(l, ());
+        }
+        let anonymous = match auth {
+            None => true,
+            Some((token, grant)) => {
+                let seen = k.tokens.get(&token).copied();
+                let until = match seen {
+                    Some((t, _)) if t > now => t,
+                    _ => now + DEFAULT_GRANT_TTL,
+                };
+                bounded(&mut k.granted).insert(grant, until);
+                matches!(seen, Some((t, true)) if t > now)
+            }
+        };
+        if anonymous {
+            bounded(&mut k.public).insert(repo, now + PUBLIC_TTL);
+        }
+    }
+
+    /// ocirelay's token endpoint relayed a token: remember its lifetime and
+    /// whether it was issued without credentials (`anonymous`).
+    pub fn learn_token(&self, token: &str, expires_in: Duration, anonymous: bool) {
+        let bearer = format!("Bearer {token}");
+        let key = self.key(&[bearer.as_bytes()]);
+        let until = Instant::now() + expires_in;
+        bounded(&mut self.lock().tokens).insert(key, (until, anonymous));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:aa";
+
+    fn who<'a>(repo: &'a str, auth: Option<&'a [u8]>) -> Who<'a> {
+        Who {
+            registry: "docker.io",
+            repo,
+            authorization: auth,
+        }
+    }
+
+    #[test]
+    fn a_private_object_is_served_only_to_credentials_the_upstream_accepted() {
+        let a = Access::default();
+        let alice: &[u8] = b"Bearer alice";
+        let anon: &[u8] = b"Bearer anon";
+        a.learn_token("anon", Duration::from_secs(300), true);
+        a.learn_token("alice", Duration::from_secs(300), false);
+        // Nothing known: nobody.
+        assert!(!a.allowed(who("private/secret", Some(alice)), D));
+        // Alice's credentials were accepted for it.
+        a.learn_ok(who("private/secret", Some(alice)), Some(D));
+        assert!(a.allowed(who("private/secret", Some(alice)), D));
+        // Not for the anonymous token, nor without credentials, nor under
+        // another repository's name.
+        assert!(!a.allowed(who("private/secret", Some(anon)), D));
+        assert!(!a.allowed(who("private/secret", None), D));
+        assert!(!a.allowed(who("library/alpine", Some(alice)), D));
+    }
+
+    #[test]
+    fn an_anonymous_success_makes_the_repository_public_for_its_links() {
+        let a = Access::default();
+        a.learn_token("anon", Duration::from_secs(300), true);
+        a.learn_ok(who("library/alpine", Some(b"Bearer anon")), Some(D));
+        assert!(a.allowed(who("library/alpine", None), D));
+        assert!(a.allowed(who("library/alpine", Some(b"Bearer other")), D));
+        // Another digest was never seen in this repository.
+        assert!(!a.allowed(who("library/alpine", None), "sha256:bb"));
+        // A token not seen issued is not taken for anonymous.
+        a.learn_ok(who("library/busybox", Some(b"Bearer unknown")), Some(D));
+        assert!(!a.allowed(who("library/busybox", None), D));
+    }
+}

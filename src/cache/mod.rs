@@ -1,0 +1,192 @@
+//! The content cache: every blob downloaded once, then served from local
+//! disk to every client the upstream would serve it to.
+//!
+//! - `store`: the content-addressed directory (temporary file, then rename
+//!   after the digest matched);
+//! - `inflight`: downloads in progress, shared by all workers, so that
+//!   concurrent misses of one digest make one upstream request;
+//! - `tee`: the body tap that writes a relayed body to its temporary file;
+//! - `serve`: hits and followers, from disk to the client;
+//! - `access`: who may be served what (links, anonymous pullability,
+//!   credentials the upstream accepted).
+//!
+//! `lookup` answers, for one digest: [`Lookup::Hit`] (on disk, complete and
+//! verified), [`Lookup::Follow`] (being downloaded by another request), or
+//! [`Lookup::Lead`] (nobody has it: this request fetches and stores it).
+//!
+//! Stored today: blobs. Manifests and tags, eviction and the operator
+//! commands come next (see the README's "Cache" section for what is done).
+
+pub mod access;
+pub mod evict;
+pub mod inflight;
+pub mod serve;
+pub mod store;
+pub mod tee;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::CacheConfig;
+use crate::wire::names::Digest;
+use access::Access;
+use inflight::{Fill, InFlight, Joined};
+use store::Store;
+use tee::Tee;
+
+/// The cache, shared by all workers (built once in `server`).
+pub struct Cache {
+    pub store: Store,
+    pub inflight: InFlight,
+    pub access: Access,
+}
+
+/// What the cache has for a digest.
+pub enum Lookup {
+    /// Complete and verified on disk; `stale_use`: its recency is older than
+    /// [`evict::TOUCH_AFTER`] (refresh it after serving).
+    Hit {
+        path: PathBuf,
+        len: u64,
+        stale_use: bool,
+    },
+    /// Being downloaded by another request.
+    Follow(Arc<Fill>),
+    /// Nobody has it.
+    Lead,
+}
+
+/// A download this request leads: its fill (for followers) and the tee
+/// that writes it, once the upstream's answer is known.
+pub struct Leading {
+    pub key: String,
+    pub fill: Arc<Fill>,
+    pub tmp: PathBuf,
+    pub dest: PathBuf,
+}
+
+impl Cache {
+    pub fn open(cfg: &CacheConfig) -> io::Result<Cache> {
+        Ok(Cache {
+            store: Store::open(&cfg.dir)?,
+            inflight: InFlight::default(),
+            access: Access::default(),
+        })
+    }
+
+    /// Where `digest` stands. The store is looked at with one `statx`
+    /// through io_uring (the file system is the index).
+    pub async fn lookup(&self, digest: &Digest<'_>) -> Lookup {
+        let Some(path) = self.store.path_of(digest) else {
+            return Lookup::Lead;
+        };
+        if let Joined::Follow(f) = self.inflight.join(digest.as_str()) {
+            return Lookup::Follow(f);
+        }
+        match monoio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Lookup::Hit {
+                len: m.len(),
+                stale_use: m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age > evict::TOUCH_AFTER),
+                path,
+            },
+            _ => Lookup::Lead,
+        }
+    }
+
+    /// Registers this request as the download of `digest`, with a fresh
+    /// temporary file. `Err(Some(fill))`: another request registered first
+    /// (follow it); `Err(None)`: the store cannot take it (unwritable):
+    /// relay without storing.
+    pub fn lead(&self, digest: &Digest<'_>) -> Result<Leading, Option<Arc<Fill>>> {
+        let dest = self.store.path_of(digest).ok_or(None)?;
+        let tmp = self.store.tmp_path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| {
+                crate::event!(
+                    crate::ops::log::Level::Warn,
+                    None,
+                    "cache: cannot create {}: {e}",
+                    tmp.display()
+                );
+                None
+            })?;
+        let fill = Arc::new(Fill::new(file));
+        let key = digest.as_str().to_string();
+        if let Err(other) = self.inflight.lead(&key, fill) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Some(other));
+        }
+        let fill = match self.inflight.join(&key) {
+            Joined::Follow(f) => f,
+            Joined::Lead => unreachable!("registered above"),
+        };
+        Ok(Leading {
+            key,
+            fill,
+            tmp,
+            dest,
+        })
+    }
+}
+
+impl Leading {
+    /// The upstream will send `len` bytes: a tee to store them.
+    pub fn start(&self, len: u64) -> io::Result<Tee> {
+        self.fill.set_total(len);
+        Tee::new(self.fill.clone(), self.tmp.clone())
+    }
+
+    /// No body to store after all (the upstream refused, or the answer was
+    /// not a plain 200 with a length): followers make their own requests.
+    pub fn abandon(self, cache: &Cache) {
+        self.fill.abandon();
+        let _ = std::fs::remove_file(&self.tmp);
+        cache.inflight.end(&self.key);
+    }
+}
+
+/// A single byte range a client asked for (`bytes=N-`, `bytes=N-M`), as
+/// `(offset, length)` within an object of `len` bytes. `None`: no range,
+/// several, or one this object cannot satisfy (the caller relays those).
+pub fn parse_range(value: &[u8], len: u64) -> Option<(u64, u64)> {
+    let v = std::str::from_utf8(value).ok()?.trim();
+    let spec = v.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end = match b.trim() {
+        "" => len.checked_sub(1)?,
+        e => e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+    };
+    (start <= end && start < len).then(|| (start, end - start + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_ranges_are_understood_and_odd_ones_left_to_the_upstream() {
+        assert_eq!(parse_range(b"bytes=0-", 10), Some((0, 10)));
+        assert_eq!(parse_range(b"bytes=4-", 10), Some((4, 6)));
+        assert_eq!(parse_range(b"bytes=2-5", 10), Some((2, 4)));
+        assert_eq!(parse_range(b"bytes=2-50", 10), Some((2, 8)));
+        assert_eq!(parse_range(b"bytes=10-", 10), None);
+        assert_eq!(parse_range(b"bytes=5-2", 10), None);
+        assert_eq!(parse_range(b"bytes=0-1,4-5", 10), None);
+        assert_eq!(parse_range(b"bytes=-5", 10), None);
+        assert_eq!(parse_range(b"items=0-1", 10), None);
+        assert_eq!(parse_range(b"bytes=0-", 0), None);
+    }
+}
