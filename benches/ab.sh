@@ -61,6 +61,11 @@ i=0
 for spec in $BINS; do
     name=${spec%%:*}; bin=${spec#*:}
     port=$((PORT + 2 * i)); i=$((i + 1))
+    # These workloads measure relaying: the cache off, for builds that have one.
+    NOCACHE=
+    if "$bin" config default 2>/dev/null | grep -q '^\[cache\]'; then
+        NOCACHE=$'[cache]\nenabled = false'
+    fi
     cat >"$W/$name.toml" <<EOF
 listen = ["127.0.0.1:$((port + 1))"]
 workers = 1
@@ -71,8 +76,7 @@ cert = "$W/p.pem"
 key = "$W/p.key"
 [limits]
 verify_digests = true
-[cache]
-enabled = false
+$NOCACHE
 [[registry]]
 name = "docker.io"
 upstream = "$(jq -r .registry_url "$D")"
