@@ -1,0 +1,236 @@
+//! The content cache when things go wrong: a download cut mid-way (its
+//! followers are cut cleanly, nothing is stored, the next pull fetches
+//! again), `kill -9` during a miss (the next start removes the leftover and
+//! serves nothing corrupt), a full disk (a small tmpfs: the pull completes
+//! as a relay, nothing half-written stays) and an unusable cache directory
+//! (the mirror relays, and says so).
+//!
+//! Upstream traffic is counted from the double's request log. The tmpfs
+//! test mounts a 1 MiB tmpfs and needs root (as the test command runs in CI).
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn cache_config(hub: &HubDouble, dir: &Path) -> String {
+    config_for(
+        hub,
+        &format!("[cache]\nenabled = true\ndir = \"{}\"\n", dir.display()),
+    )
+}
+
+/// CDN downloads of `digest` so far.
+fn cdn_downloads(hub: &HubDouble, digest: &str) -> usize {
+    let hex = digest.trim_start_matches("sha256:");
+    hub.log()
+        .for_host(Host::Cdn)
+        .iter()
+        .filter(|e| e.path().contains(hex))
+        .count()
+}
+
+/// Files under `dir` (recursively).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_download_cut_mid_way_cuts_its_followers_and_stores_nothing() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-cut");
+    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let size = 24usize << 20;
+    let digest = hub.add_random_blob("library/alpine", size, 0xc07);
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+    hub.knobs().cut_blobs_after(6 << 20, Some(1));
+
+    let complete: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (relay, path, tok, digest) = (&relay, &path, &tok, &digest);
+                s.spawn(move || {
+                    match relay
+                        .client()
+                        .get_with(path, &[("Authorization", &bearer(tok))])
+                    {
+                        Ok(r) => {
+                            r.status == 200 && r.body.len() == size && sha256(&r.body) == *digest
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The one download was cut: nobody got a complete body (a short 200
+    // that looks complete is what must never happen; each client saw the
+    // connection end before the declared length or an error).
+    assert!(complete.iter().all(|ok| !ok), "{complete:?}");
+    assert_eq!(cdn_downloads(&hub, &digest), 1, "followers went upstream");
+    assert!(
+        wait_until(Duration::from_secs(5), || files_under(dir.path())
+            .is_empty()),
+        "left behind: {:?}",
+        files_under(dir.path())
+    );
+
+    // The next pull tries again, and then it is stored.
+    let r = get_auth(&mut relay.client(), &path, &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), digest);
+    assert_eq!(cdn_downloads(&hub, &digest), 2);
+    assert_eq!(files_under(&dir.path().join("blobs")).len(), 1);
+}
+
+#[test]
+fn kill_9_during_a_miss_leaves_nothing_served_after_a_restart() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-kill");
+    let cfg = cache_config(&hub, dir.path());
+    let relay = Relay::start_with(&cfg);
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let digest = hub.add_random_blob("library/alpine", 64 << 20, 0x9);
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+
+    // A client that reads a little and then stops: the download is under
+    // way (its temporary file partly written) when the relay is killed.
+    let mut raw = Raw::connect(relay.http);
+    raw.send(&request("GET", &path, &[("Authorization", &bearer(&tok))]));
+    let head = raw.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    let tmp = dir.path().join("tmp");
+    assert!(
+        wait_until(Duration::from_secs(10), || files_under(&tmp)
+            .iter()
+            .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))),
+        "no download under way"
+    );
+    let killed = Command::new("kill")
+        .args(["-9", &relay.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(raw);
+    drop(relay);
+    assert!(
+        !files_under(&tmp).is_empty(),
+        "the partial file should be there"
+    );
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+
+    // Restart on the same directory: the leftover goes, the blob is fetched
+    // again and served whole.
+    let relay = Relay::start_with(&cfg);
+    assert!(
+        files_under(&tmp).is_empty(),
+        "leftover kept: {:?}",
+        files_under(&tmp)
+    );
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let r = get_auth(&mut c, &path, &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), digest);
+    assert_eq!(cdn_downloads(&hub, &digest), 2);
+}
+
+/// A 1 MiB tmpfs, unmounted on drop.
+struct Tmpfs(tempdir::Dir);
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let d = tempdir::Dir::new("tmpfs");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(d.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a tmpfs failed: this test needs root (the test command runs as root in CI)"
+        );
+        Tmpfs(d)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_the_pull_whole_and_nothing_half_written() {
+    let hub = hub();
+    let fs = Tmpfs::mount();
+    let relay = Relay::start_with(&cache_config(&hub, fs.0.path()));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let digest = hub.add_random_blob("library/alpine", 3 << 20, 0xf011);
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+
+    for round in 1..=2 {
+        let r = get_auth(&mut relay.client(), &path, &tok);
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(sha256(&r.body), digest, "round {round}");
+        assert_eq!(
+            cdn_downloads(&hub, &digest),
+            round,
+            "not stored, so fetched again"
+        );
+    }
+    assert!(wait_until(Duration::from_secs(5), || files_under(
+        fs.0.path()
+    )
+    .is_empty()));
+    assert!(
+        relay.stderr().contains("cache: not storing"),
+        "{}",
+        relay.stderr()
+    );
+}
+
+#[test]
+fn an_unusable_cache_directory_is_reported_and_the_mirror_relays() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-file");
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let relay = Relay::start_with(&cache_config(&hub, &file.join("cache")));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let layer = hub.seeded().alpine.layers[0].digest.clone();
+    let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{layer}"), &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), layer);
+    assert!(
+        relay.stderr().contains("cache: cannot use"),
+        "{}",
+        relay.stderr()
+    );
+    let mut f = std::fs::File::open(&file).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "x");
+}
