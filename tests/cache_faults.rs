@@ -99,7 +99,13 @@ fn a_download_cut_mid_way_cuts_its_followers_and_stores_nothing() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), digest);
     assert_eq!(cdn_downloads(&hub, &digest), 2);
-    assert_eq!(files_under(&dir.path().join("blobs")).len(), 1);
+    // Stored once its download is verified and synced (just after the
+    // client got its last byte).
+    assert!(wait_until(Duration::from_secs(5), || files_under(
+        &dir.path().join("blobs")
+    )
+    .len()
+        == 1));
 }
 
 #[test]

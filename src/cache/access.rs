@@ -48,8 +48,10 @@ pub struct Access {
 
 #[derive(Default)]
 struct Known {
-    /// (registry, repository) -> anonymously pullable until.
-    public: HashMap<u64, Instant>,
+    /// (registry, repository) -> anonymously pullable until, and whether
+    /// the upstream served it with no credentials at all (`open`), or only
+    /// with an anonymous token.
+    public: HashMap<u64, (Instant, bool)>,
     /// (credentials, registry, repository) -> accepted until.
     granted: HashMap<u64, Instant>,
     /// (registry, repository, digest): the repository holds the object.
@@ -113,7 +115,14 @@ impl Access {
         if !k.links.contains_key(&link) {
             return false;
         }
-        if k.public.get(&repo).is_some_and(|t| *t > now) {
+        // A request with no credentials at all is served only what the
+        // upstream itself serves that way; everywhere else it must first
+        // get the upstream's challenge, as without the cache (the client
+        // learns the realm and gets a token).
+        if k.public
+            .get(&repo)
+            .is_some_and(|(t, open)| *t > now && (*open || who.authorization.is_some()))
+        {
             return true;
         }
         grant.is_some_and(|g| k.granted.get(&g).is_some_and(|t| *t > now))
@@ -136,6 +145,7 @@ impl Access {
         if let Some(l) = link {
             bounded(&mut k.links).insert(l, ());
         }
+        let open = auth.is_none();
         let anonymous = match auth {
             None => true,
             Some((token, grant)) => {
@@ -149,7 +159,8 @@ impl Access {
             }
         };
         if anonymous {
-            bounded(&mut k.public).insert(repo, now + PUBLIC_TTL);
+            let was_open = k.public.get(&repo).is_some_and(|(t, o)| *t > now && *o);
+            bounded(&mut k.public).insert(repo, (now + PUBLIC_TTL, open || was_open));
         }
     }
 
@@ -201,8 +212,12 @@ mod tests {
         let a = Access::default();
         a.learn_token("anon", Duration::from_secs(300), true);
         a.learn_ok(who("library/alpine", Some(b"Bearer anon")), Some(D));
-        assert!(a.allowed(who("library/alpine", None), D));
+        // Any token will do; no credentials at all still get the challenge.
         assert!(a.allowed(who("library/alpine", Some(b"Bearer other")), D));
+        assert!(!a.allowed(who("library/alpine", None), D));
+        // A registry that serves with no credentials at all (no token auth).
+        a.learn_ok(who("k8s/pause", None), Some(D));
+        assert!(a.allowed(who("k8s/pause", None), D));
         // Another digest was never seen in this repository.
         assert!(!a.allowed(who("library/alpine", None), "sha256:bb"));
         // A token not seen issued is not taken for anonymous.

@@ -20,6 +20,7 @@
 pub mod access;
 pub mod evict;
 pub mod inflight;
+pub mod manifests;
 pub mod serve;
 pub mod store;
 pub mod tee;
@@ -32,6 +33,7 @@ use crate::config::CacheConfig;
 use crate::wire::names::Digest;
 use access::Access;
 use inflight::{Fill, InFlight, Joined};
+use manifests::Tags;
 use store::Store;
 use tee::Tee;
 
@@ -40,6 +42,11 @@ pub struct Cache {
     pub store: Store,
     pub inflight: InFlight,
     pub access: Access,
+    pub tags: Tags,
+    /// How long a tag record is trusted before a HEAD revalidates it.
+    pub tag_ttl: std::time::Duration,
+    /// Serve a tag's last known manifest when the upstream is down.
+    pub serve_stale: bool,
 }
 
 /// What the cache has for a digest.
@@ -72,6 +79,9 @@ impl Cache {
             store: Store::open(&cfg.dir)?,
             inflight: InFlight::default(),
             access: Access::default(),
+            tags: Tags::open(&cfg.dir)?,
+            tag_ttl: cfg.tag_ttl,
+            serve_stale: cfg.serve_stale,
         })
     }
 
@@ -135,6 +145,45 @@ impl Cache {
             tmp,
             dest,
         })
+    }
+}
+
+impl Cache {
+    /// A stored manifest: its media type and bytes (read through io_uring).
+    pub async fn load_manifest(&self, digest: &Digest<'_>) -> Option<(String, Vec<u8>)> {
+        let path = manifests::manifest_path(self.store.root(), digest)?;
+        let file = monoio::fs::read(&path).await.ok()?;
+        let (media_type, bytes) = manifests::decode_manifest(&file)?;
+        Some((media_type.to_string(), bytes.to_vec()))
+    }
+
+    /// Stores a manifest whose bytes were checked against `digest` (checked
+    /// again here: nothing unverified is ever stored). False if not stored.
+    pub fn store_manifest(&self, digest: &Digest<'_>, media_type: &str, bytes: &[u8]) -> bool {
+        let Some(mut v) = crate::wire::digest::Verifier::new(digest) else {
+            return false;
+        };
+        v.update(bytes);
+        if !v.matches() || bytes.len() > manifests::MAX_MANIFEST || media_type.contains('\n') {
+            return false;
+        }
+        let Some(dest) = manifests::manifest_path(self.store.root(), digest) else {
+            return false;
+        };
+        let tmp = self.store.tmp_path();
+        let mut file = Vec::with_capacity(media_type.len() + 1 + bytes.len());
+        file.extend_from_slice(media_type.as_bytes());
+        file.push(b'\n');
+        file.extend_from_slice(bytes);
+        let ok = std::fs::write(&tmp, &file).is_ok()
+            && dest
+                .parent()
+                .is_none_or(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::rename(&tmp, &dest).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        ok
     }
 }
 

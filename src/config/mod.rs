@@ -60,7 +60,19 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// The store is kept under this many bytes (least recently used go).
     pub max_size: u64,
+    /// How long a tag -> digest record is trusted before one upstream HEAD
+    /// revalidates it.
+    pub tag_ttl: Duration,
+    /// Serve a tag's last known manifest when the upstream is down or rate
+    /// limited (with a header and a log line saying so).
+    pub serve_stale: bool,
 }
+
+/// The default `tag_ttl`: 5 minutes. A CI fleet pulling `:latest` all day
+/// then costs one free HEAD per tag per 5 minutes instead of a counted
+/// manifest GET per pull, and a pushed tag shows within 5 minutes (Docker
+/// Hub's own tokens live 300 s).
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 
 /// The default `max_size`: room for a few hundred images on a laptop that
 /// just ran `cargo run`; a public mirror sets its own.
@@ -223,6 +235,8 @@ struct FileCache {
     enabled: bool,
     dir: Option<Spanned<String>>,
     max_size: Option<Spanned<String>>,
+    tag_ttl: Option<Spanned<String>>,
+    serve_stale: bool,
 }
 
 impl Default for FileCache {
@@ -231,8 +245,27 @@ impl Default for FileCache {
             enabled: true,
             dir: None,
             max_size: None,
+            tag_ttl: None,
+            serve_stale: true,
         }
     }
+}
+
+/// A duration as written in the config: `"300s"`, `"5m"`, `"2h"`, `"1d"`, or
+/// plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
 }
 
 fn yes() -> bool {
@@ -478,7 +511,19 @@ impl Config {
                 ),
             })?,
         };
+        let tag_ttl = match &file.cache.tag_ttl {
+            None => DEFAULT_TAG_TTL,
+            Some(v) => parse_duration(v.get_ref()).ok_or_else(|| ConfigError {
+                line: Some(line_of(text, v.span().start)),
+                message: format!(
+                    "cache tag_ttl {:?} is not a duration (e.g. \"300s\", \"5m\", \"1h\")",
+                    v.get_ref()
+                ),
+            })?,
+        };
         let cache = file.cache.enabled.then(|| CacheConfig {
+            tag_ttl,
+            serve_stale: file.cache.serve_stale,
             dir: file
                 .cache
                 .dir
@@ -822,6 +867,10 @@ upstream = "https://registry-1.docker.io"
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("10 parsecs"), None);
         assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("soon"), None);
         let l = "listen = [\"127.0.0.1:1\"]\n";
         let c = Config::parse(&format!("{l}[cache]\nmax_size = \"1TiB\"\ndir = \"/x\"\n")).unwrap();
         let cache = c.cache.unwrap();

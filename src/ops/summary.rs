@@ -19,6 +19,10 @@ pub enum CacheStatus {
     Miss,
     /// Followed another request's download of the same object.
     Coalesced,
+    /// A tag's record was revalidated with one upstream HEAD, then served.
+    Revalidated,
+    /// Served from the cache because the upstream could not answer.
+    Stale,
 }
 
 impl CacheStatus {
@@ -28,6 +32,8 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
         }
     }
 }

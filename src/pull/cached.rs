@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use crate::cache::access::Who;
 use crate::cache::inflight::Fill;
+use crate::cache::manifests::{self, TagRecord, Tags};
 use crate::cache::{self, serve, Cache, Leading, Lookup};
 use crate::downstream::{Outcome, Reply};
 use crate::error::Error;
+use crate::ops::log::Level;
 use crate::ops::summary::{CacheStatus, RequestSummary};
 use crate::relay::ClientSink;
 use crate::wire::http::name_eq;
 use crate::wire::http::RequestHead;
 use crate::wire::method::Method;
-use crate::wire::names::Digest;
+use crate::wire::names::{Digest, Reference};
 use crate::worker::Worker;
 
 use super::fetch::{fetch, release_after, Fetch, Fetched};
@@ -228,4 +230,172 @@ async fn send_stored<S: ClientSink>(
 /// HEAD of `/v2/<name>/blobs/<digest>`.
 pub fn is_cacheable(req: &RequestHead<'_>) -> bool {
     req.method.is_read() && !req.headers.iter().any(|h| name_eq(h.name, "if-none-match"))
+}
+
+/// The lookup phase for a manifest: by digest (stored for good), or by tag
+/// (trusted for `tag_ttl`, then revalidated with one HEAD; served stale
+/// when the upstream cannot answer and `serve_stale` is on).
+#[allow(clippy::too_many_arguments)]
+pub async fn lookup_manifest<S: ClientSink>(
+    w: &Worker,
+    cache: &Arc<Cache>,
+    reference: Reference<'_>,
+    who: Who<'_>,
+    probe: &Fetch<'_>,
+    req: &RequestHead<'_>,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+    summary: &mut RequestSummary<'_>,
+) -> Looked {
+    let accept = || req.headers_named("accept");
+    let tag = match reference {
+        Reference::Digest(d) => {
+            let Some((media_type, bytes)) = cache.load_manifest(&d).await else {
+                return Looked::Relay;
+            };
+            if !manifests::accepts(accept(), &media_type)
+                || !allowed(w, cache, who, &d, probe).await
+            {
+                return Looked::Relay;
+            }
+            summary.cache = CacheStatus::Hit;
+            return Looked::Answered(
+                send_manifest(w, d.as_str(), &media_type, &bytes, false, client, reply).await,
+            );
+        }
+        Reference::Tag(t) => t,
+    };
+    let name = Tags::name(who.registry, who.repo, tag.as_str());
+    let Some(rec) = cache.tags.get(&name) else {
+        return Looked::Relay;
+    };
+    let Ok(digest) = Digest::parse(&rec.digest) else {
+        return Looked::Relay;
+    };
+    if !manifests::accepts(accept(), &rec.media_type) {
+        return Looked::Relay; // this client wants another variant
+    }
+    let Some((media_type, bytes)) = cache.load_manifest(&digest).await else {
+        return Looked::Relay; // the record outlived its manifest (evicted)
+    };
+    let mut status = CacheStatus::Hit;
+    // Another request revalidating this tag right now: serve what is known
+    // rather than send a second HEAD (concurrent revalidations coalesce).
+    if rec.age() >= cache.tag_ttl && cache.tags.begin_revalidation(&name) {
+        let answer = revalidate(w, probe, &rec.digest).await;
+        cache.tags.end_revalidation(&name);
+        match answer {
+            Revalidation::Same => {
+                cache.tags.put(
+                    &name,
+                    TagRecord {
+                        checked: std::time::SystemTime::now(),
+                        ..rec.clone()
+                    },
+                );
+                cache.access.learn_ok(who, Some(digest.as_str()));
+                status = CacheStatus::Revalidated;
+            }
+            Revalidation::Changed | Revalidation::Refused => return Looked::Relay,
+            Revalidation::Unavailable(why) => {
+                if !cache.serve_stale || !cache.access.allowed(who, digest.as_str()) {
+                    return Looked::Relay;
+                }
+                crate::event!(
+                    Level::Warn,
+                    Some(w.id),
+                    "serving {name} stale ({}s old): upstream {why}",
+                    rec.age().as_secs()
+                );
+                summary.cache = CacheStatus::Stale;
+                return Looked::Answered(
+                    send_manifest(w, digest.as_str(), &media_type, &bytes, true, client, reply)
+                        .await,
+                );
+            }
+        }
+    }
+    if !allowed(w, cache, who, &digest, probe).await {
+        return Looked::Relay;
+    }
+    summary.cache = status;
+    Looked::Answered(
+        send_manifest(
+            w,
+            digest.as_str(),
+            &media_type,
+            &bytes,
+            false,
+            client,
+            reply,
+        )
+        .await,
+    )
+}
+
+/// What a revalidating HEAD said about a tag.
+enum Revalidation {
+    /// 200 with the recorded digest.
+    Same,
+    /// 200 with another digest: the tag moved.
+    Changed,
+    /// The upstream refused or does not know it (401, 403, 404...): its
+    /// answer goes to the client.
+    Refused,
+    /// No answer worth the name (unreachable, timed out, 429, 5xx): the
+    /// recorded manifest may be served stale.
+    Unavailable(String),
+}
+
+/// One upstream HEAD of the tag, with the client's credentials. Never falls
+/// back to a GET (a GET counts against Docker Hub's pull limit).
+async fn revalidate(w: &Worker, probe: &Fetch<'_>, recorded: &str) -> Revalidation {
+    let head = Fetch {
+        method: Method::Head,
+        ..probe.clone()
+    };
+    let Fetched { conn, head, .. } = match fetch(w, head).await {
+        Ok(f) => f,
+        Err(e) => return Revalidation::Unavailable(e.to_string()),
+    };
+    let digest = head
+        .header(&conn, "docker-content-digest")
+        .map(|d| String::from_utf8_lossy(d).into_owned());
+    let status = head.status;
+    release_after(w, conn, &head, 0).await;
+    match status {
+        200 if digest.as_deref() == Some(recorded) => Revalidation::Same,
+        200 => Revalidation::Changed,
+        429 | 500..=599 => Revalidation::Unavailable(format!("answered {status}")),
+        _ => Revalidation::Refused,
+    }
+}
+
+/// Answers a manifest from the cache.
+async fn send_manifest<S: ClientSink>(
+    w: &Worker,
+    digest: &str,
+    media_type: &str,
+    bytes: &[u8],
+    stale: bool,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+) -> Outcome {
+    reply.status(200);
+    reply.header("Content-Type", media_type.as_bytes());
+    reply.header("Docker-Content-Digest", digest.as_bytes());
+    let out = reply.head_mut();
+    out.extend_from_slice(b"Etag: \"");
+    out.extend_from_slice(digest.as_bytes());
+    out.extend_from_slice(b"\"\r\n");
+    reply.header("Docker-Distribution-Api-Version", b"registry/2.0");
+    if stale {
+        reply.header("X-Ocirelay-Cache", b"stale");
+    }
+    reply.end_length(bytes.len() as u64);
+    reply.body(bytes);
+    match reply.send(client, w.cfg.timeouts.client_write).await {
+        true => reply.outcome(),
+        false => Outcome::Close,
+    }
 }

@@ -25,10 +25,13 @@ use std::time::Instant;
 use monoio::io::AsyncReadRent;
 
 use crate::cache::access::Who;
+use crate::cache::manifests::{TagRecord, Tags};
+use crate::cache::Cache;
 use crate::config::RegistryId;
 use crate::downstream::{ClientCtx, Outcome, Reply};
 use crate::error::Error;
 use crate::ops::summary::{CacheStatus, RequestSummary};
+use crate::relay::tap::Capture;
 use crate::relay::BodyTap;
 use crate::relay::{self, ClientSink, Collect};
 use crate::route::classify::Route;
@@ -86,6 +89,23 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             Looked::Answered(o) => return o,
             Looked::Lead(l) => leading = Some(l),
             Looked::Relay => {}
+        }
+    }
+    if let (Some(cache), Route::Manifest { reference, .. }, Some(who)) = (cache, *route, who) {
+        let looked = cached::lookup_manifest(
+            w,
+            cache,
+            reference,
+            who,
+            &plan.fetch,
+            req,
+            client,
+            reply,
+            summary,
+        )
+        .await;
+        if let Looked::Answered(o) = looked {
+            return o;
         }
     }
     // ---- fetch ----
@@ -146,6 +166,21 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     };
     head::write_head(w, &rewrites, (&conn, &head), req, cx, reply);
     let to_client = reply.end_relayed(head.framing);
+    // A manifest answered whole is stored (by digest, and its tag recorded):
+    // its type and digest are copied before the head's bytes go.
+    let manifest = match (cache, *route) {
+        (Some(_), Route::Manifest { reference, .. })
+            if head.status == 200 && !reply.head_only() =>
+        {
+            let text = |n| {
+                head.header(&conn, n)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_string)
+            };
+            text("content-type").map(|ct| (reference, ct, text("docker-content-digest")))
+        }
+        _ => None,
+    };
     conn.consume(head.head_len);
     // ---- body ----
     // A body is stored only when it is a plain 200 with a length, and only
@@ -183,6 +218,40 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     if store.is_some() {
         summary.cache = CacheStatus::Miss;
     }
+    // A manifest by tag that fits the relay buffer is read whole, stored
+    // and recorded when it matches the digest the upstream named, and only
+    // then sent: the next request for the tag, on any worker, finds it.
+    if let (Some(cache), Some((Reference::Tag(tag), ct, Some(dcd))), Some(who)) =
+        (cache, &manifest, who)
+    {
+        if let RespFraming::Length(n) = head.framing {
+            if n <= relay::RELAY_BUF as u64 {
+                let mut buf = w.bufs.take();
+                if let Err(e) = relay::read_small_body(&mut conn, n, &mut buf).await {
+                    w.bufs.give(buf);
+                    let e = Error::from(e);
+                    let r = e.reply(registry_name);
+                    summary.error = Some(e);
+                    return reply.error(client, &r).await;
+                }
+                if let Ok(d) = Digest::parse(dcd) {
+                    if cache.store_manifest(&d, ct, &buf) {
+                        record_tag(cache, who, tag.as_str(), dcd, ct, buf.len());
+                        summary.cache = CacheStatus::Miss;
+                    }
+                }
+                reply.append_relayed(&buf);
+                w.bufs.give(buf);
+                if head.keep_alive {
+                    w.upstreams.release(conn);
+                }
+                return match reply.send(client, w.cfg.timeouts.client_write).await {
+                    true => reply.outcome(),
+                    false => Outcome::Close,
+                };
+            }
+        }
+    }
     // A small body named by its digest is read whole and checked before
     // the head goes out, so a mismatch is a clean error, not a cut.
     if let (Some(_), RespFraming::Length(n)) = (&tap, head.framing) {
@@ -201,6 +270,11 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             if let Some((l, mut tee, cache)) = store {
                 tee.data(&body);
                 tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
+            }
+            if let (Some(cache), Some((Reference::Digest(d), ct, _))) = (cache, &manifest) {
+                if cache.store_manifest(d, ct, &body) {
+                    summary.cache = CacheStatus::Miss;
+                }
             }
             reply.append_relayed(&body);
             w.bufs.give(body);
@@ -221,6 +295,23 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         pair.1
             .finish(complete, &l.dest, &cache.inflight, &l.key)
             .await;
+        return outcome;
+    }
+    if let (Some(cache), Some((Reference::Tag(tag), ct, Some(dcd))), Some(who)) =
+        (cache, &manifest, who)
+    {
+        // A manifest by tag: kept as it passes, stored if it matches the
+        // digest the upstream named, and the tag recorded.
+        let mut seen = (tap, Capture::new(MAX_MANIFEST as usize));
+        let outcome =
+            body::stream(w, conn, &head, client, reply, to_client, &mut seen, summary).await;
+        let complete = outcome != Outcome::Abort && summary.error.is_none();
+        if let (true, Some(bytes), Ok(d)) = (complete, seen.1.whole(), Digest::parse(dcd)) {
+            if cache.store_manifest(&d, ct, bytes) {
+                record_tag(cache, who, tag.as_str(), dcd, ct, bytes.len());
+                summary.cache = CacheStatus::Miss;
+            }
+        }
         return outcome;
     }
     body::stream(w, conn, &head, client, reply, to_client, &mut tap, summary).await
@@ -396,4 +487,19 @@ async fn manifest_head_via_get<S: ClientSink>(
         true => reply.outcome(),
         false => Outcome::Close,
     }
+}
+
+/// Records that `tag` points at the stored manifest `digest`, and that
+/// `who`'s repository holds it.
+fn record_tag(cache: &Cache, who: Who<'_>, tag: &str, digest: &str, media_type: &str, size: usize) {
+    let rec = TagRecord {
+        digest: digest.to_string(),
+        media_type: media_type.to_string(),
+        size: size as u64,
+        checked: std::time::SystemTime::now(),
+    };
+    cache
+        .tags
+        .put(&Tags::name(who.registry, who.repo, tag), rec);
+    cache.access.learn_ok(who, Some(digest));
 }

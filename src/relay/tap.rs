@@ -49,6 +49,47 @@ impl BodyTap for NoTap {
     }
 }
 
+/// Keeps a copy of a small body as it passes (a token answer, a manifest
+/// to store), up to a limit; it does not judge the body, so the small-body
+/// path (head and body in one write) stays.
+pub struct Capture {
+    bytes: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl Capture {
+    pub fn new(max: usize) -> Capture {
+        Capture {
+            bytes: Vec::new(),
+            max,
+            over: false,
+        }
+    }
+
+    /// The body, if it fit.
+    pub fn whole(&self) -> Option<&[u8]> {
+        (!self.over).then_some(&self.bytes)
+    }
+}
+
+impl BodyTap for Capture {
+    fn active(&self) -> bool {
+        false
+    }
+    fn data(&mut self, bytes: &[u8]) {
+        if self.bytes.len() + bytes.len() > self.max {
+            self.over = true;
+            self.bytes = Vec::new();
+        } else if !self.over {
+            self.bytes.extend_from_slice(bytes);
+        }
+    }
+    fn end(&mut self) -> Result<(), TapRefusal> {
+        Ok(())
+    }
+}
+
 /// The digest check, when the body is named by a digest ocirelay can check.
 impl BodyTap for Option<Verifier> {
     fn active(&self) -> bool {

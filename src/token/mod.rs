@@ -15,7 +15,7 @@ use crate::error::{Error, UpstreamError};
 use crate::ops::summary::RequestSummary;
 use crate::pull::body;
 use crate::pull::fetch::{fetch, release_after, Fetch, Fetched};
-use crate::relay::tap::{BodyTap, NoTap, TapRefusal};
+use crate::relay::tap::{Capture, NoTap};
 use crate::relay::ClientSink;
 use crate::route::registry::{self, Hints};
 use crate::wire::challenge;
@@ -187,37 +187,21 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     // The cache learns which tokens were issued without credentials (and
     // for how long), to tell anonymously pullable repositories from
     // private ones (see `cache::access`).
-    let mut seen = Capture::default();
+    let mut seen = Capture::new(MAX_TOKEN_BODY);
     let outcome = body::stream(w, conn, &head, client, reply, to_client, &mut seen, summary).await;
-    if let Some((token, expires_in)) = issued_token(&seen.0) {
+    if let Some((token, expires_in)) = seen.whole().and_then(issued_token) {
         let ttl = Duration::from_secs(expires_in.unwrap_or(60).min(86_400));
-        cache
-            .access
-            .learn_token(token, ttl, authorization.is_none());
+        // Anonymous only for a GET without credentials: a POST carries them
+        // in its form (OAuth2 password or refresh-token grants), so its
+        // tokens are never taken for anonymous ones.
+        let anonymous = !post && authorization.is_none();
+        cache.access.learn_token(token, ttl, anonymous);
     }
     outcome
 }
 
-/// A token answer's bytes, kept as they pass (at most [`MAX_TOKEN_BODY`]).
-#[derive(Default)]
-struct Capture(Vec<u8>);
-
 /// Token answers are a few KiB of JSON; a larger one is not looked at.
 const MAX_TOKEN_BODY: usize = 64 * 1024;
-
-impl BodyTap for Capture {
-    fn active(&self) -> bool {
-        false // it does not judge the body: the small-body path stays
-    }
-    fn data(&mut self, bytes: &[u8]) {
-        if self.0.len() + bytes.len() <= MAX_TOKEN_BODY {
-            self.0.extend_from_slice(bytes);
-        }
-    }
-    fn end(&mut self) -> Result<(), TapRefusal> {
-        Ok(())
-    }
-}
 
 /// The token and its `expires_in` from a token service's JSON answer
 /// (`token` or `access_token`; the spec allows either).

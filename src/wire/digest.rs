@@ -41,11 +41,20 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
     let mut s = String::with_capacity(71);
     s.push_str("sha256:");
+    s.push_str(&sha256_hex(data));
+    s
+}
+
+/// The lowercase hex sha256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut s = String::with_capacity(64);
     for b in d.as_ref() {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
     }
     s
 }

@@ -881,8 +881,10 @@ upstream = "https://$GREG"
 ca_file = "$CERTS/ghcr/ca.pem"
 hosts = ["$IP_RELAY2"]
 
+# The relay checks read the upstreams' logs: no cache here (the cache has
+# its own phase at the end, with its own ocirelay).
 [cache]
-dir = "$WORK/cache"
+enabled = false
 EOF
 CDN_LOG_MARK=$(wc -l <"$WORK/nginx-cdn/access.log")
 GCDN_LOG_MARK=$(wc -l <"$GHCR_CDN_LOG")
@@ -1704,5 +1706,61 @@ check "containerd ghcr: ghcr.io/owner/private with --user $GUSER_NAME via the mi
 check "relay: expired CDN redirect is not reused" r_redirect_expiry
 check "relay: no Authorization header ever reached either CDN" r_cdn_no_auth
 check "relay: still running at the end" relay_alive
+
+# ---- the content cache, with real clients: a second ocirelay with the cache on pulls
+# everything once, then again; the second pass must cost no upstream blob or manifest
+# request (counted from the registry's and the CDN's own nginx logs).
+pick_port P_CRELAY
+CRELAY=$IP_RELAY:$P_CRELAY
+cat >"$WORK/ocirelay-cache.toml" <<EOF
+listen = ["$CRELAY"]
+workers = 2
+
+[[registry]]
+name = "docker.io"
+upstream = "https://$REG"
+ca_file = "$CERTS/ca.pem"
+default = true
+
+[cache]
+dir = "$WORK/cache"
+tag_ttl = "1h"
+EOF
+start ocirelay-cache "$OCIRELAY_BIN" --config "$WORK/ocirelay-cache.toml"
+crelay_listens() { wait_tcp ocirelay-cache "$IP_RELAY" "$P_CRELAY" 20; }
+crelay_alive() { alive ocirelay-cache || fail "ocirelay-cache is not running any more (see $LOGS/ocirelay-cache.log)"; }
+c1_pass() { # the first pass: everything through the cache, stored
+    sk_pull small c1-small "${HTTP_SRC[@]}" "docker://$CRELAY/library/small:latest"
+    sk_pull multi c1-multi --all "${HTTP_SRC[@]}" "docker://$CRELAY/library/multi:latest"
+    sk_pull big c1-big "${HTTP_SRC[@]}" "docker://$CRELAY/library/big:latest"
+    crelay_alive
+}
+upstream_lines_since() { # upstream_lines_since MARK_REG MARK_CDN: new registry and CDN log lines
+    tail -n +"$(($1 + 1))" "$WORK/nginx-registry/access.log"
+    tail -n +"$(($2 + 1))" "$WORK/nginx-cdn/access.log"
+}
+c2_pass() { # the second pass, three clients: no upstream blob or manifest request
+    local reg cdn got
+    reg=$(wc -l <"$WORK/nginx-registry/access.log")
+    cdn=$(wc -l <"$WORK/nginx-cdn/access.log")
+    sk_pull small c2-small "${HTTP_SRC[@]}" "docker://$CRELAY/library/small:latest"
+    sk_pull multi c2-multi --all "${HTTP_SRC[@]}" "docker://$CRELAY/library/multi:latest"
+    sk_pull big c2-big "${HTTP_SRC[@]}" "docker://$CRELAY/library/big:latest"
+    p_fresh
+    p_pull small "$CRELAY/library/small:latest" --tls-verify=false
+    p_pull big "$CRELAY/library/big:latest" --tls-verify=false
+    c_pull small "$CRELAY/library/small:latest" --plain-http
+    crelay_alive
+    echo "upstream requests during the second pass:"
+    upstream_lines_since "$reg" "$cdn" | tee "$WORK/cache-second-pass.log"
+    got=$(grep -cE '"(GET|HEAD) [^ ]*/(blobs/|manifests/sha256:)[^ ]* HTTP[^"]*" 200' "$WORK/cache-second-pass.log" || true)
+    expect_eq "upstream blob and manifest-by-digest answers in the second pass" "$got" 0
+    got=$(grep -cE '"(GET|HEAD) [^ ]*/manifests/[^s][^ ]* HTTP[^"]*" 200' "$WORK/cache-second-pass.log" || true)
+    expect_eq "upstream manifest-by-tag answers in the second pass (tag_ttl 1h)" "$got" 0
+    grep -q 'cache=hit' "$LOGS/ocirelay-cache.log" || fail "no cache=hit in the access log"
+}
+check "cache: ocirelay with the cache listens on $CRELAY" crelay_listens
+check "cache: first pass (skopeo small, --all multi, big ${BIG_MB} MiB) is stored" c1_pass
+check "cache: second pass (skopeo, podman, containerd) costs no upstream blob or manifest request" c2_pass
 
 summary_and_exit
