@@ -36,6 +36,32 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Work with the content cache's directory (the config's `[cache] dir`,
+    /// or `--dir`); safe beside a running mirror.
+    Cache {
+        /// The cache directory (default: the config's).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Objects and bytes on disk, and the hit ratio of the mirror using it.
+    Stats,
+    /// Re-hash every object, drop what does not match its digest, report.
+    Verify,
+    /// Evict by age and/or down to a size, least recently used first.
+    Prune {
+        /// Keep at most this much, e.g. "50GiB".
+        #[arg(long)]
+        to: Option<String>,
+        /// Drop objects unused for longer than this, e.g. "30d".
+        #[arg(long)]
+        older_than: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +113,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Cache { dir, action }) => return cache_command(&cli.config, dir, action),
         None => {}
     }
     let mut cfg = match &cli.config {
@@ -121,4 +148,70 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ocirelay cache ...`
+fn cache_command(config: &Option<PathBuf>, dir: Option<PathBuf>, action: CacheAction) -> ExitCode {
+    use ocirelay::cache::admin;
+    use ocirelay::config::{default_cache_dir, parse_duration, parse_size};
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let cfg = match config {
+                Some(p) => Config::load(p),
+                None => Ok(Config::default_config()),
+            };
+            match cfg {
+                Ok(c) => c.cache.map_or_else(default_cache_dir, |c| c.dir),
+                Err(e) => {
+                    eprintln!("ocirelay: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    if !dir.join("blobs").is_dir() {
+        eprintln!("ocirelay: {} is not a cache directory", dir.display());
+        return ExitCode::FAILURE;
+    }
+    match action {
+        CacheAction::Stats => print!("{}", admin::stats_report(&dir)),
+        CacheAction::Verify => match admin::verify(&dir) {
+            Ok(v) => println!(
+                "{}: {} objects match their digest, {} dropped",
+                dir.display(),
+                v.good,
+                v.dropped
+            ),
+            Err(e) => {
+                eprintln!("ocirelay: verify {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        CacheAction::Prune { to, older_than } => {
+            let to = match to.as_deref().map(|t| parse_size(t).ok_or(t)) {
+                Some(Err(t)) => {
+                    eprintln!("ocirelay: --to {t:?} is not a size (e.g. \"50GiB\")");
+                    return ExitCode::FAILURE;
+                }
+                Some(Ok(n)) => Some(n),
+                None => None,
+            };
+            let age = match older_than.as_deref().map(|t| parse_duration(t).ok_or(t)) {
+                Some(Err(t)) => {
+                    eprintln!("ocirelay: --older-than {t:?} is not a duration (e.g. \"30d\")");
+                    return ExitCode::FAILURE;
+                }
+                Some(Ok(d)) => Some(d),
+                None => None,
+            };
+            if to.is_none() && age.is_none() {
+                eprintln!("ocirelay: cache prune needs --to SIZE and/or --older-than AGE");
+                return ExitCode::FAILURE;
+            }
+            let (n, bytes) = admin::prune(&dir, to, age);
+            println!("{}: removed {n} objects ({bytes} bytes)", dir.display());
+        }
+    }
+    ExitCode::SUCCESS
 }

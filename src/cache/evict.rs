@@ -19,8 +19,10 @@ use crate::ops::log::Level;
 
 /// A hit refreshes an object's recency when it is older than this.
 pub const TOUCH_AFTER: Duration = Duration::from_secs(3600);
-/// How often the store is measured.
+/// How often the store is measured (a walk of the directory).
 const EVERY: Duration = Duration::from_secs(30);
+/// How often the process's counters are written for `ocirelay cache stats`.
+const STATS_EVERY: Duration = Duration::from_secs(2);
 
 /// One object on disk.
 struct Object {
@@ -31,7 +33,7 @@ struct Object {
 
 fn objects(root: &Path) -> Vec<Object> {
     let mut out = Vec::new();
-    let mut dirs = vec![root.join("blobs")];
+    let mut dirs = vec![root.join("blobs"), root.join("manifests")];
     while let Some(d) = dirs.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
@@ -55,12 +57,17 @@ fn objects(root: &Path) -> Vec<Object> {
 /// Deletes least recently used objects until the store holds at most 90% of
 /// `max` (when it holds more than `max`). Returns (objects, bytes) removed.
 pub fn evict_once(root: &Path, max: u64) -> (usize, u64) {
+    evict_to(root, max, max / 10 * 9)
+}
+
+/// When the store holds more than `max`, deletes least recently used
+/// objects until it holds at most `target`.
+pub fn evict_to(root: &Path, max: u64, target: u64) -> (usize, u64) {
     let mut objs = objects(root);
     let total: u64 = objs.iter().map(|o| o.len).sum();
     if total <= max {
         return (0, 0);
     }
-    let target = max / 10 * 9;
     objs.sort_by_key(|o| o.used);
     let (mut n, mut freed, mut held) = (0, 0, total);
     for o in objs {
@@ -76,20 +83,30 @@ pub fn evict_once(root: &Path, max: u64) -> (usize, u64) {
     (n, freed)
 }
 
-/// Starts the eviction thread for `cache` (runs for the life of the process).
+/// Starts the eviction thread for `cache` (runs for the life of the process);
+/// it also writes the process's counters for `ocirelay cache stats`.
 pub fn start(cache: Arc<Cache>, max: u64) {
+    let started = SystemTime::now();
     let spawned = std::thread::Builder::new()
         .name("ocirelay-evict".into())
-        .spawn(move || loop {
-            let (n, bytes) = evict_once(cache.store.root(), max);
-            if n > 0 {
-                crate::event!(
-                    Level::Info,
-                    None,
-                    "cache: evicted {n} objects ({bytes} bytes) to stay under {max} bytes"
-                );
+        .spawn(move || {
+            let mut last_walk: Option<std::time::Instant> = None;
+            loop {
+                let totals = super::admin::Totals::sum(&cache.counters);
+                super::admin::write_stats(cache.store.root(), &totals, started);
+                if last_walk.is_none_or(|t| t.elapsed() >= EVERY) {
+                    last_walk = Some(std::time::Instant::now());
+                    let (n, bytes) = evict_once(cache.store.root(), max);
+                    if n > 0 {
+                        crate::event!(
+                            Level::Info,
+                            None,
+                            "cache: evicted {n} objects ({bytes} bytes) to stay under {max} bytes"
+                        );
+                    }
+                }
+                std::thread::sleep(STATS_EVERY);
             }
-            std::thread::sleep(EVERY);
         });
     if let Err(e) = spawned {
         crate::event!(Level::Warn, None, "cache: no eviction thread: {e}");

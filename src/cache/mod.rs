@@ -18,6 +18,7 @@
 //! commands come next (see the README's "Cache" section for what is done).
 
 pub mod access;
+pub mod admin;
 pub mod evict;
 pub mod inflight;
 pub mod manifests;
@@ -47,6 +48,8 @@ pub struct Cache {
     pub tag_ttl: std::time::Duration,
     /// Serve a tag's last known manifest when the upstream is down.
     pub serve_stale: bool,
+    /// Per-worker counters (slot = worker id), summed for `cache stats`.
+    pub counters: Vec<admin::Counters>,
 }
 
 /// What the cache has for a digest.
@@ -74,8 +77,12 @@ pub struct Leading {
 }
 
 impl Cache {
-    pub fn open(cfg: &CacheConfig) -> io::Result<Cache> {
+    /// Opens the cache in `cfg.dir` for a process of `workers` workers.
+    pub fn open(cfg: &CacheConfig, workers: usize) -> io::Result<Cache> {
         Ok(Cache {
+            counters: (0..workers.max(1))
+                .map(|_| admin::Counters::default())
+                .collect(),
             store: Store::open(&cfg.dir)?,
             inflight: InFlight::default(),
             access: Access::default(),

@@ -13,7 +13,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::downstream::{ClientCtx, Metered, Outcome, PendingBody, Reply};
 use crate::ops::log::Level;
-use crate::ops::summary::RequestSummary;
+use crate::ops::summary::{CacheStatus, RequestSummary};
 use crate::relay::ClientSink;
 use crate::route::classify::{self, Route};
 use crate::wire::http::{
@@ -158,6 +158,9 @@ fn finish(
             started.elapsed(),
         );
     }
+    if let Some(cache) = &w.cache {
+        count_cache(cache, w.id, summary);
+    }
     if let Some(e) = &summary.error {
         crate::event!(
             Level::Warn,
@@ -166,6 +169,23 @@ fn finish(
             head.method_text,
             head.target
         );
+    }
+}
+
+/// Adds a request's cache outcome to this worker's counters.
+fn count_cache(cache: &crate::cache::Cache, worker: usize, s: &RequestSummary<'_>) {
+    let c = &cache.counters[worker % cache.counters.len()];
+    let (counter, served) = match s.cache {
+        CacheStatus::None => return,
+        CacheStatus::Miss => (&c.misses, false),
+        CacheStatus::Hit => (&c.hits, true),
+        CacheStatus::Coalesced => (&c.coalesced, true),
+        CacheStatus::Revalidated => (&c.revalidated, true),
+        CacheStatus::Stale => (&c.stale, true),
+    };
+    c.add(counter, 1);
+    if served {
+        c.add(&c.bytes_served, s.bytes);
     }
 }
 

@@ -61,26 +61,29 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
     for roots in &extra_roots {
         tls::client_config(roots).map_err(io::Error::other)?;
     }
-    // An unusable cache directory is not fatal: the mirror relays without
-    // storing, and says so.
-    let cache = cfg.cache.as_ref().and_then(|c| match Cache::open(c) {
-        Ok(cache) => {
-            let cache = Arc::new(cache);
-            crate::cache::evict::start(cache.clone(), c.max_size);
-            Some(cache)
-        }
-        Err(e) => {
-            crate::event!(
-                Level::Warn,
-                None,
-                "cache: cannot use {}: {e}; relaying without a cache",
-                c.dir.display()
-            );
-            None
-        }
-    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if cfg.workers == 0 { cores } else { cfg.workers };
+    // An unusable cache directory is not fatal: the mirror relays without
+    // storing, and says so.
+    let cache = cfg
+        .cache
+        .as_ref()
+        .and_then(|c| match Cache::open(c, workers) {
+            Ok(cache) => {
+                let cache = Arc::new(cache);
+                crate::cache::evict::start(cache.clone(), c.max_size);
+                Some(cache)
+            }
+            Err(e) => {
+                crate::event!(
+                    Level::Warn,
+                    None,
+                    "cache: cannot use {}: {e}; relaying without a cache",
+                    c.dir.display()
+                );
+                None
+            }
+        });
     let mut cfg = cfg;
     let mut shared = Arc::new(Shared {
         cfg: Arc::new(cfg.clone()),
