@@ -44,6 +44,10 @@ const MAX_ENTRIES: usize = 200_000;
 pub struct Access {
     keys: RandomState,
     known: Mutex<Known>,
+    /// Where new links and public repositories are appended, so that a
+    /// restarted mirror can serve what it holds while the upstream is down
+    /// (see [`Access::allowed_stale`]). `None`: memory only (tests).
+    journal: Option<Mutex<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -73,6 +77,7 @@ impl Default for Access {
         Access {
             keys: RandomState::new(),
             known: Mutex::new(Known::default()),
+            journal: None,
         }
     }
 }
@@ -87,6 +92,81 @@ pub struct Who<'a> {
 }
 
 impl Access {
+    /// Access knowledge kept in `<root>/access`: the facts an earlier process
+    /// learnt are loaded as *stale* (good for [`Access::allowed_stale`] only:
+    /// a running upstream is asked again), and the file is rewritten without
+    /// duplicates, then appended to.
+    pub fn open(root: &std::path::Path) -> std::io::Result<Access> {
+        let path = root.join("access");
+        let mut a = Access::default();
+        let mut lines: Vec<String> = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut seen = std::collections::HashSet::new();
+            for line in text.lines() {
+                if a.load_line(line) && seen.insert(line.to_string()) {
+                    lines.push(line.to_string());
+                }
+            }
+        }
+        let tmp = root.join(format!("access.{}.tmp", std::process::id()));
+        let mut body = lines.join("\n");
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, &path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        a.journal = Some(Mutex::new(file));
+        Ok(a)
+    }
+
+    /// One journal line: `L <registry> <repo> <digest>` (a link) or
+    /// `P <registry> <repo> <open>` (anonymously pullable). False if torn.
+    fn load_line(&self, line: &str) -> bool {
+        let f: Vec<&str> = line.split(' ').collect();
+        let expired = Instant::now();
+        let mut k = self.lock();
+        match f.as_slice() {
+            ["L", reg, repo, digest] => {
+                let l = self.key(&[reg.as_bytes(), repo.as_bytes(), digest.as_bytes()]);
+                bounded(&mut k.links).insert(l, ());
+                true
+            }
+            ["P", reg, repo, open @ ("0" | "1")] => {
+                let r = self.key(&[reg.as_bytes(), repo.as_bytes()]);
+                bounded(&mut k.public).insert(r, (expired, *open == "1"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn append(&self, line: String) {
+        use std::io::Write;
+        if let Some(j) = &self.journal {
+            let mut f = j.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    /// Like [`Access::allowed`], for when the upstream cannot be asked
+    /// (down, timing out, rate limiting): a repository the upstream last
+    /// served anonymously is served anyway, however long ago that was.
+    /// Credentials are never taken on trust this way.
+    pub fn allowed_stale(&self, who: Who<'_>, digest: &str) -> bool {
+        let link = self.key(&[
+            who.registry.as_bytes(),
+            who.repo.as_bytes(),
+            digest.as_bytes(),
+        ]);
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let k = self.lock();
+        k.links.contains_key(&link)
+            && k.public
+                .get(&repo)
+                .is_some_and(|(_, open)| *open || who.authorization.is_some())
+    }
+
     fn key(&self, parts: &[&[u8]]) -> u64 {
         let mut h = self.keys.build_hasher();
         for p in parts {
@@ -142,8 +222,16 @@ impl Access {
         });
         let now = Instant::now();
         let mut k = self.lock();
+        let mut journal = Vec::new();
         if let Some(l) = link {
-            bounded(&mut k.links).insert(l, ());
+            if bounded(&mut k.links).insert(l, ()).is_none() {
+                journal.push(format!(
+                    "L {} {} {}\n",
+                    who.registry,
+                    who.repo,
+                    digest.unwrap_or_default()
+                ));
+            }
         }
         let open = auth.is_none();
         let anonymous = match auth {
@@ -159,8 +247,23 @@ impl Access {
             }
         };
         if anonymous {
-            let was_open = k.public.get(&repo).is_some_and(|(t, o)| *t > now && *o);
-            bounded(&mut k.public).insert(repo, (now + PUBLIC_TTL, open || was_open));
+            let before = k.public.get(&repo).copied();
+            let was_open = before.is_some_and(|(t, o)| t > now && o);
+            let open = open || was_open;
+            bounded(&mut k.public).insert(repo, (now + PUBLIC_TTL, open));
+            if before.is_none_or(|(_, o)| o != open) {
+                journal.push(format!(
+                    "P {} {} {}\n",
+                    who.registry,
+                    who.repo,
+                    u8::from(open)
+                ));
+            }
+        }
+        drop(k);
+        // New facts only (rare once warm): a small append, outside the lock.
+        for line in journal {
+            self.append(line);
         }
     }
 
@@ -205,6 +308,29 @@ mod tests {
         assert!(!a.allowed(who("private/secret", Some(anon)), D));
         assert!(!a.allowed(who("private/secret", None), D));
         assert!(!a.allowed(who("library/alpine", Some(alice)), D));
+    }
+
+    #[test]
+    fn what_was_learnt_survives_a_restart_as_stale_knowledge_only() {
+        let root = std::env::temp_dir().join(format!("ocirelay-access-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        {
+            let a = Access::open(&root).unwrap();
+            a.learn_token("anon", Duration::from_secs(300), true);
+            a.learn_ok(who("library/alpine", Some(b"Bearer anon")), Some(D));
+            a.learn_ok(who("private/secret", Some(b"Bearer alice")), Some(D));
+        }
+        let a = Access::open(&root).unwrap();
+        let t: &[u8] = b"Bearer new";
+        // Not fresh: a running upstream is asked again.
+        assert!(!a.allowed(who("library/alpine", Some(t)), D));
+        // But with the upstream down, what was public is served...
+        assert!(a.allowed_stale(who("library/alpine", Some(t)), D));
+        assert!(!a.allowed_stale(who("library/alpine", None), D));
+        // ...and what was private never is.
+        assert!(!a.allowed_stale(who("private/secret", Some(t)), D));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Cache {
                 .collect(),
             store: Store::open(&cfg.dir)?,
             inflight: InFlight::default(),
-            access: Access::default(),
+            access: Access::open(&cfg.dir)?,
             tags: Tags::open(&cfg.dir)?,
             tag_ttl: cfg.tag_ttl,
             serve_stale: cfg.serve_stale,

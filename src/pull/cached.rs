@@ -60,13 +60,13 @@ pub async fn lookup<S: ClientSink>(
                     None => return Looked::Relay, // several ranges, or odd ones
                 },
             };
-            if !allowed(w, cache, who, digest, probe).await {
+            let Some(how) = allowed(w, cache, who, digest, probe).await else {
                 return Looked::Relay;
-            }
+            };
             let Ok(file) = monoio::fs::File::open(&path).await else {
                 return Looked::Relay; // evicted since the lookup
             };
-            summary.cache = CacheStatus::Hit;
+            summary.cache = status_of(how, CacheStatus::Hit);
             if stale_use {
                 // Once an hour per object: the eviction order (cache::evict).
                 let _ = crate::sys::touch(&path);
@@ -119,7 +119,7 @@ async fn follow<S: ClientSink>(
     let Some(len) = serve::await_head(&fill, stall).await else {
         return Looked::Relay; // the leader got no body: ask for ourselves
     };
-    if !allowed(w, cache, who, digest, probe).await {
+    if allowed(w, cache, who, digest, probe).await.is_none() {
         return Looked::Relay;
     }
     let Ok(file) = fill.file.try_clone().and_then(monoio::fs::File::from_std) else {
@@ -143,32 +143,59 @@ async fn follow<S: ClientSink>(
     })
 }
 
+/// How a request was let in to the cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// Known from fresh upstream answers, or asked now.
+    Fresh,
+    /// The upstream could not be asked (down, timing out, rate limiting):
+    /// let in on what it last said (anonymously pullable only).
+    Stale,
+}
+
 /// May `who` have `digest` from the cache? Known from earlier upstream
 /// answers, or asked now with a HEAD carrying the client's own credentials
-/// (free on Docker Hub; the answer is remembered).
+/// (free on Docker Hub; the answer is remembered). `None`: no.
 async fn allowed(
     w: &Worker,
     cache: &Cache,
     who: Who<'_>,
     digest: &Digest<'_>,
     probe: &Fetch<'_>,
-) -> bool {
+) -> Option<Admitted> {
     if cache.access.allowed(who, digest.as_str()) {
-        return true;
+        return Some(Admitted::Fresh);
     }
     let head = Fetch {
         method: Method::Head,
         ..probe.clone()
     };
-    let Ok(Fetched { conn, head, .. }) = fetch(w, head).await else {
-        return false;
+    let status = match fetch(w, head).await {
+        Ok(Fetched { conn, head, .. }) => {
+            let status = head.status;
+            release_after(w, conn, &head, 0).await;
+            Some(status)
+        }
+        Err(_) => None,
     };
-    let ok = head.status == 200;
-    release_after(w, conn, &head, 0).await;
-    if ok {
-        cache.access.learn_ok(who, Some(digest.as_str()));
+    match status {
+        Some(200) => {
+            cache.access.learn_ok(who, Some(digest.as_str()));
+            Some(Admitted::Fresh)
+        }
+        None | Some(429 | 500..=599) => (cache.serve_stale
+            && cache.access.allowed_stale(who, digest.as_str()))
+        .then_some(Admitted::Stale),
+        Some(_) => None,
     }
-    ok
+}
+
+/// The cache status of an answer let in as `how`.
+fn status_of(how: Admitted, fresh: CacheStatus) -> CacheStatus {
+    match how {
+        Admitted::Fresh => fresh,
+        Admitted::Stale => CacheStatus::Stale,
+    }
 }
 
 /// The head of a blob answered from the cache.
@@ -253,14 +280,16 @@ pub async fn lookup_manifest<S: ClientSink>(
             let Some((media_type, bytes)) = cache.load_manifest(&d).await else {
                 return Looked::Relay;
             };
-            if !manifests::accepts(accept(), &media_type)
-                || !allowed(w, cache, who, &d, probe).await
-            {
+            if !manifests::accepts(accept(), &media_type) {
                 return Looked::Relay;
             }
-            summary.cache = CacheStatus::Hit;
+            let Some(how) = allowed(w, cache, who, &d, probe).await else {
+                return Looked::Relay;
+            };
+            summary.cache = status_of(how, CacheStatus::Hit);
+            let stale = how == Admitted::Stale;
             return Looked::Answered(
-                send_manifest(w, d.as_str(), &media_type, &bytes, false, client, reply).await,
+                send_manifest(w, d.as_str(), &media_type, &bytes, stale, client, reply).await,
             );
         }
         Reference::Tag(t) => t,
@@ -298,7 +327,9 @@ pub async fn lookup_manifest<S: ClientSink>(
             }
             Revalidation::Changed | Revalidation::Refused => return Looked::Relay,
             Revalidation::Unavailable(why) => {
-                if !cache.serve_stale || !cache.access.allowed(who, digest.as_str()) {
+                let known = cache.access.allowed(who, digest.as_str())
+                    || cache.access.allowed_stale(who, digest.as_str());
+                if !cache.serve_stale || !known {
                     return Looked::Relay;
                 }
                 crate::event!(
@@ -315,17 +346,18 @@ pub async fn lookup_manifest<S: ClientSink>(
             }
         }
     }
-    if !allowed(w, cache, who, &digest, probe).await {
+    let Some(how) = allowed(w, cache, who, &digest, probe).await else {
         return Looked::Relay;
-    }
-    summary.cache = status;
+    };
+    summary.cache = status_of(how, status);
+    let stale = how == Admitted::Stale;
     Looked::Answered(
         send_manifest(
             w,
             digest.as_str(),
             &media_type,
             &bytes,
-            false,
+            stale,
             client,
             reply,
         )

@@ -127,6 +127,10 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             if let (Some(l), Some(cache)) = (leading, cache) {
                 l.abandon(cache);
             }
+            let scope = target.as_ref().map(|t| t.client_repo);
+            if let Some(o) = offline_challenge(w, reg, scope, route, req, cx, client, reply).await {
+                return o;
+            }
             let e = Error::from(e);
             let r = e.reply(registry_name);
             summary.error = Some(e);
@@ -134,6 +138,11 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         }
     };
     summary.upstream_status = Some(head.status);
+    if let (Route::Ping, 429 | 500..=599) = (route, head.status) {
+        if let Some(o) = offline_challenge(w, reg, None, route, req, cx, client, reply).await {
+            return o;
+        }
+    }
     // What the answer teaches the cache about access: a 200 means this
     // client may read this repository (and the repository holds the digest).
     if let (Some(cache), Some(who), 200) = (cache, who, head.status) {
@@ -502,4 +511,73 @@ fn record_tag(cache: &Cache, who: Who<'_>, tag: &str, digest: &str, media_type: 
         .tags
         .put(&Tags::name(who.registry, who.repo, tag), rec);
     cache.access.learn_ok(who, Some(digest));
+}
+
+/// The upstream cannot answer: with the cache on and `serve_stale`, a
+/// request without credentials gets the challenge the upstream would have
+/// sent, pointing at ocirelay's own token endpoint, so that clients go on to
+/// a token (see `token::offline_token`) and to what the cache holds; a
+/// `/v2/` ping with credentials is answered 200.
+#[allow(clippy::too_many_arguments)]
+async fn offline_challenge<S: ClientSink>(
+    w: &Worker,
+    reg: RegistryId,
+    scope: Option<&str>,
+    route: &Route<'_>,
+    req: &RequestHead<'_>,
+    cx: &ClientCtx,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+) -> Option<Outcome> {
+    w.cache.as_ref().filter(|c| c.serve_stale)?;
+    if req.header("authorization").is_some() {
+        if !matches!(route, Route::Ping) {
+            return None;
+        }
+        let headers: &[(&str, &[u8])] = &[
+            ("Content-Type", b"application/json"),
+            ("Docker-Distribution-Api-Version", b"registry/2.0"),
+        ];
+        return Some(reply.small(client, 200, headers, b"{}").await);
+    }
+    let service = w
+        .realm(reg)
+        .and_then(|r| r.service)
+        .unwrap_or_else(|| w.cfg.registry(reg).name.clone());
+    let realm = format!(
+        "{}{}",
+        cx.base_url(&w.cfg, req.host()),
+        head::token_path(w, reg)
+    );
+    let mut challenge = Vec::with_capacity(64 + realm.len() + service.len());
+    challenge.extend_from_slice(b"Bearer realm=");
+    crate::wire::challenge::push_quoted(&mut challenge, &realm);
+    challenge.extend_from_slice(b",service=");
+    crate::wire::challenge::push_quoted(&mut challenge, &service);
+    if let Some(repo) = scope {
+        challenge.extend_from_slice(b",scope=");
+        crate::wire::challenge::push_quoted(&mut challenge, &format!("repository:{repo}:pull"));
+    }
+    let e = ErrorReply::new(401, ErrorCode::Unauthorized, "authentication required");
+    let body = e.body();
+    crate::event!(
+        crate::ops::log::Level::Warn,
+        Some(w.id),
+        "upstream {} unreachable: answering the challenge from the cache",
+        w.cfg.registry(reg).name
+    );
+    Some(
+        reply
+            .small(
+                client,
+                401,
+                &[
+                    ("Content-Type", b"application/json"),
+                    ("Docker-Distribution-Api-Version", b"registry/2.0"),
+                    ("WWW-Authenticate", &challenge),
+                ],
+                &body,
+            )
+            .await,
+    )
 }

@@ -67,6 +67,10 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
                 return refuse(client, reply, &e).await;
             }
             Err(e) => {
+                let anonymous = req.method == Method::Get && req.header("authorization").is_none();
+                if let Some(o) = offline_token(w, anonymous, client, reply).await {
+                    return o;
+                }
                 let e = Error::from(e);
                 let r = e.reply(&registry.name);
                 summary.error = Some(e);
@@ -147,9 +151,13 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
         authorization,
         body: post.then_some(form.as_slice()),
     };
+    let anonymous = !post && authorization.is_none();
     let Fetched { mut conn, head, .. } = match fetch(w, f).await {
         Ok(r) => r,
         Err(e) => {
+            if let Some(o) = offline_token(w, anonymous, client, reply).await {
+                return o;
+            }
             let e = Error::from(e);
             let r = e.reply(&registry.name);
             summary.error = Some(e);
@@ -157,6 +165,11 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
         }
     };
     summary.upstream_status = Some(head.status);
+    if matches!(head.status, 429 | 500..=599) {
+        if let Some(o) = offline_token(w, anonymous, client, reply).await {
+            return o;
+        }
+    }
 
     reply.status(head.status);
     for (name, value) in head.headers(&conn) {
@@ -194,7 +207,6 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
         // Anonymous only for a GET without credentials: a POST carries them
         // in its form (OAuth2 password or refresh-token grants), so its
         // tokens are never taken for anonymous ones.
-        let anonymous = !post && authorization.is_none();
         cache.access.learn_token(token, ttl, anonymous);
     }
     outcome
@@ -243,6 +255,49 @@ fn field_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
         from += i + quoted.len();
     }
     None
+}
+
+/// How long a token ocirelay issues itself (upstream down) is good for.
+const OFFLINE_TOKEN_TTL: u64 = 300;
+
+/// The upstream's token service cannot answer: with the cache on and
+/// `serve_stale`, an anonymous client still gets a token, issued by ocirelay
+/// itself, good only for what the cache may serve anonymously while the
+/// upstream is away (content the upstream last served to anyone; never a
+/// private repository). A client with credentials gets the upstream's
+/// error: they cannot be checked.
+async fn offline_token<S: ClientSink>(
+    w: &Worker,
+    anonymous: bool,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+) -> Option<Outcome> {
+    let cache = w.cache.as_ref().filter(|c| c.serve_stale && anonymous)?;
+    let mut raw = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).ok()?;
+    let token = format!("ocirelay-offline.{}", crate::wire::digest::sha256_hex(&raw));
+    cache
+        .access
+        .learn_token(&token, Duration::from_secs(OFFLINE_TOKEN_TTL), true);
+    crate::event!(
+        crate::ops::log::Level::Warn,
+        Some(w.id),
+        "token service unreachable: issued an offline token for cached anonymous content"
+    );
+    let body = format!(
+        "{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":{OFFLINE_TOKEN_TTL}}}"
+    );
+    reply.must_close();
+    Some(
+        reply
+            .small(
+                client,
+                200,
+                &[("Content-Type", b"application/json")],
+                body.as_bytes(),
+            )
+            .await,
+    )
 }
 
 /// An error answer after which the connection closes.

@@ -125,7 +125,7 @@ fn utf8_len(b: u8) -> usize {
 }
 
 /// Writes `value` as a quoted-string.
-fn push_quoted(out: &mut Vec<u8>, value: &str) {
+pub fn push_quoted(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     for b in value.bytes() {
         if b == b'"' || b == b'\\' {
