@@ -26,8 +26,11 @@ pub mod serve;
 pub mod store;
 pub mod tee;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::CacheConfig;
@@ -37,6 +40,23 @@ use inflight::{Fill, InFlight, Joined};
 use manifests::Tags;
 use store::Store;
 use tee::Tee;
+
+/// A manifest from the store.
+#[derive(Debug)]
+pub struct StoredManifest {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Manifests kept in each worker's memory: measured, a manifest hit read
+/// from disk per request (open, read, close through io_uring) ran at ~1.1x
+/// direct over TLS against a target of 1.5x. Per thread, so no lock.
+const HOT_MAX_ENTRIES: usize = 512;
+const HOT_MAX_BYTES: usize = 16 << 20;
+
+thread_local! {
+    static HOT_MANIFESTS: RefCell<HashMap<String, Rc<StoredManifest>>> = RefCell::new(HashMap::new());
+}
 
 /// The cache, shared by all workers (built once in `server`).
 pub struct Cache {
@@ -156,12 +176,29 @@ impl Cache {
 }
 
 impl Cache {
-    /// A stored manifest: its media type and bytes (read through io_uring).
-    pub async fn load_manifest(&self, digest: &Digest<'_>) -> Option<(String, Vec<u8>)> {
+    /// A stored manifest: its media type and bytes. Hot ones come from
+    /// this worker's memory (manifests named by digest never change), the
+    /// rest from disk through io_uring.
+    pub async fn load_manifest(&self, digest: &Digest<'_>) -> Option<Rc<StoredManifest>> {
+        if let Some(m) = HOT_MANIFESTS.with(|h| h.borrow().get(digest.as_str()).cloned()) {
+            return Some(m);
+        }
         let path = manifests::manifest_path(self.store.root(), digest)?;
         let file = monoio::fs::read(&path).await.ok()?;
         let (media_type, bytes) = manifests::decode_manifest(&file)?;
-        Some((media_type.to_string(), bytes.to_vec()))
+        let m = Rc::new(StoredManifest {
+            media_type: media_type.to_string(),
+            bytes: bytes.to_vec(),
+        });
+        HOT_MANIFESTS.with(|h| {
+            let mut h = h.borrow_mut();
+            let held: usize = h.values().map(|m| m.bytes.len()).sum();
+            if h.len() >= HOT_MAX_ENTRIES || held + m.bytes.len() > HOT_MAX_BYTES {
+                h.clear(); // simple and bounded: hot ones come back at once
+            }
+            h.insert(digest.as_str().to_string(), m.clone());
+        });
+        Some(m)
     }
 
     /// Stores a manifest whose bytes were checked against `digest` (checked

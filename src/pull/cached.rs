@@ -277,10 +277,10 @@ pub async fn lookup_manifest<S: ClientSink>(
     let accept = || req.headers_named("accept");
     let tag = match reference {
         Reference::Digest(d) => {
-            let Some((media_type, bytes)) = cache.load_manifest(&d).await else {
+            let Some(stored) = cache.load_manifest(&d).await else {
                 return Looked::Relay;
             };
-            if !manifests::accepts(accept(), &media_type) {
+            if !manifests::accepts(accept(), &stored.media_type) {
                 return Looked::Relay;
             }
             let Some(how) = allowed(w, cache, who, &d, probe).await else {
@@ -289,7 +289,16 @@ pub async fn lookup_manifest<S: ClientSink>(
             summary.cache = status_of(how, CacheStatus::Hit);
             let stale = how == Admitted::Stale;
             return Looked::Answered(
-                send_manifest(w, d.as_str(), &media_type, &bytes, stale, client, reply).await,
+                send_manifest(
+                    w,
+                    d.as_str(),
+                    &stored.media_type,
+                    &stored.bytes,
+                    stale,
+                    client,
+                    reply,
+                )
+                .await,
             );
         }
         Reference::Tag(t) => t,
@@ -304,7 +313,7 @@ pub async fn lookup_manifest<S: ClientSink>(
     if !manifests::accepts(accept(), &rec.media_type) {
         return Looked::Relay; // this client wants another variant
     }
-    let Some((media_type, bytes)) = cache.load_manifest(&digest).await else {
+    let Some(stored) = cache.load_manifest(&digest).await else {
         return Looked::Relay; // the record outlived its manifest (evicted)
     };
     let mut status = CacheStatus::Hit;
@@ -340,8 +349,16 @@ pub async fn lookup_manifest<S: ClientSink>(
                 );
                 summary.cache = CacheStatus::Stale;
                 return Looked::Answered(
-                    send_manifest(w, digest.as_str(), &media_type, &bytes, true, client, reply)
-                        .await,
+                    send_manifest(
+                        w,
+                        digest.as_str(),
+                        &stored.media_type,
+                        &stored.bytes,
+                        true,
+                        client,
+                        reply,
+                    )
+                    .await,
                 );
             }
         }
@@ -355,8 +372,8 @@ pub async fn lookup_manifest<S: ClientSink>(
         send_manifest(
             w,
             digest.as_str(),
-            &media_type,
-            &bytes,
+            &stored.media_type,
+            &stored.bytes,
             stale,
             client,
             reply,
