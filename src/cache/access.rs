@@ -23,7 +23,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a repository learnt to be anonymously pullable is trusted
 /// without hearing it again: a repository made private stops being served
@@ -32,6 +32,9 @@ pub const PUBLIC_TTL: Duration = Duration::from_secs(600);
 /// Lifetime assumed for credentials whose expiry ocirelay did not see
 /// (`expires_in` defaults to 60 s in the token spec).
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(60);
+/// How long an anonymous pullability confirmed by the upstream is trusted
+/// while the upstream cannot be asked (it may have been made private since).
+pub const STALE_PUBLIC_MAX: Duration = Duration::from_secs(7 * 86_400);
 /// Entries kept per map; past it the map is cleared (everything is learnt
 /// again from upstream answers, at the cost of a HEAD each).
 const MAX_ENTRIES: usize = 200_000;
@@ -50,16 +53,30 @@ pub struct Access {
     journal: Option<Mutex<std::fs::File>>,
 }
 
+/// What is known of a repository's anonymous pullability.
+#[derive(Clone, Copy)]
+struct Public {
+    /// Fresh until (then the upstream is asked again).
+    until: Instant,
+    /// Served with no credentials at all (not only to anonymous tokens).
+    open: bool,
+    /// When the upstream last said so (wall clock: it outlives the process).
+    confirmed: SystemTime,
+}
+
 #[derive(Default)]
 struct Known {
     /// (registry, repository) -> anonymously pullable until, and whether
     /// the upstream served it with no credentials at all (`open`), or only
     /// with an anonymous token.
-    public: HashMap<u64, (Instant, bool)>,
+    public: HashMap<u64, Public>,
     /// (credentials, registry, repository) -> accepted until.
     granted: HashMap<u64, Instant>,
     /// (registry, repository, digest): the repository holds the object.
     links: HashMap<u64, ()>,
+    /// The links learnt from anonymous requests: the only ones kept on
+    /// disk, and the only ones served while the upstream cannot be asked.
+    anon_links: HashMap<u64, ()>,
     /// Bearer tokens ocirelay's token endpoint saw issued: expiry, and
     /// whether they were issued without credentials.
     tokens: HashMap<u64, (Instant, bool)>,
@@ -120,8 +137,10 @@ impl Access {
         Ok(a)
     }
 
-    /// One journal line: `L <registry> <repo> <digest>` (a link) or
-    /// `P <registry> <repo> <open>` (anonymously pullable). False if torn.
+    /// One journal line: `L <registry> <repo> <digest>` (a link learnt
+    /// anonymously), `P <registry> <repo> <open> <unix secs>` (anonymously
+    /// pullable, confirmed then) or `U <registry> <repo>` (refused to an
+    /// anonymous request since). False if torn.
     fn load_line(&self, line: &str) -> bool {
         let f: Vec<&str> = line.split(' ').collect();
         let expired = Instant::now();
@@ -130,11 +149,29 @@ impl Access {
             ["L", reg, repo, digest] => {
                 let l = self.key(&[reg.as_bytes(), repo.as_bytes(), digest.as_bytes()]);
                 bounded(&mut k.links).insert(l, ());
+                bounded(&mut k.anon_links).insert(l, ());
                 true
             }
-            ["P", reg, repo, open @ ("0" | "1")] => {
+            ["P", reg, repo, open @ ("0" | "1"), secs] => {
+                let Some(confirmed) = secs
+                    .parse()
+                    .ok()
+                    .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+                else {
+                    return false;
+                };
                 let r = self.key(&[reg.as_bytes(), repo.as_bytes()]);
-                bounded(&mut k.public).insert(r, (expired, *open == "1"));
+                let p = Public {
+                    until: expired,
+                    open: *open == "1",
+                    confirmed,
+                };
+                bounded(&mut k.public).insert(r, p);
+                true
+            }
+            ["U", reg, repo] => {
+                let r = self.key(&[reg.as_bytes(), repo.as_bytes()]);
+                k.public.remove(&r);
                 true
             }
             _ => false,
@@ -161,10 +198,31 @@ impl Access {
         ]);
         let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
         let k = self.lock();
-        k.links.contains_key(&link)
-            && k.public
-                .get(&repo)
-                .is_some_and(|(_, open)| *open || who.authorization.is_some())
+        k.anon_links.contains_key(&link)
+            && k.public.get(&repo).is_some_and(|p| {
+                p.confirmed
+                    .elapsed()
+                    .is_ok_and(|age| age <= STALE_PUBLIC_MAX)
+                    && (p.open || who.authorization.is_some())
+            })
+    }
+
+    /// The upstream refused `who`'s request for its repository (401, 403,
+    /// 404): if `who` was anonymous, the repository is not (or no longer)
+    /// anonymously pullable, now and after a restart.
+    pub fn learn_refused(&self, who: Who<'_>) {
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let token = who.authorization.map(|a| self.key(&[a]));
+        let now = Instant::now();
+        let mut k = self.lock();
+        let anonymous = match token {
+            None => true,
+            Some(t) => k.tokens.get(&t).is_some_and(|(u, anon)| *anon && *u > now),
+        };
+        if anonymous && k.public.remove(&repo).is_some() {
+            drop(k);
+            self.append(format!("U {} {}\n", who.registry, who.repo));
+        }
     }
 
     fn key(&self, parts: &[&[u8]]) -> u64 {
@@ -201,7 +259,7 @@ impl Access {
         // learns the realm and gets a token).
         if k.public
             .get(&repo)
-            .is_some_and(|(t, open)| *t > now && (*open || who.authorization.is_some()))
+            .is_some_and(|p| p.until > now && (p.open || who.authorization.is_some()))
         {
             return true;
         }
@@ -223,16 +281,6 @@ impl Access {
         let now = Instant::now();
         let mut k = self.lock();
         let mut journal = Vec::new();
-        if let Some(l) = link {
-            if bounded(&mut k.links).insert(l, ()).is_none() {
-                journal.push(format!(
-                    "L {} {} {}\n",
-                    who.registry,
-                    who.repo,
-                    digest.unwrap_or_default()
-                ));
-            }
-        }
         let open = auth.is_none();
         let anonymous = match auth {
             None => true,
@@ -246,14 +294,43 @@ impl Access {
                 matches!(seen, Some((t, true)) if t > now)
             }
         };
+        if let Some(l) = link {
+            bounded(&mut k.links).insert(l, ());
+            if anonymous && bounded(&mut k.anon_links).insert(l, ()).is_none() {
+                journal.push(format!(
+                    "L {} {} {}\n",
+                    who.registry,
+                    who.repo,
+                    digest.unwrap_or_default()
+                ));
+            }
+        }
         if anonymous {
             let before = k.public.get(&repo).copied();
-            let was_open = before.is_some_and(|(t, o)| t > now && o);
-            let open = open || was_open;
-            bounded(&mut k.public).insert(repo, (now + PUBLIC_TTL, open));
-            if before.is_none_or(|(_, o)| o != open) {
+            let open = open || before.is_some_and(|p| p.until > now && p.open);
+            let confirmed = SystemTime::now();
+            bounded(&mut k.public).insert(
+                repo,
+                Public {
+                    until: now + PUBLIC_TTL,
+                    open,
+                    confirmed,
+                },
+            );
+            // Journalled when new, changed, or last confirmed over an hour
+            // ago (so the file says roughly when, and stays small).
+            let stale_note = before.is_none_or(|p| {
+                p.open != open
+                    || p.confirmed
+                        .elapsed()
+                        .map_or(true, |a| a > Duration::from_secs(3600))
+            });
+            if stale_note {
+                let secs = confirmed
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 journal.push(format!(
-                    "P {} {} {}\n",
+                    "P {} {} {} {secs}\n",
                     who.registry,
                     who.repo,
                     u8::from(open)
@@ -330,6 +407,41 @@ mod tests {
         assert!(!a.allowed_stale(who("library/alpine", None), D));
         // ...and what was private never is.
         assert!(!a.allowed_stale(who("private/secret", Some(t)), D));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_refusal_to_an_anonymous_request_withdraws_pullability_for_good() {
+        let root = std::env::temp_dir().join(format!("ocirelay-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        {
+            let a = Access::open(&root).unwrap();
+            a.learn_token("anon", Duration::from_secs(300), true);
+            a.learn_token("alice", Duration::from_secs(300), false);
+            a.learn_ok(who("org/app", Some(b"Bearer anon")), Some(D));
+            // A credentialed link is never one for offline use.
+            a.learn_ok(who("org/app", Some(b"Bearer alice")), Some("sha256:bb"));
+            assert!(a.allowed_stale(who("org/app", Some(b"Bearer x")), D));
+            assert!(!a.allowed_stale(who("org/app", Some(b"Bearer x")), "sha256:bb"));
+            // Made private: an anonymous request is refused.
+            a.learn_refused(who("org/app", Some(b"Bearer anon")));
+            assert!(!a.allowed(who("org/app", Some(b"Bearer x")), D));
+            assert!(!a.allowed_stale(who("org/app", Some(b"Bearer x")), D));
+        }
+        // And after a restart.
+        let a = Access::open(&root).unwrap();
+        assert!(!a.allowed_stale(who("org/app", Some(b"Bearer x")), D));
+        // A refusal to credentials says nothing about anonymous access.
+        a.learn_token("anon2", Duration::from_secs(300), true);
+        a.learn_ok(who("org/lib", Some(b"Bearer anon2")), Some(D));
+        a.learn_refused(who("org/lib", Some(b"Bearer mallory")));
+        assert!(a.allowed_stale(who("org/lib", Some(b"Bearer x")), D));
+        // Pullability confirmed too long ago is not trusted offline.
+        let old = "P docker.io org/old 0 1000\nL docker.io org/old sha256:aa\n";
+        std::fs::write(root.join("access"), old).unwrap();
+        let a = Access::open(&root).unwrap();
+        assert!(!a.allowed_stale(who("org/old", Some(b"Bearer x")), D));
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -34,8 +34,10 @@ pub struct TagRecord {
 }
 
 impl TagRecord {
+    /// How long ago it was confirmed. A time in the future (the clock
+    /// stepped back) counts as expired, so that it is revalidated.
     pub fn age(&self) -> Duration {
-        self.checked.elapsed().unwrap_or(Duration::ZERO)
+        self.checked.elapsed().unwrap_or(Duration::MAX)
     }
 
     fn encode(&self, name: &str) -> String {
@@ -62,7 +64,7 @@ impl TagRecord {
                 digest,
                 media_type,
                 size,
-                checked: UNIX_EPOCH + Duration::from_secs(secs),
+                checked: UNIX_EPOCH.checked_add(Duration::from_secs(secs))?,
             },
             name,
         ))
@@ -78,6 +80,8 @@ pub struct Tags {
     /// Tags being revalidated right now: a concurrent request serves the
     /// record it has instead of sending a second HEAD.
     revalidating: Mutex<HashMap<u64, ()>>,
+    /// Makes each record write's temporary name unique.
+    next_tmp: std::sync::atomic::AtomicU64,
 }
 
 impl Tags {
@@ -90,6 +94,7 @@ impl Tags {
             keys: RandomState::new(),
             map: Mutex::new(HashMap::new()),
             revalidating: Mutex::new(HashMap::new()),
+            next_tmp: std::sync::atomic::AtomicU64::new(0),
         };
         let mut map = HashMap::new();
         for e in std::fs::read_dir(&t.dir)?.flatten() {
@@ -141,7 +146,10 @@ impl Tags {
         let file = self
             .dir
             .join(crate::wire::digest::sha256_hex(name.as_bytes()));
-        let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
+        let n = self
+            .next_tmp
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = file.with_extension(format!("{}.{n}.tmp", std::process::id()));
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }

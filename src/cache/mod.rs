@@ -234,8 +234,11 @@ impl Cache {
 impl Leading {
     /// The upstream will send `len` bytes: a tee to store them.
     pub fn start(&self, len: u64) -> io::Result<Tee> {
+        let tee = Tee::new(self.fill.clone(), self.tmp.clone())?;
+        // Followers start sending once the length is out: only now that a
+        // tee will store the body.
         self.fill.set_total(len);
-        Tee::new(self.fill.clone(), self.tmp.clone())
+        Ok(tee)
     }
 
     /// No body to store after all (the upstream refused, or the answer was

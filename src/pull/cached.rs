@@ -13,10 +13,12 @@ use crate::error::Error;
 use crate::ops::log::Level;
 use crate::ops::summary::{CacheStatus, RequestSummary};
 use crate::relay::ClientSink;
+use crate::wire::digest::Verifier;
 use crate::wire::http::name_eq;
 use crate::wire::http::RequestHead;
 use crate::wire::method::Method;
 use crate::wire::names::{Digest, Reference};
+use crate::wire::oci::{ErrorCode, ErrorReply};
 use crate::worker::Worker;
 
 use super::fetch::{fetch, release_after, Fetch, Fetched};
@@ -46,7 +48,9 @@ pub async fn lookup<S: ClientSink>(
 ) -> Looked {
     let range = req.header("range");
     let head_only = req.method == Method::Head;
-    let stall = w.cfg.timeouts.upstream_read;
+    // A follower moves at the leader's pace, and the leader's writes to its
+    // own client may take `client_write` each: a stall is only longer.
+    let stall = w.cfg.timeouts.upstream_read + w.cfg.timeouts.client_write;
     match cache.lookup(digest).await {
         Lookup::Hit {
             path,
@@ -87,16 +91,19 @@ pub async fn lookup<S: ClientSink>(
             )
             .await
         }
-        Lookup::Lead if range.is_none() && !head_only => match cache.lead(digest) {
-            Ok(l) => Looked::Lead(l),
-            Err(Some(fill)) => {
-                follow(
-                    w, cache, fill, digest, who, probe, client, reply, summary, stall,
-                )
-                .await
+        // Only what can be verified is stored (and so only that is led).
+        Lookup::Lead if range.is_none() && !head_only && Verifier::new(digest).is_some() => {
+            match cache.lead(digest) {
+                Ok(l) => Looked::Lead(l),
+                Err(Some(fill)) => {
+                    follow(
+                        w, cache, fill, digest, who, probe, client, reply, summary, stall,
+                    )
+                    .await
+                }
+                Err(None) => Looked::Relay,
             }
-            Err(None) => Looked::Relay,
-        },
+        }
         Lookup::Lead => Looked::Relay,
     }
 }
@@ -143,6 +150,35 @@ async fn follow<S: ClientSink>(
     })
 }
 
+/// Every manifest type a registry may answer a tag with: what a tag record
+/// is the answer to, and what revalidations ask with.
+pub const FULL_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A HEAD for the same resource with the client's credentials and `Accept`,
+/// without what would make the upstream's answer partial or conditional
+/// (`Range`, `If-*`): the answer is about access, not about a cached copy.
+fn head_probe<'a>(probe: &Fetch<'a>) -> Fetch<'a> {
+    let mut f = Fetch {
+        method: Method::Head,
+        ..probe.clone()
+    };
+    f.headers
+        .retain(|(n, _)| name_eq(n, "accept") || name_eq(n, "user-agent"));
+    f
+}
+
+/// Whether a client's `Accept` takes multi-platform lists: only such a
+/// request's answer may become (or replace) a tag's record, or a client
+/// that accepts only single manifests would pin every other client to its
+/// platform.
+pub fn accepts_lists<'a>(mut accept: impl Iterator<Item = &'a [u8]>) -> bool {
+    accept.any(|v| {
+        let v = String::from_utf8_lossy(v);
+        v.contains("application/vnd.oci.image.index.v1+json")
+            || v.contains("application/vnd.docker.distribution.manifest.list.v2+json")
+    })
+}
+
 /// How a request was let in to the cache.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Admitted {
@@ -166,22 +202,24 @@ async fn allowed(
     if cache.access.allowed(who, digest.as_str()) {
         return Some(Admitted::Fresh);
     }
-    let head = Fetch {
-        method: Method::Head,
-        ..probe.clone()
-    };
-    let status = match fetch(w, head).await {
-        Ok(Fetched { conn, head, .. }) => {
+    let (status, granted) = match fetch(w, head_probe(probe)).await {
+        Ok(f) => {
+            let granted = f.granted();
+            let Fetched { conn, head, .. } = f;
             let status = head.status;
             release_after(w, conn, &head, 0).await;
-            Some(status)
+            (Some(status), granted)
         }
-        Err(_) => None,
+        Err(_) => (None, false),
     };
     match status {
-        Some(200) => {
+        Some(200) if granted => {
             cache.access.learn_ok(who, Some(digest.as_str()));
             Some(Admitted::Fresh)
+        }
+        Some(401 | 403 | 404) => {
+            cache.access.learn_refused(who);
+            None
         }
         None | Some(429 | 500..=599) => (cache.serve_stale
             && cache.access.allowed_stale(who, digest.as_str()))
@@ -310,12 +348,12 @@ pub async fn lookup_manifest<S: ClientSink>(
     let Ok(digest) = Digest::parse(&rec.digest) else {
         return Looked::Relay;
     };
-    if !manifests::accepts(accept(), &rec.media_type) {
-        return Looked::Relay; // this client wants another variant
-    }
     let Some(stored) = cache.load_manifest(&digest).await else {
         return Looked::Relay; // the record outlived its manifest (evicted)
     };
+    if !manifests::accepts(accept(), &stored.media_type) {
+        return Looked::Relay; // this client wants another variant
+    }
     let mut status = CacheStatus::Hit;
     // Another request revalidating this tag right now: serve what is known
     // rather than send a second HEAD (concurrent revalidations coalesce).
@@ -336,10 +374,16 @@ pub async fn lookup_manifest<S: ClientSink>(
             }
             Revalidation::Changed | Revalidation::Refused => return Looked::Relay,
             Revalidation::Unavailable(why) => {
-                let known = cache.access.allowed(who, digest.as_str())
-                    || cache.access.allowed_stale(who, digest.as_str());
-                if !cache.serve_stale || !known {
-                    return Looked::Relay;
+                // The upstream cannot be asked: anonymous knowledge only
+                // (credentials are never taken on trust), and a failed HEAD
+                // never turns into a GET (which would count as a pull).
+                if !cache.serve_stale || !cache.access.allowed_stale(who, digest.as_str()) {
+                    let e = ErrorReply::new(
+                        503,
+                        ErrorCode::Unavailable,
+                        format!("upstream registry {} unavailable ({why})", who.registry),
+                    );
+                    return Looked::Answered(reply.error(client, &e).await);
                 }
                 crate::event!(
                     Level::Warn,
@@ -399,21 +443,24 @@ enum Revalidation {
 /// One upstream HEAD of the tag, with the client's credentials. Never falls
 /// back to a GET (a GET counts against Docker Hub's pull limit).
 async fn revalidate(w: &Worker, probe: &Fetch<'_>, recorded: &str) -> Revalidation {
-    let head = Fetch {
-        method: Method::Head,
-        ..probe.clone()
-    };
-    let Fetched { conn, head, .. } = match fetch(w, head).await {
+    // Whatever this client accepts, the record is the answer to a client
+    // that accepts everything (an index for a multi-platform tag).
+    let mut head = head_probe(probe);
+    head.headers.retain(|(n, _)| !name_eq(n, "accept"));
+    head.headers.push(("Accept", FULL_ACCEPT.as_bytes()));
+    let fetched = match fetch(w, head).await {
         Ok(f) => f,
         Err(e) => return Revalidation::Unavailable(e.to_string()),
     };
+    let granted = fetched.granted();
+    let Fetched { conn, head, .. } = fetched;
     let digest = head
         .header(&conn, "docker-content-digest")
         .map(|d| String::from_utf8_lossy(d).into_owned());
     let status = head.status;
     release_after(w, conn, &head, 0).await;
     match status {
-        200 if digest.as_deref() == Some(recorded) => Revalidation::Same,
+        200 if granted && digest.as_deref() == Some(recorded) => Revalidation::Same,
         200 => Revalidation::Changed,
         429 | 500..=599 => Revalidation::Unavailable(format!("answered {status}")),
         _ => Revalidation::Refused,
@@ -446,5 +493,23 @@ async fn send_manifest<S: ClientSink>(
     match reply.send(client, w.cfg.timeouts.client_write).await {
         true => reply.outcome(),
         false => Outcome::Close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_to_clients_that_take_lists_become_tag_records() {
+        let one = [&b"application/vnd.docker.distribution.manifest.v2+json"[..]];
+        assert!(!accepts_lists(one.into_iter()));
+        let both = [
+            &b"application/vnd.docker.distribution.manifest.v2+json"[..],
+            &b"application/vnd.docker.distribution.manifest.list.v2+json"[..],
+        ];
+        assert!(accepts_lists(both.into_iter()));
+        assert!(accepts_lists([FULL_ACCEPT.as_bytes()].into_iter()));
+        assert!(!accepts_lists(std::iter::empty()));
     }
 }

@@ -32,6 +32,19 @@ pub struct Fetched {
     pub conn: Conn,
     pub head: ResponseHead,
     pub url: Url,
+    /// The status the first origin (the one asked) answered with, before
+    /// any redirect: what the registry itself said.
+    pub first_status: u16,
+}
+
+impl Fetched {
+    /// The registry itself granted the request: it answered 200, or sent
+    /// the client to its storage with a 307/308 (distribution's blob
+    /// redirect), and the final answer is a 200. A 301/302/303 chain (a
+    /// login page, say) proves nothing about access.
+    pub fn granted(&self) -> bool {
+        self.head.status == 200 && matches!(self.first_status, 200 | 307 | 308)
+    }
 }
 
 /// Sends `f`, following up to [`MAX_REDIRECTS`] redirects with the method,
@@ -42,6 +55,7 @@ pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamErro
     // leaves it (until then it is `f.url`'s).
     let mut auth_origin: Option<Origin> = None;
     let own_headers = f.headers.len();
+    let mut first_status = None;
     for hop in 0..=MAX_REDIRECTS {
         f.headers.truncate(own_headers);
         if let Some(a) = f.authorization {
@@ -57,6 +71,7 @@ pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamErro
             body: f.body,
         };
         let (conn, head) = w.upstreams.send(&ex).await?;
+        let first = *first_status.get_or_insert(head.status);
         let location = match head.status {
             301 | 302 | 303 | 307 | 308 => head.header(&conn, "location").map(<[u8]>::to_vec),
             _ => None,
@@ -66,6 +81,7 @@ pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamErro
                 conn,
                 head,
                 url: f.url,
+                first_status: first,
             });
         };
         if hop == MAX_REDIRECTS {

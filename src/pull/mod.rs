@@ -117,10 +117,12 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     let started = Instant::now();
     let fetched = fetch(w, plan.fetch).await;
     summary.upstream_time = Some(started.elapsed());
+    let granted = fetched.as_ref().is_ok_and(Fetched::granted);
     let Fetched {
         mut conn,
         head,
         url: final_url,
+        ..
     } = match fetched {
         Ok(f) => f,
         Err(e) => {
@@ -145,10 +147,16 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     }
     // What the answer teaches the cache about access: a 200 means this
     // client may read this repository (and the repository holds the digest).
-    if let (Some(cache), Some(who), 200) = (cache, who, head.status) {
-        cache
-            .access
-            .learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
+    // Only what the registry itself granted counts (see `Fetched::granted`);
+    // a refusal to an anonymous request withdraws anonymous pullability.
+    if let (Some(cache), Some(who)) = (cache, who) {
+        if granted {
+            cache
+                .access
+                .learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
+        } else if matches!(head.status, 401 | 403 | 404) && !matches!(route, Route::Ping) {
+            cache.access.learn_refused(who);
+        }
     }
     // containerd needs Content-Length and Docker-Content-Digest on a manifest
     // HEAD (or it falls back to GET itself); some registries (gcr) leave them
@@ -245,7 +253,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 }
                 if let Ok(d) = Digest::parse(dcd) {
                     if cache.store_manifest(&d, ct, &buf) {
-                        record_tag(cache, who, tag.as_str(), dcd, ct, buf.len());
+                        if cached::accepts_lists(req.headers_named("accept")) {
+                            record_tag(cache, who, tag.as_str(), dcd, ct, buf.len());
+                        }
                         summary.cache = CacheStatus::Miss;
                     }
                 }
@@ -278,7 +288,8 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             };
             if let Some((l, mut tee, cache)) = store {
                 tee.data(&body);
-                tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
+                let stored = tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
+                learn_verified(cache, who, stored, plan.verify.as_ref());
             }
             if let (Some(cache), Some((Reference::Digest(d), ct, _))) = (cache, &manifest) {
                 if cache.store_manifest(d, ct, &body) {
@@ -301,9 +312,11 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         let outcome =
             body::stream(w, conn, &head, client, reply, to_client, &mut pair, summary).await;
         let complete = outcome != Outcome::Abort && summary.error.is_none();
-        pair.1
+        let stored = pair
+            .1
             .finish(complete, &l.dest, &cache.inflight, &l.key)
             .await;
+        learn_verified(cache, who, stored, plan.verify.as_ref());
         return outcome;
     }
     if let (Some(cache), Some((Reference::Tag(tag), ct, Some(dcd))), Some(who)) =
@@ -317,7 +330,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         let complete = outcome != Outcome::Abort && summary.error.is_none();
         if let (true, Some(bytes), Ok(d)) = (complete, seen.1.whole(), Digest::parse(dcd)) {
             if cache.store_manifest(&d, ct, bytes) {
-                record_tag(cache, who, tag.as_str(), dcd, ct, bytes.len());
+                if cached::accepts_lists(req.headers_named("accept")) {
+                    record_tag(cache, who, tag.as_str(), dcd, ct, bytes.len());
+                }
                 summary.cache = CacheStatus::Miss;
             }
         }
@@ -580,4 +595,14 @@ async fn offline_challenge<S: ClientSink>(
             )
             .await,
     )
+}
+
+/// A body that matched the digest it was asked for under `who`'s
+/// repository shows that the repository holds it and that `who` may read it,
+/// whatever redirects led there (quay.io sends blobs with a 302, which
+/// `Fetched::granted` does not take on its own).
+fn learn_verified(cache: &Cache, who: Option<Who<'_>>, stored: bool, digest: Option<&Digest<'_>>) {
+    if let (true, Some(who), Some(d)) = (stored, who, digest) {
+        cache.access.learn_ok(who, Some(d.as_str()));
+    }
 }
