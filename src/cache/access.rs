@@ -208,18 +208,23 @@ impl Access {
     }
 
     /// The upstream refused `who`'s request for its repository (401, 403,
-    /// 404): if `who` was anonymous, the repository is not (or no longer)
+    /// 404): if `who` held an anonymous token (or no credentials, where the
+    /// upstream used to serve those), the repository is not (or no longer)
     /// anonymously pullable, now and after a restart.
     pub fn learn_refused(&self, who: Who<'_>) {
         let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
         let token = who.authorization.map(|a| self.key(&[a]));
         let now = Instant::now();
         let mut k = self.lock();
-        let anonymous = match token {
-            None => true,
+        // With no credentials at all, a token-auth registry answers 401 to
+        // every request (its challenge), public or not: that withdraws only
+        // an `open` pullability. A refusal to an anonymous token withdraws
+        // any.
+        let withdraws = match token {
+            None => k.public.get(&repo).is_some_and(|p| p.open),
             Some(t) => k.tokens.get(&t).is_some_and(|(u, anon)| *anon && *u > now),
         };
-        if anonymous && k.public.remove(&repo).is_some() {
+        if withdraws && k.public.remove(&repo).is_some() {
             drop(k);
             self.append(format!("U {} {}\n", who.registry, who.repo));
         }
@@ -436,6 +441,10 @@ mod tests {
         a.learn_token("anon2", Duration::from_secs(300), true);
         a.learn_ok(who("org/lib", Some(b"Bearer anon2")), Some(D));
         a.learn_refused(who("org/lib", Some(b"Bearer mallory")));
+        assert!(a.allowed_stale(who("org/lib", Some(b"Bearer x")), D));
+        // Nor does the challenge a token-auth registry answers every
+        // request without credentials with.
+        a.learn_refused(who("org/lib", None));
         assert!(a.allowed_stale(who("org/lib", Some(b"Bearer x")), D));
         // Pullability confirmed too long ago is not trusted offline.
         let old = "P docker.io org/old 0 1000\nL docker.io org/old sha256:aa\n";
