@@ -271,3 +271,41 @@ fn a_request_without_credentials_still_gets_the_challenge() {
     assert_eq!(r.status, 401);
     assert!(challenge_param(&r, "realm").is_some());
 }
+
+/// A manifest damaged on disk is checked as it is loaded: dropped and
+/// fetched again, never served.
+#[test]
+fn a_manifest_damaged_on_disk_is_never_served() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-damaged");
+    let relay = Relay::start_with(&config_for(
+        &hub,
+        &format!(
+            "[cache]\nenabled = true\ndir = \"{}\"\n",
+            dir.path().display()
+        ),
+    ));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let img = hub.seeded().alpine.clone();
+    let by_digest = format!("/v2/library/alpine/manifests/{}", img.manifest.digest);
+    assert_eq!(
+        get_manifest(&mut c, &by_digest, &tok).body,
+        img.manifest_bytes
+    );
+    let hex = img.manifest.digest.trim_start_matches("sha256:");
+    let file = dir
+        .path()
+        .join("manifests/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    std::fs::write(&file, bytes).unwrap();
+    let gets = hub.knobs().manifest_gets();
+    let r = get_manifest(&mut relay.client(), &by_digest, &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, img.manifest_bytes);
+    assert_eq!(hub.knobs().manifest_gets(), gets + 1, "fetched again");
+}

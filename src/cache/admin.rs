@@ -228,16 +228,26 @@ fn matches_digest(kind: &str, path: &Path, digest: &str) -> io::Result<bool> {
     let Some(mut v) = Verifier::new(&d) else {
         return Ok(false);
     };
-    let bytes = std::fs::read(path)?;
-    let body = if kind == "manifests" {
-        match super::manifests::decode_manifest(&bytes) {
-            Some((_, b)) => b,
-            None => return Ok(false),
-        }
+    if kind == "manifests" {
+        // Small (at most 4 MiB): read whole, the type line skipped.
+        let bytes = std::fs::read(path)?;
+        let Some((_, body)) = super::manifests::decode_manifest(&bytes) else {
+            return Ok(false);
+        };
+        v.update(body);
     } else {
-        &bytes[..]
-    };
-    v.update(body);
+        // Blobs can be many GiB: hashed as they are read.
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            v.update(&buf[..n]);
+        }
+    }
     Ok(v.matches())
 }
 

@@ -186,6 +186,14 @@ impl Cache {
         let path = manifests::manifest_path(self.store.root(), digest)?;
         let file = monoio::fs::read(&path).await.ok()?;
         let (media_type, bytes) = manifests::decode_manifest(&file)?;
+        // Checked again as it enters memory (cheap for a manifest): a file
+        // damaged on disk is dropped, never served.
+        let mut v = crate::wire::digest::Verifier::new(digest)?;
+        v.update(bytes);
+        if !v.matches() {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
         let m = Rc::new(StoredManifest {
             media_type: media_type.to_string(),
             bytes: bytes.to_vec(),

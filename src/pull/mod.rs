@@ -149,12 +149,15 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     // client may read this repository (and the repository holds the digest).
     // Only what the registry itself granted counts (see `Fetched::granted`);
     // a refusal to an anonymous request withdraws anonymous pullability.
-    if let (Some(cache), Some(who)) = (cache, who) {
+    // Manifests and blobs only: a registry may list tags or referrers more
+    // openly than it serves content.
+    let content = matches!(route, Route::Manifest { .. } | Route::Blob { .. });
+    if let (Some(cache), Some(who), true) = (cache, who, content) {
         if granted {
             cache
                 .access
                 .learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
-        } else if matches!(head.status, 401 | 403 | 404) && !matches!(route, Route::Ping) {
+        } else if matches!(head.status, 401 | 403 | 404) {
             cache.access.learn_refused(who);
         }
     }
