@@ -1763,4 +1763,33 @@ check "cache: ocirelay with the cache listens on $CRELAY" crelay_listens
 check "cache: first pass (skopeo small, --all multi, big ${BIG_MB} MiB) is stored" c1_pass
 check "cache: second pass (skopeo, podman, containerd) costs no upstream blob or manifest request" c2_pass
 
+# Offline: the same cache directory, a new ocirelay whose docker.io upstream is a dead
+# address (nothing listens there): the whole pull, token step included, from the cache.
+pick_port P_DEAD
+pick_port P_ORELAY
+ORELAY=$IP_RELAY:$P_ORELAY
+# (started here, not inside a check: checks run in subshells, and the process table must
+# know it for the cleanup)
+stop ocirelay-cache
+sed -e "s|^listen = .*|listen = [\"$ORELAY\"]|" \
+    -e "s|^upstream = \"https://$REG\"|upstream = \"https://127.0.0.1:$P_DEAD\"|" \
+    "$WORK/ocirelay-cache.toml" >"$WORK/ocirelay-offline.toml"
+start ocirelay-offline "$OCIRELAY_BIN" --config "$WORK/ocirelay-offline.toml"
+offline_start() {
+    grep -q "127.0.0.1:$P_DEAD" "$WORK/ocirelay-offline.toml" || fail "the offline config still names the upstream"
+    wait_tcp ocirelay-offline "$IP_RELAY" "$P_ORELAY" 20
+}
+offline_pull() {
+    sk_pull small off-small "${HTTP_SRC[@]}" "docker://$ORELAY/library/small:latest"
+    sk_pull multi off-multi --all "${HTTP_SRC[@]}" "docker://$ORELAY/library/multi:latest"
+    sk_pull big off-big "${HTTP_SRC[@]}" "docker://$ORELAY/library/big:latest"
+    p_fresh
+    p_pull small "$ORELAY/library/small:latest" --tls-verify=false
+    c_pull small "$ORELAY/library/small:latest" --plain-http
+    alive ocirelay-offline || fail "ocirelay-offline is not running any more"
+    grep -q "offline token" "$LOGS/ocirelay-offline.log" || fail "the token step did not come from the cache"
+}
+check "cache offline: ocirelay on the warm cache, upstream dead ($P_DEAD)" offline_start
+check "cache offline: skopeo, podman and containerd pull everything cached, digests checked" offline_pull
+
 summary_and_exit
