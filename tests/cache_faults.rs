@@ -247,3 +247,47 @@ fn an_unusable_cache_directory_is_reported_and_the_mirror_relays() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "x");
 }
+
+/// The client leading a download hangs up half way: the download goes on
+/// without it (the rest asked for with a Range), the client following it
+/// gets the whole blob, and it is stored.
+#[test]
+fn a_leader_that_hangs_up_does_not_cut_its_followers() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-leader-gone");
+    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let digest = hub.add_random_blob("library/alpine", 48 << 20, 0x1ead);
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+
+    // The leader reads its head and stops reading: its download is under way.
+    let mut leader = Raw::connect(relay.http);
+    leader.send(&request("GET", &path, &[("Authorization", &bearer(&tok))]));
+    assert_eq!(leader.read_head().unwrap().status, 200);
+    let tmp = dir.path().join("tmp");
+    assert!(wait_until(Duration::from_secs(10), || files_under(&tmp)
+        .iter()
+        .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))));
+    std::thread::scope(|s| {
+        let follower = s.spawn(|| get_auth(&mut relay.client(), &path, &tok));
+        // Give the follower time to join the download, then hang up.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(leader);
+        let r = follower.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            sha256(&r.body),
+            digest,
+            "the follower was cut or got bad bytes"
+        );
+    });
+    // The original download and the resumed rest.
+    assert_eq!(cdn_downloads(&hub, &digest), 2);
+    let hex = digest.trim_start_matches("sha256:");
+    let stored = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+    assert!(wait_until(Duration::from_secs(5), || stored.exists()));
+    assert!(hub.log().for_host(Host::Cdn).iter().any(|e| e
+        .header("range")
+        .is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-")));
+}

@@ -54,6 +54,11 @@ impl Tee {
         }
     }
 
+    /// Bytes written to the file so far; `None` once the tee has failed.
+    pub fn position(&self) -> Option<u64> {
+        (!self.failed).then_some(self.pos)
+    }
+
     /// Ends the download: with `complete` (the whole body arrived and every
     /// tap accepted it), the temporary file is synced and renamed to
     /// `dest`; otherwise it is removed. Followers are released either way.

@@ -114,6 +114,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         method: Method::Get,
         ..plan.fetch.clone()
     });
+    // Kept by a request that leads a download, to finish it if its own
+    // client goes away (see `finish_download`).
+    let resume = leading.as_ref().map(|_| plan.fetch.clone());
     let started = Instant::now();
     let fetched = fetch(w, plan.fetch).await;
     summary.upstream_time = Some(started.elapsed());
@@ -314,7 +317,14 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         let mut pair = (tap, tee);
         let outcome =
             body::stream(w, conn, &head, client, reply, to_client, &mut pair, summary).await;
-        let complete = outcome != Outcome::Abort && summary.error.is_none();
+        let mut complete = outcome != Outcome::Abort && summary.error.is_none();
+        let client_gone = summary
+            .error
+            .as_ref()
+            .is_some_and(|e| e.side == crate::error::Side::Downstream);
+        if let (true, Some(resume)) = (client_gone, resume) {
+            complete = finish_download(w, resume, &mut pair, l.fill.total()).await;
+        }
         let stored = pair
             .1
             .finish(complete, &l.dest, &cache.inflight, &l.key)
@@ -608,4 +618,55 @@ fn learn_verified(cache: &Cache, who: Option<Who<'_>>, stored: bool, digest: Opt
     if let (true, Some(who), Some(d)) = (stored, who, digest) {
         cache.access.learn_ok(who, Some(d.as_str()));
     }
+}
+
+/// The client leading a download went away: the download goes on without
+/// it, so that the requests following it (and the next ones) are not cut.
+/// The rest is asked for with a `Range` from the first byte not yet seen by
+/// the taps, whose digest state already covers everything before it; the
+/// whole body is still checked at the end. False if it cannot be finished.
+async fn finish_download(
+    w: &Worker,
+    mut resume: Fetch<'_>,
+    pair: &mut (Option<Verifier>, crate::cache::tee::Tee),
+    total: u64,
+) -> bool {
+    pair.1.flush().await;
+    let Some(from) = pair.1.position() else {
+        return false; // the tee failed (disk full): nothing to finish
+    };
+    if from >= total {
+        return true; // everything came; only the client's last write failed
+    }
+    let range = format!("bytes={from}-");
+    resume.headers.retain(|(n, _)| !name_eq(n, "range"));
+    resume.headers.push(("Range", range.as_bytes()));
+    let Ok(Fetched { mut conn, head, .. }) = fetch(w, resume).await else {
+        return false;
+    };
+    let expected = format!("bytes {from}-{}/{total}", total - 1);
+    let right_part = head.status == 206
+        && head
+            .header(&conn, "content-range")
+            .map(|v| v == expected.as_bytes())
+            == Some(true)
+        && head.framing == RespFraming::Length(total - from);
+    if !right_part {
+        return false;
+    }
+    conn.consume(head.head_len);
+    let mut sink = Collect::discard();
+    let mut buf = w.bufs.take();
+    let r = relay::relay_body(
+        &mut conn,
+        head.framing,
+        &mut sink,
+        w.cfg.timeouts.upstream_read,
+        pair,
+        ClientFraming::Same,
+        &mut buf,
+    )
+    .await;
+    w.bufs.give(buf);
+    r.is_ok()
 }
