@@ -117,7 +117,9 @@ pub struct OnDisk {
     pub tags: u64,
 }
 
-fn files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+/// Every regular file under `dir`, with its metadata (unreadable parts are
+/// passed over).
+pub fn files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {

@@ -32,26 +32,15 @@ struct Object {
 }
 
 fn objects(root: &Path) -> Vec<Object> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.join("blobs"), root.join("manifests")];
-    while let Some(d) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                dirs.push(e.path());
-            } else if m.is_file() {
-                out.push(Object {
-                    path: e.path(),
-                    len: m.len(),
-                    used: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                });
-            }
-        }
-    }
-    out
+    let mut all = super::admin::files(&root.join("blobs"));
+    all.extend(super::admin::files(&root.join("manifests")));
+    all.into_iter()
+        .map(|(path, m)| Object {
+            path,
+            len: m.len(),
+            used: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+        .collect()
 }
 
 /// Deletes least recently used objects until the store holds at most 90% of

@@ -174,15 +174,7 @@ impl Tags {
 
 /// Where a manifest named `digest` is stored under `root`.
 pub fn manifest_path(root: &Path, digest: &Digest<'_>) -> Option<PathBuf> {
-    let hex = digest.encoded();
-    let alg = digest.as_str().split(':').next()?;
-    if hex.len() < 3 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    if !alg.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    Some(root.join("manifests").join(alg).join(&hex[..2]).join(hex))
+    super::store::object_path(root, "manifests", digest)
 }
 
 /// A stored manifest: its media type and bytes.

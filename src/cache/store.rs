@@ -55,17 +55,7 @@ impl Store {
 
     /// Where the object named `digest` lives once stored.
     pub fn path_of(&self, digest: &Digest<'_>) -> Option<PathBuf> {
-        let hex = digest.encoded();
-        let alg = digest.as_str().split(':').next()?;
-        // Digests were validated (hex of the algorithm's length), so these
-        // are plain file names; checked again because this builds a path.
-        if hex.len() < 3 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        if !alg.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        Some(self.root.join("blobs").join(alg).join(&hex[..2]).join(hex))
+        object_path(&self.root, "blobs", digest)
     }
 
     /// A fresh temporary file name.
@@ -75,6 +65,22 @@ impl Store {
             .join("tmp")
             .join(format!("{}.{n}.part", std::process::id()))
     }
+}
+
+/// `<root>/<kind>/<alg>/<first two hex>/<hex>`: the file of the object
+/// named `digest` (`kind`: `blobs` or `manifests`).
+pub fn object_path(root: &Path, kind: &str, digest: &Digest<'_>) -> Option<PathBuf> {
+    let hex = digest.encoded();
+    let alg = digest.as_str().split(':').next()?;
+    // Digests were validated (hex of the algorithm's length), so these are
+    // plain file names; checked again because this builds a path.
+    if hex.len() < 3 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    if !alg.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some(root.join(kind).join(alg).join(&hex[..2]).join(hex))
 }
 
 /// The pid a temporary file name starts with.
