@@ -291,3 +291,51 @@ fn a_leader_that_hangs_up_does_not_cut_its_followers() {
         .header("range")
         .is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-")));
 }
+
+/// containerd resumes with `Range: bytes=N-`: while the blob is still
+/// downloading for another client, the range is served from the bytes as
+/// they arrive (its last byte once the whole blob is verified), with no
+/// request of its own upstream.
+#[test]
+fn a_range_of_a_blob_still_downloading_is_served_from_the_arriving_bytes() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("cache-range-follow");
+    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let size = 64usize << 20;
+    let digest = hub.add_random_blob("library/alpine", size, 0x4a);
+    let full = hub.content().blob(&digest).unwrap();
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+    let tmp = dir.path().join("tmp");
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| get_auth(&mut relay.client(), &path, &tok));
+        assert!(wait_until(Duration::from_secs(10), || files_under(&tmp)
+            .iter()
+            .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))));
+        let from = size / 2 + 12_345;
+        let r = relay
+            .client()
+            .get_with(
+                &path,
+                &[
+                    ("Authorization", &bearer(&tok)),
+                    ("Range", &format!("bytes={from}-")),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(
+            r.header("content-range").unwrap(),
+            format!("bytes {from}-{}/{size}", size - 1)
+        );
+        assert!(r.body == full[from..], "the range's bytes differ");
+        assert_eq!(sha256(&leader.join().unwrap().body), digest);
+    });
+    assert_eq!(cdn_downloads(&hub, &digest), 1, "the range went upstream");
+    assert!(hub
+        .log()
+        .for_host(Host::Cdn)
+        .iter()
+        .all(|e| e.header("range").is_none()));
+}

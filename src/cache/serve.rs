@@ -53,21 +53,23 @@ pub async fn send_range<S: ClientSink>(
     Ok(())
 }
 
-/// Follows a download in progress from byte `from`: sends what the leader
-/// has written as it comes, and the last byte only once the whole object is
-/// verified. A leader that fails mid-way fails this too (the client is cut
+/// Follows a download in progress, bytes `from..to`: sends what the leader
+/// has written as it comes, and the last byte of the range only once the
+/// whole object is verified (a range is no less a promise than a whole
+/// body: a client must never see a complete one of unverified bytes). A leader that fails mid-way fails this too (the client is cut
 /// before the declared length); a leader that stalls for `stall` does too.
 pub async fn follow<S: ClientSink>(
     fill: &Fill,
     file: &monoio::fs::File,
-    from: u64,
+    (from, to): (u64, u64),
     client: &mut S,
     buf: &mut Vec<u8>,
     limit: Duration,
     stall: Duration,
 ) -> Result<(), RelayError> {
-    let total = fill.total();
-    debug_assert_ne!(total, UNKNOWN);
+    debug_assert_ne!(fill.total(), UNKNOWN);
+    debug_assert!(from < to && to <= fill.total());
+    let total = to;
     let mut sent = from;
     let mut progress = Instant::now();
     loop {

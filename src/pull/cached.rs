@@ -83,11 +83,11 @@ pub async fn lookup<S: ClientSink>(
             )
         }
         Lookup::Follow(fill) => {
-            if range.is_some() || head_only {
+            if head_only {
                 return Looked::Relay;
             }
             follow(
-                w, cache, fill, digest, who, probe, client, reply, summary, stall,
+                w, cache, fill, digest, who, probe, range, client, reply, summary, stall,
             )
             .await
         }
@@ -97,7 +97,7 @@ pub async fn lookup<S: ClientSink>(
                 Ok(l) => Looked::Lead(l),
                 Err(Some(fill)) => {
                     follow(
-                        w, cache, fill, digest, who, probe, client, reply, summary, stall,
+                        w, cache, fill, digest, who, probe, None, client, reply, summary, stall,
                     )
                     .await
                 }
@@ -118,6 +118,7 @@ async fn follow<S: ClientSink>(
     digest: &Digest<'_>,
     who: Who<'_>,
     probe: &Fetch<'_>,
+    range: Option<&[u8]>,
     client: &mut S,
     reply: &mut Reply<'_>,
     summary: &mut RequestSummary<'_>,
@@ -126,6 +127,15 @@ async fn follow<S: ClientSink>(
     let Some(len) = serve::await_head(&fill, stall).await else {
         return Looked::Relay; // the leader got no body: ask for ourselves
     };
+    // A range (containerd resuming) is served from the bytes as they
+    // arrive; several ranges, or odd ones, are the upstream's to answer.
+    let want = match range {
+        None => None,
+        Some(r) => match cache::parse_range(r, len) {
+            Some(r) => Some(r),
+            None => return Looked::Relay,
+        },
+    };
     if allowed(w, cache, who, digest, probe).await.is_none() {
         return Looked::Relay;
     }
@@ -133,13 +143,23 @@ async fn follow<S: ClientSink>(
         return Looked::Relay;
     };
     summary.cache = CacheStatus::Coalesced;
-    write_head(reply, digest, len, None);
+    write_head(reply, digest, len, want);
     let limit = w.cfg.timeouts.client_write;
     if !reply.send(client, limit).await {
         return Looked::Answered(Outcome::Close);
     }
     let mut buf = w.bufs.take();
-    let r = serve::follow(&fill, &file, 0, client, &mut buf, limit, stall).await;
+    let (from, n) = want.unwrap_or((0, len));
+    let r = serve::follow(
+        &fill,
+        &file,
+        (from, from + n),
+        client,
+        &mut buf,
+        limit,
+        stall,
+    )
+    .await;
     w.bufs.give(buf);
     Looked::Answered(match r {
         Ok(()) => reply.outcome(),
