@@ -7,122 +7,45 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Each top-level module and the modules it may import from.
-fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
-    const FOUNDATIONS: &[&str] = &["tls", "ops", "config", "error", "sys", "wire"];
-    let mut t: BTreeMap<&'static str, &'static [&'static str]> = BTreeMap::new();
-    // foundations: only wire below them (and config for ops/error-free log lines)
-    t.insert("wire", &[]);
-    t.insert("sys", &[]);
-    t.insert("tls", &["wire"]);
-    t.insert("error", &["wire"]);
-    t.insert("config", &["wire"]);
-    t.insert("ops", &["wire", "config", "error", "sys"]);
-    // stages: foundations, plus the sideways plug-ins named in lib.rs
-    t.insert("upstream", FOUNDATIONS);
-    t.insert("route", FOUNDATIONS);
-    t.insert(
-        "cache",
-        &["relay", "tls", "ops", "config", "error", "sys", "wire"],
+/// Each top-level module and the modules it may import from: the layers of
+/// `lib.rs`, each row the one below it plus what that adds.
+fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
+    let with = |base: &[&'static str], more: &[&'static str]| -> Vec<&'static str> {
+        more.iter().chain(base).copied().collect()
+    };
+    // foundations: only wire below them
+    let foundations = ["tls", "ops", "config", "error", "sys", "wire"];
+    // stages, with the sideways plug-ins named in lib.rs
+    let below_worker = with(
+        &foundations,
+        &["route", "cache", "downstream", "relay", "upstream"],
     );
-    t.insert(
-        "relay",
-        &["upstream", "tls", "ops", "config", "error", "sys", "wire"],
-    );
-    t.insert(
-        "downstream",
-        &["relay", "tls", "ops", "config", "error", "sys", "wire"],
-    );
-    // per-core state
-    t.insert(
-        "worker",
-        &[
-            "route",
-            "cache",
-            "downstream",
-            "relay",
-            "upstream",
-            "tls",
-            "ops",
-            "config",
-            "error",
-            "sys",
-            "wire",
-        ],
-    );
-    // handlers
-    const BELOW_HANDLERS: &[&str] = &[
-        "worker",
-        "route",
-        "cache",
-        "downstream",
-        "relay",
-        "upstream",
-        "tls",
-        "ops",
-        "config",
-        "error",
-        "sys",
-        "wire",
-        "landing",
-    ];
-    t.insert("pull", BELOW_HANDLERS);
-    t.insert("local", BELOW_HANDLERS);
-    t.insert("landing", BELOW_HANDLERS);
-    t.insert(
-        "token",
-        &[
-            "pull",
-            "worker",
-            "route",
-            "cache",
-            "downstream",
-            "relay",
-            "upstream",
-            "tls",
-            "ops",
-            "config",
-            "error",
-            "sys",
-            "wire",
-        ],
-    );
-    t.insert(
-        "conn",
-        &[
-            "pull",
-            "token",
-            "local",
-            "worker",
-            "route",
-            "cache",
-            "downstream",
-            "relay",
-            "upstream",
-            "tls",
-            "ops",
-            "config",
-            "error",
-            "sys",
-            "wire",
-        ],
-    );
+    let below_handlers = with(&below_worker, &["worker", "landing"]);
+    let below_conn = with(&below_worker, &["worker", "pull", "token", "local"]);
+    let mut t = BTreeMap::new();
+    t.insert("wire", vec![]);
+    t.insert("sys", vec![]);
+    t.insert("tls", vec!["wire"]);
+    t.insert("error", vec!["wire"]);
+    t.insert("config", vec!["wire"]);
+    t.insert("ops", vec!["wire", "config", "error", "sys"]);
+    t.insert("upstream", foundations.to_vec());
+    t.insert("route", foundations.to_vec());
+    t.insert("cache", with(&foundations, &["relay"]));
+    t.insert("relay", with(&foundations, &["upstream"]));
+    t.insert("downstream", with(&foundations, &["relay"]));
+    t.insert("worker", below_worker.clone());
+    t.insert("pull", below_handlers.clone());
+    t.insert("local", below_handlers.clone());
+    t.insert("landing", below_handlers.clone());
+    t.insert("token", with(&below_worker, &["worker", "pull"]));
+    t.insert("conn", below_conn);
     t.insert(
         "server",
-        &[
-            "conn",
-            "worker",
-            "cache",
-            "downstream",
-            "relay",
-            "upstream",
-            "tls",
-            "ops",
-            "config",
-            "error",
-            "sys",
-            "wire",
-        ],
+        with(&below_worker, &["conn", "worker"])
+            .into_iter()
+            .filter(|m| *m != "route")
+            .collect(),
     );
     t
 }
