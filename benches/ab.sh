@@ -16,46 +16,16 @@
 # median CPU per request (or per GiB for blobs) of each binary and its median ratio to the
 # first binary, round by round.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TOOLS=$ROOT/target/benchtools/release
-if [ ! -x "$TOOLS/loadgen" ] || [ ! -x "$TOOLS/benchdouble" ]; then
-    cargo build --release --manifest-path "$ROOT/benches/loadgen/Cargo.toml" \
-        --target-dir "$ROOT/target/benchtools" >&2
-fi
+source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-5}
 DUR=${DUR:-2.5}
 BIG=${BIG:-268435456}
 WL=${WL:-"manifest_get_c64 token_c16"}
 PORT=${PORT:-18600}
 OUTJ=${OUTJ:-$(mktemp --suffix=.jsonl /tmp/ocirelay-ab.XXXXXX)}
-W=$(mktemp -d /tmp/ocirelay-ab.XXXXXX)
-PIDS=()
-DPID=
-cleanup() {
-    set +e
-    exec 7>&- 2>/dev/null
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.5
-    [ -n "$DPID" ] && { for _ in $(seq 1 30); do kill -0 $DPID 2>/dev/null || break; sleep 0.1; done; kill -KILL $DPID 2>/dev/null; }
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-openssl ecparam -name prime256v1 -genkey -noout -out "$W/ca.key" 2>/dev/null
-openssl req -x509 -new -key "$W/ca.key" -sha256 -days 2 -subj "/CN=t CA" -out "$W/ca.pem" 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out "$W/p.ec" 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in "$W/p.ec" -out "$W/p.key"
-openssl req -new -key "$W/p.key" -subj "/CN=localhost" -out "$W/p.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$W/ext"
-openssl x509 -req -in "$W/p.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 -sha256 -extfile "$W/ext" -out "$W/p.crt" 2>/dev/null
-cat "$W/p.crt" "$W/ca.pem" >"$W/p.pem"
-mkfifo "$W/d.in"
-taskset -c 1 "$TOOLS/benchdouble" --big-size "$BIG" <"$W/d.in" >"$W/d.json" 2>"$W/d.err" &
-DPID=$!
-exec 7>"$W/d.in"
-for _ in $(seq 1 600); do [ -s "$W/d.json" ] && break; sleep 0.1; done
-D=$W/d.json
-HUB_CA=$(jq -r .ca_pem_path "$D"); cp "$HUB_CA" "$W/hub.pem"
+bench_workdir ocirelay-ab
+bench_certs
+bench_double "$BIG" taskset -c 1
 declare -A BPID BPORT
 i=0
 for spec in $BINS; do

@@ -13,12 +13,7 @@
 # cache's own counters (hits, misses: upstream fetches) per workload.
 # Not here yet: nginx proxy_cache and distribution's pull-through mode as anchors.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TOOLS=$ROOT/target/benchtools/release
-if [ ! -x "$TOOLS/loadgen" ] || [ ! -x "$TOOLS/benchdouble" ]; then
-    cargo build --release --manifest-path "$ROOT/benches/loadgen/Cargo.toml" \
-        --target-dir "$ROOT/target/benchtools" >&2
-fi
+source "$(dirname "$0")/common.sh"
 BIN=${BIN:-$ROOT/target/release/ocirelay}
 [ -x "$BIN" ] || cargo build --release --bin ocirelay --manifest-path "$ROOT/Cargo.toml" >&2
 ROUNDS=${ROUNDS:-3}
@@ -26,34 +21,9 @@ DUR=${DUR:-3}
 BIG=${BIG:-1073741824}
 PORT=${PORT:-18700}
 OUTJ=${OUTJ:-$(mktemp --suffix=.jsonl /tmp/ocirelay-cache-bench.XXXXXX)}
-W=$(mktemp -d /tmp/ocirelay-cache-bench.XXXXXX)
-PIDS=()
-DPID=
-cleanup() {
-    set +e
-    exec 7>&- 2>/dev/null
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.5
-    [ -n "$DPID" ] && { for _ in $(seq 1 30); do kill -0 $DPID 2>/dev/null || break; sleep 0.1; done; kill -KILL $DPID 2>/dev/null; }
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-openssl ecparam -name prime256v1 -genkey -noout -out "$W/ca.key" 2>/dev/null
-openssl req -x509 -new -key "$W/ca.key" -sha256 -days 2 -subj "/CN=t CA" -out "$W/ca.pem" 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out "$W/p.ec" 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in "$W/p.ec" -out "$W/p.key"
-openssl req -new -key "$W/p.key" -subj "/CN=localhost" -out "$W/p.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$W/ext"
-openssl x509 -req -in "$W/p.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -days 2 -sha256 -extfile "$W/ext" -out "$W/p.crt" 2>/dev/null
-cat "$W/p.crt" "$W/ca.pem" >"$W/p.pem"
-mkfifo "$W/d.in"
-"$TOOLS/benchdouble" --big-size "$BIG" <"$W/d.in" >"$W/d.json" 2>"$W/d.err" &
-DPID=$!
-exec 7>"$W/d.in"
-for _ in $(seq 1 600); do [ -s "$W/d.json" ] && break; sleep 0.1; done
-D=$W/d.json
-cp "$(jq -r .ca_pem_path "$D")" "$W/hub.pem"
+bench_workdir ocirelay-cache-bench
+bench_certs
+bench_double "$BIG"
 REG_URL=$(jq -r .registry_url "$D"); TOKEN_URL=$(jq -r .token_url "$D")
 SR=$(jq -r .small.repo "$D"); SM=$(jq -r .small.manifest_digest "$D"); SMS=$(jq -r .small.manifest_size "$D")
 BR=$(jq -r .big.repo "$D"); BL=$(jq -r .big.layer_digest "$D"); BS=$(jq -r .big.layer_size "$D")
