@@ -32,13 +32,7 @@ fn cache_cmd(dir: &Path, args: &[&str]) -> String {
 fn stats_verify_and_prune_work_on_a_live_cache() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-cli");
-    let relay = Relay::start_with(&config_for(
-        &hub,
-        &format!(
-            "[cache]\nenabled = true\ndir = \"{}\"\n",
-            dir.path().display()
-        ),
-    ));
+    let relay = Relay::start_with(&config_with_cache(&hub, dir.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let digest = hub.add_random_blob("library/alpine", 1 << 20, 0xc11);

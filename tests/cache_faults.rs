@@ -17,13 +17,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn cache_config(hub: &HubDouble, dir: &Path) -> String {
-    config_for(
-        hub,
-        &format!("[cache]\nenabled = true\ndir = \"{}\"\n", dir.display()),
-    )
-}
-
 /// CDN downloads of `digest` so far.
 fn cdn_downloads(hub: &HubDouble, digest: &str) -> usize {
     let hex = digest.trim_start_matches("sha256:");
@@ -63,7 +56,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 fn a_download_cut_mid_way_cuts_its_followers_and_stores_nothing() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-cut");
-    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let relay = Relay::start_with(&config_with_cache(&hub, dir.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let size = 24usize << 20;
@@ -120,7 +113,7 @@ fn a_download_cut_mid_way_cuts_its_followers_and_stores_nothing() {
 fn kill_9_during_a_miss_leaves_nothing_served_after_a_restart() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-kill");
-    let cfg = cache_config(&hub, dir.path());
+    let cfg = config_with_cache(&hub, dir.path());
     let relay = Relay::start_with(&cfg);
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
@@ -198,7 +191,7 @@ impl Drop for Tmpfs {
 fn a_full_disk_leaves_the_pull_whole_and_nothing_half_written() {
     let hub = hub();
     let fs = Tmpfs::mount();
-    let relay = Relay::start_with(&cache_config(&hub, fs.0.path()));
+    let relay = Relay::start_with(&config_with_cache(&hub, fs.0.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let digest = hub.add_random_blob("library/alpine", 3 << 20, 0xf011);
@@ -230,7 +223,7 @@ fn an_unusable_cache_directory_is_reported_and_the_mirror_relays() {
     let dir = tempdir::Dir::new("cache-file");
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"x").unwrap();
-    let relay = Relay::start_with(&cache_config(&hub, &file.join("cache")));
+    let relay = Relay::start_with(&config_with_cache(&hub, &file.join("cache")));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let layer = hub.seeded().alpine.layers[0].digest.clone();
@@ -255,7 +248,7 @@ fn an_unusable_cache_directory_is_reported_and_the_mirror_relays() {
 fn a_leader_that_hangs_up_does_not_cut_its_followers() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-leader-gone");
-    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let relay = Relay::start_with(&config_with_cache(&hub, dir.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let digest = hub.add_random_blob("library/alpine", 48 << 20, 0x1ead);
@@ -300,7 +293,7 @@ fn a_leader_that_hangs_up_does_not_cut_its_followers() {
 fn a_range_of_a_blob_still_downloading_is_served_from_the_arriving_bytes() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-range-follow");
-    let relay = Relay::start_with(&cache_config(&hub, dir.path()));
+    let relay = Relay::start_with(&config_with_cache(&hub, dir.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let size = 64usize << 20;

@@ -278,13 +278,7 @@ fn a_request_without_credentials_still_gets_the_challenge() {
 fn a_manifest_damaged_on_disk_is_never_served() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-damaged");
-    let relay = Relay::start_with(&config_for(
-        &hub,
-        &format!(
-            "[cache]\nenabled = true\ndir = \"{}\"\n",
-            dir.path().display()
-        ),
-    ));
+    let relay = Relay::start_with(&config_with_cache(&hub, dir.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let img = hub.seeded().alpine.clone();

@@ -18,13 +18,7 @@ const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, appl
 fn a_warm_cache_serves_the_whole_pull_after_a_restart_with_the_upstream_down() {
     let hub = hub();
     let dir = tempdir::Dir::new("cache-offline");
-    let cfg = config_for(
-        &hub,
-        &format!(
-            "[cache]\nenabled = true\ndir = \"{}\"\n",
-            dir.path().display()
-        ),
-    );
+    let cfg = config_with_cache(&hub, dir.path());
     let img = hub.seeded().alpine.clone();
     let secret = hub.seeded().secret.clone();
     let blobs: Vec<String> = std::iter::once(&img.config)

@@ -121,6 +121,14 @@ pub fn config_with_timeouts(hub: &HubDouble, extra: &str, timeouts: Timeouts) ->
     )
 }
 
+/// The test config for `hub` with the cache on, in `dir`.
+pub fn config_with_cache(hub: &HubDouble, dir: &Path) -> String {
+    config_for(
+        hub,
+        &format!("[cache]\nenabled = true\ndir = \"{}\"\n", dir.display()),
+    )
+}
+
 /// A relay config whose only registry is `upstream` (plain HTTP, so `debug`).
 pub fn config_with_upstream(upstream: &str) -> String {
     config_text(
