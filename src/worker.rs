@@ -4,9 +4,11 @@
 //! buffers and the access log.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache::access::Access;
 use crate::cache::Cache;
 use crate::config::{Config, RegistryId};
 use crate::ops::access_log::AccessLog;
@@ -37,11 +39,25 @@ pub struct Worker {
     /// The content cache, shared by all workers (None when disabled or
     /// when its directory could not be used).
     pub cache: Option<Arc<Cache>>,
+    /// What is known of who may read what upstream: the cache's, or (cache
+    /// off, a registry with credentials) a memory-only one. None: neither.
+    pub access: Option<Arc<Access>>,
     /// The trust each registry's upstream is verified with, by registry.
     trust: Vec<TrustKey>,
     /// Token realm learned from each registry's own challenge, by registry.
     realms: RefCell<Vec<Option<(Realm, Instant)>>>,
+    /// `Authorization` values for the operator's account, by registry and
+    /// repository, until they expire (see `pull::upstream_auth`). Per
+    /// worker: a token request per repository per core per token lifetime
+    /// costs less than a lock shared with every pull.
+    operator_tokens: RefCell<HashMap<(RegistryId, String), OperatorToken>>,
 }
+
+/// An `Authorization` value for the operator's account, and until when.
+type OperatorToken = (Arc<[u8]>, Instant);
+
+/// Operator tokens kept per worker; past it the memo is cleared.
+const MAX_OPERATOR_TOKENS: usize = 10_000;
 
 impl Worker {
     /// `trust[i]`: the trust key of the `i`th registry of `cfg`.
@@ -51,6 +67,7 @@ impl Worker {
         upstreams: Upstreams,
         trust: Vec<TrustKey>,
         cache: Option<Arc<Cache>>,
+        access: Option<Arc<Access>>,
     ) -> Worker {
         let n = cfg.registries.len();
         assert_eq!(trust.len(), n, "one trust key per registry");
@@ -61,9 +78,46 @@ impl Worker {
             upstreams,
             bufs: BufPool::default(),
             cache,
+            access,
             trust,
             realms: RefCell::new(vec![None; n]),
+            operator_tokens: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The operator's `Authorization` for `repo` at `reg`, if one is held
+    /// and still valid.
+    pub fn operator_token(&self, reg: RegistryId, repo: &str) -> Option<Arc<[u8]>> {
+        let tokens = self.operator_tokens.borrow();
+        // The key is built for the probe: once per anonymous pull that goes
+        // upstream, beside an upstream round trip.
+        match tokens.get(&(reg, repo.to_string())) {
+            Some((t, until)) if *until > Instant::now() => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps the operator's `Authorization` for `repo` until `until`.
+    pub fn keep_operator_token(
+        &self,
+        reg: RegistryId,
+        repo: &str,
+        value: Arc<[u8]>,
+        until: Instant,
+    ) {
+        let mut tokens = self.operator_tokens.borrow_mut();
+        if tokens.len() >= MAX_OPERATOR_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert((reg, repo.to_string()), (value, until));
+    }
+
+    /// The upstream refused the operator's token for `repo`: ask for a new
+    /// one next time.
+    pub fn forget_operator_token(&self, reg: RegistryId, repo: &str) {
+        self.operator_tokens
+            .borrow_mut()
+            .remove(&(reg, repo.to_string()));
     }
 
     /// The trust registry `reg`'s upstream (and its realm and redirects)

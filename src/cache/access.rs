@@ -106,6 +106,22 @@ pub struct Who<'a> {
     pub repo: &'a str,
     /// The client's `Authorization` header, as sent.
     pub authorization: Option<&'a [u8]>,
+    /// The upstream was asked with the operator's credentials on the
+    /// client's behalf (see `pull::upstream_auth`), not with the client's
+    /// own: its answer says what the repository holds, never who may read
+    /// it.
+    pub via_operator: bool,
+}
+
+impl<'a> Who<'a> {
+    pub fn new(registry: &'a str, repo: &'a str, authorization: Option<&'a [u8]>) -> Who<'a> {
+        Who {
+            registry,
+            repo,
+            authorization,
+            via_operator: false,
+        }
+    }
 }
 
 impl Access {
@@ -212,6 +228,9 @@ impl Access {
     /// upstream used to serve those), the repository is not (or no longer)
     /// anonymously pullable, now and after a restart.
     pub fn learn_refused(&self, who: Who<'_>) {
+        if who.via_operator {
+            return; // the operator's account was refused, not the client
+        }
         let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
         let token = who.authorization.map(|a| self.key(&[a]));
         let now = Instant::now();
@@ -286,6 +305,28 @@ impl Access {
         let now = Instant::now();
         let mut k = self.lock();
         let mut journal = Vec::new();
+        if who.via_operator {
+            // Only what the repository holds; an anonymous link only while
+            // the repository is known to be anonymously pullable (which is
+            // when the operator's account is used at all).
+            if let Some(l) = link {
+                bounded(&mut k.links).insert(l, ());
+                let public = k.public.get(&repo).is_some_and(|p| p.until > now);
+                if public && bounded(&mut k.anon_links).insert(l, ()).is_none() {
+                    journal.push(format!(
+                        "L {} {} {}\n",
+                        who.registry,
+                        who.repo,
+                        digest.unwrap_or_default()
+                    ));
+                }
+            }
+            drop(k);
+            for line in journal {
+                self.append(line);
+            }
+            return;
+        }
         let open = auth.is_none();
         let anonymous = match auth {
             None => true,
@@ -349,6 +390,31 @@ impl Access {
         }
     }
 
+    /// `authorization` is no credentials at all, or a token ocirelay's
+    /// token endpoint saw issued without credentials (still valid).
+    pub fn is_anonymous(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(a) = authorization else {
+            return true;
+        };
+        let key = self.key(&[a]);
+        let now = Instant::now();
+        self.lock()
+            .tokens
+            .get(&key)
+            .is_some_and(|(until, anon)| *anon && *until > now)
+    }
+
+    /// `who`'s repository is known, freshly, to be served to `who`'s kind
+    /// of anonymous request (no credentials at all needs `open`).
+    pub fn is_public(&self, who: Who<'_>) -> bool {
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let now = Instant::now();
+        self.lock()
+            .public
+            .get(&repo)
+            .is_some_and(|p| p.until > now && (p.open || who.authorization.is_some()))
+    }
+
     /// ocirelay's token endpoint relayed a token: remember its lifetime and
     /// whether it was issued without credentials (`anonymous`).
     pub fn learn_token(&self, token: &str, expires_in: Duration, anonymous: bool) {
@@ -366,11 +432,7 @@ mod tests {
     const D: &str = "sha256:aa";
 
     fn who<'a>(repo: &'a str, auth: Option<&'a [u8]>) -> Who<'a> {
-        Who {
-            registry: "docker.io",
-            repo,
-            authorization: auth,
-        }
+        Who::new("docker.io", repo, auth)
     }
 
     #[test]

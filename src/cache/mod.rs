@@ -62,7 +62,8 @@ thread_local! {
 pub struct Cache {
     pub store: Store,
     pub inflight: InFlight,
-    pub access: Access,
+    /// Shared with `Worker::access` (which exists without a cache too).
+    pub access: Arc<Access>,
     pub tags: Tags,
     /// How long a tag record is trusted before a HEAD revalidates it.
     pub tag_ttl: std::time::Duration,
@@ -105,7 +106,7 @@ impl Cache {
                 .collect(),
             store: Store::open(&cfg.dir)?,
             inflight: InFlight::default(),
-            access: Access::open(&cfg.dir)?,
+            access: Arc::new(Access::open(&cfg.dir)?),
             tags: Tags::open(&cfg.dir)?,
             tag_ttl: cfg.tag_ttl,
             serve_stale: cfg.serve_stale,

@@ -172,6 +172,26 @@ pub struct Registry {
     /// The label that, with `domain`, makes this registry's host
     /// (`ghcr` -> `ghcr.mirror.example.com`).
     pub prefix: Option<String>,
+    /// The operator's account at this registry: anonymous clients' pulls of
+    /// public repositories go upstream under it (see `pull::credentials`).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password for an upstream registry. `Debug` never shows
+/// the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// Which configured registry: a position in [`Config::registries`], valid
@@ -332,6 +352,13 @@ struct FileRegistry {
     #[serde(default)]
     hosts: Vec<Spanned<String>>,
     prefix: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    /// One of these three: the password itself, a file holding it (one
+    /// line; kept out of a config that may be shared), or the name of an
+    /// environment variable holding it.
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -665,6 +692,7 @@ fn parse_registries(
             }
             None => None,
         };
+        let credentials = registry_credentials(r, span.clone()).map_err(|(s, m)| at(s, m))?;
         registries.push(Registry {
             library_prefix: r.library_prefix.unwrap_or(name == "docker.io"),
             name,
@@ -673,9 +701,67 @@ fn parse_registries(
             default: r.default,
             hosts,
             prefix,
+            credentials,
         });
     }
     Ok(registries)
+}
+
+/// A registry's `username` with its `password`, `password_file` or
+/// `password_env` (exactly one), or none of them.
+fn registry_credentials(
+    r: &FileRegistry,
+    span: std::ops::Range<usize>,
+) -> Result<Option<Credentials>, (std::ops::Range<usize>, String)> {
+    let sources = [&r.password, &r.password_file, &r.password_env];
+    let given = sources.iter().filter(|s| s.is_some()).count();
+    let Some(user) = &r.username else {
+        return match given {
+            0 => Ok(None),
+            _ => Err((span, "a password needs `username` as well".into())),
+        };
+    };
+    let username = user.get_ref().trim().to_string();
+    // RFC 7617: the user-id of Basic credentials cannot hold a colon.
+    if username.is_empty() || username.contains(':') || username.chars().any(char::is_control) {
+        return Err((
+            user.span(),
+            "username must be non-empty, without ':' or control characters".into(),
+        ));
+    }
+    if given != 1 {
+        return Err((
+            user.span(),
+            "`username` needs exactly one of `password`, `password_file`, `password_env`".into(),
+        ));
+    }
+    let password = if let Some(p) = &r.password {
+        p.get_ref().clone()
+    } else if let Some(f) = &r.password_file {
+        let text = std::fs::read_to_string(f.get_ref())
+            .map_err(|e| (f.span(), format!("password_file {}: {e}", f.get_ref())))?;
+        // One line; the newline an editor or `echo` adds is not part of it.
+        text.trim_end_matches(['\r', '\n']).to_string()
+    } else if let Some(v) = &r.password_env {
+        std::env::var(v.get_ref()).map_err(|_| {
+            (
+                v.span(),
+                format!(
+                    "password_env: environment variable {} is not set",
+                    v.get_ref()
+                ),
+            )
+        })?
+    } else {
+        unreachable!("one source given")
+    };
+    if password.is_empty() || password.chars().any(char::is_control) {
+        return Err((
+            user.span(),
+            "the password must be non-empty, without control characters".into(),
+        ));
+    }
+    Ok(Some(Credentials { username, password }))
 }
 
 /// The registries of the embedded default config: every file starts from
@@ -879,5 +965,55 @@ upstream = "https://registry-1.docker.io"
         assert_eq!(e.line, Some(4));
         let off = Config::parse(&format!("{l}[cache]\nenabled = false\n")).unwrap();
         assert!(off.cache.is_none());
+    }
+
+    #[test]
+    fn upstream_credentials_come_from_the_config_a_file_or_the_environment() {
+        let reg = |extra: &str| {
+            Config::parse(&format!(
+                "listen = [\"127.0.0.1:1\"]\nbuiltin_registries = false\n[[registry]]\nname = \"docker.io\"\nupstream = \"https://registry-1.docker.io\"\n{extra}"
+            ))
+        };
+        let creds = |c: Config| c.registries[0].credentials.clone();
+        let c = reg("username = \"ops\"\npassword = \"pw\"\n").unwrap();
+        let got = creds(c).unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.password.as_str()),
+            ("ops", "pw")
+        );
+        assert!(
+            !format!("{got:?}").contains("pw"),
+            "Debug shows the password"
+        );
+
+        let file = std::env::temp_dir().join(format!("ocirelay-pw-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = reg(&format!(
+            "username = \"ops\"\npassword_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(creds(c).unwrap().password, "from-file");
+        std::fs::remove_file(&file).unwrap();
+
+        std::env::set_var("OCIRELAY_TEST_UPSTREAM_PW", "from-env");
+        let c = reg("username = \"ops\"\npassword_env = \"OCIRELAY_TEST_UPSTREAM_PW\"\n").unwrap();
+        assert_eq!(creds(c).unwrap().password, "from-env");
+
+        assert!(creds(reg("").unwrap()).is_none());
+        for (bad, says) in [
+            ("password = \"pw\"\n", "needs `username`"),
+            ("username = \"ops\"\n", "exactly one"),
+            (
+                "username = \"ops\"\npassword = \"a\"\npassword_env = \"OCIRELAY_TEST_UPSTREAM_PW\"\n",
+                "exactly one",
+            ),
+            ("username = \"o:ps\"\npassword = \"pw\"\n", "without ':'"),
+            ("username = \"ops\"\npassword_env = \"OCIRELAY_TEST_UNSET_VAR\"\n", "not set"),
+            ("username = \"ops\"\npassword_file = \"/nonexistent/pw\"\n", "password_file"),
+        ] {
+            let e = reg(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod body;
 pub mod cached;
 pub mod fetch;
 pub mod head;
+pub mod upstream_auth;
 
 use std::time::Instant;
 
@@ -77,10 +78,12 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         Route::Blob { digest, .. } => Some(digest),
         _ => None,
     };
-    let who = target.as_ref().map(|t| Who {
-        registry: registry_name,
-        repo: t.upstream_repo.as_ref(),
-        authorization: plan.fetch.authorization,
+    let who = target.as_ref().map(|t| {
+        Who::new(
+            registry_name,
+            t.upstream_repo.as_ref(),
+            plan.fetch.authorization,
+        )
     });
     let cache = w.cache.as_ref().filter(|_| cached::is_cacheable(req));
     let mut leading = None;
@@ -108,17 +111,30 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             return o;
         }
     }
+    // ---- credentials: the client's own, or the operator's account for an
+    // anonymous client's pull of public content (upstream_auth.rs) ----
+    let operator = upstream_auth::operator_for(w, reg, route, req.method, who, &plan.fetch).await;
+    let mut upstream = plan.fetch;
+    if let Some(op) = operator.as_deref() {
+        upstream.authorization = Some(op);
+    }
+    // What the upstream's answer teaches is about the repository only, not
+    // the client, when the operator asked (see `Who::via_operator`).
+    let who = who.map(|x| Who {
+        via_operator: operator.is_some(),
+        ..x
+    });
     // ---- fetch ----
     // Kept only for a manifest HEAD, which may have to be answered by a GET.
     let get_instead = plan.head_may_need_get.then(|| Fetch {
         method: Method::Get,
-        ..plan.fetch.clone()
+        ..upstream.clone()
     });
     // Kept by a request that leads a download, to finish it if its own
     // client goes away (see `finish_download`).
-    let resume = leading.as_ref().map(|_| plan.fetch.clone());
+    let resume = leading.as_ref().map(|_| upstream.clone());
     let started = Instant::now();
-    let fetched = fetch(w, plan.fetch).await;
+    let fetched = fetch(w, upstream).await;
     summary.upstream_time = Some(started.elapsed());
     let granted = fetched.as_ref().is_ok_and(Fetched::granted);
     let Fetched {
@@ -155,14 +171,16 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     // Manifests and blobs only: a registry may list tags or referrers more
     // openly than it serves content.
     let content = matches!(route, Route::Manifest { .. } | Route::Blob { .. });
-    if let (Some(cache), Some(who), true) = (cache, who, content) {
+    let access = w.access.as_ref().filter(|_| cached::is_cacheable(req));
+    if let (Some(access), Some(who), true) = (access, who, content) {
         if granted {
-            cache
-                .access
-                .learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
+            access.learn_ok(who, plan.verify.as_ref().map(|d| d.as_str()));
         } else if matches!(head.status, 401 | 403 | 404) {
-            cache.access.learn_refused(who);
+            access.learn_refused(who);
         }
+    }
+    if let (Some(_), Some(who), 401) = (&operator, who, head.status) {
+        w.forget_operator_token(reg, who.repo);
     }
     // containerd needs Content-Length and Docker-Content-Digest on a manifest
     // HEAD (or it falls back to GET itself); some registries (gcr) leave them

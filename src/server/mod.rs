@@ -30,6 +30,8 @@ struct Shared {
     extra_roots: Vec<Vec<CertificateDer<'static>>>,
     /// The content cache (one for all workers).
     cache: Option<Arc<Cache>>,
+    /// Access knowledge (the cache's, or memory-only; see `Worker::access`).
+    access: Option<Arc<crate::cache::access::Access>>,
 }
 
 /// Addresses actually bound (port 0 resolved), for the start-up message.
@@ -84,12 +86,23 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
                 None
             }
         });
+    // Access knowledge is the cache's; without a cache, upstream
+    // credentials still need it (whose token is anonymous, which repository
+    // is public) and get a memory-only one.
+    let access = match &cache {
+        Some(c) => Some(c.access.clone()),
+        None if cfg.registries.iter().any(|r| r.credentials.is_some()) => {
+            Some(Arc::new(crate::cache::access::Access::default()))
+        }
+        None => None,
+    };
     let mut cfg = cfg;
     let mut shared = Arc::new(Shared {
         cfg: Arc::new(cfg.clone()),
         server_tls,
         extra_roots,
         cache,
+        access,
     });
 
     // Worker 0 binds first so that port 0 resolves to one real port, which
@@ -115,6 +128,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
                 server_tls: shared.server_tls.clone(),
                 extra_roots: shared.extra_roots.clone(),
                 cache: shared.cache.clone(),
+                access: shared.access.clone(),
             });
             bound = Some(b);
         }
@@ -247,6 +261,7 @@ async fn start_worker(
         Upstreams::new(trusts, cfg.timeouts),
         keys,
         sh.cache.clone(),
+        sh.access.clone(),
     ));
     let opts = ListenerOpts::new()
         .reuse_port(true)

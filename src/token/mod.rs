@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
 
-use crate::config::RegistryId;
 use crate::downstream::{BodyError, Outcome, PendingBody, Reply};
-use crate::error::{Error, UpstreamError};
+use crate::error::Error;
 use crate::ops::summary::RequestSummary;
 use crate::pull::body;
-use crate::pull::fetch::{fetch, release_after, Fetch, Fetched};
+use crate::pull::fetch::{fetch, Fetch, Fetched};
+use crate::pull::upstream_auth::learn_realm;
 use crate::relay::tap::{Capture, NoTap};
 use crate::relay::ClientSink;
 use crate::route::registry::{self, Hints};
@@ -22,11 +22,7 @@ use crate::wire::challenge;
 use crate::wire::http::{name_eq, RequestHead};
 use crate::wire::method::Method;
 use crate::wire::oci::{ErrorCode, ErrorReply};
-use crate::wire::url::{Scheme, Url};
 use crate::worker::{Realm, Worker};
-
-/// A ping body is a few bytes of JSON; more is not read.
-const MAX_PING_BODY: u64 = 64 * 1024;
 
 /// Handles `GET|POST /token[/<registry>]`.
 #[allow(clippy::too_many_arguments)]
@@ -191,71 +187,30 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     }
     let to_client = reply.end_relayed(head.framing);
     conn.consume(head.head_len);
-    let Some(cache) = w.cache.as_ref().filter(|_| head.status == 200) else {
+    let Some(access) = w.access.as_ref().filter(|_| head.status == 200) else {
         return body::stream(
             w, conn, &head, client, reply, to_client, &mut NoTap, summary,
         )
         .await;
     };
-    // The cache learns which tokens were issued without credentials (and
-    // for how long), to tell anonymously pullable repositories from
-    // private ones (see `cache::access`).
+    // Which tokens were issued without credentials (and for how long), to
+    // tell anonymously pullable repositories from private ones (see
+    // `cache::access`) and anonymous clients from logged-in ones (see
+    // `pull::upstream_auth`).
     let mut seen = Capture::new(MAX_TOKEN_BODY);
     let outcome = body::stream(w, conn, &head, client, reply, to_client, &mut seen, summary).await;
-    if let Some((token, expires_in)) = seen.whole().and_then(issued_token) {
+    if let Some((token, expires_in)) = seen.whole().and_then(challenge::issued_token) {
         let ttl = Duration::from_secs(expires_in.unwrap_or(60).min(86_400));
         // Anonymous only for a GET without credentials: a POST carries them
         // in its form (OAuth2 password or refresh-token grants), so its
         // tokens are never taken for anonymous ones.
-        cache.access.learn_token(token, ttl, anonymous);
+        access.learn_token(token, ttl, anonymous);
     }
     outcome
 }
 
 /// Token answers are a few KiB of JSON; a larger one is not looked at.
 const MAX_TOKEN_BODY: usize = 64 * 1024;
-
-/// The token and its `expires_in` from a token service's JSON answer
-/// (`token` or `access_token`; the spec allows either).
-fn issued_token(body: &[u8]) -> Option<(&str, Option<u64>)> {
-    let text = std::str::from_utf8(body).ok()?;
-    let token =
-        json_string_field(text, "token").or_else(|| json_string_field(text, "access_token"))?;
-    let expires = json_number_field(text, "expires_in");
-    Some((token, expires))
-}
-
-/// The value of `"key": "<value>"` in a flat JSON object, when it has no
-/// escapes (tokens are base64url and dots).
-fn json_string_field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
-    let after = field_value(text, key)?;
-    let rest = after.strip_prefix('"')?;
-    let end = rest.find('"')?;
-    let v = &rest[..end];
-    (!v.is_empty() && !v.contains('\\')).then_some(v)
-}
-
-fn json_number_field(text: &str, key: &str) -> Option<u64> {
-    let after = field_value(text, key)?;
-    let end = after
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(after.len());
-    after[..end].parse().ok()
-}
-
-/// What follows `"key":` (whitespace skipped).
-fn field_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
-    let quoted = format!("\"{key}\"");
-    let mut from = 0;
-    while let Some(i) = text[from..].find(&quoted) {
-        let after = text[from + i + quoted.len()..].trim_start();
-        if let Some(v) = after.strip_prefix(':') {
-            return Some(v.trim_start());
-        }
-        from += i + quoted.len();
-    }
-    None
-}
 
 /// How long a token ocirelay issues itself (upstream down) is good for.
 const OFFLINE_TOKEN_TTL: u64 = 300;
@@ -304,52 +259,4 @@ async fn offline_token<S: ClientSink>(
 async fn refuse<S: ClientSink>(client: &mut S, reply: &mut Reply<'_>, e: &ErrorReply) -> Outcome {
     reply.must_close();
     reply.error(client, e).await
-}
-
-/// Asks the upstream's `/v2/` for its challenge and remembers the realm.
-/// `Ok(None)`: the upstream does not use token auth.
-async fn learn_realm(w: &Worker, reg: RegistryId) -> Result<Option<Realm>, UpstreamError> {
-    let f = Fetch {
-        method: Method::Get,
-        url: Url {
-            origin: w.cfg.registry(reg).upstream.clone(),
-            path_and_query: "/v2/".into(),
-        },
-        trust: w.trust(reg),
-        headers: Vec::new(),
-        authorization: None,
-        body: None,
-    };
-    let Fetched { conn, head, .. } = fetch(w, f).await?;
-    let realm = if head.status == 401 {
-        head.header(&conn, "www-authenticate")
-            .and_then(challenge::parse_challenge)
-            .and_then(|c| challenge::bearer_realm(&c))
-            .filter(|(u, _)| u.origin.scheme == Scheme::Https || w.cfg.debug)
-            .map(|(url, service)| Realm { url, service })
-    } else {
-        None
-    };
-    // Drain the small ping body so the connection can be reused.
-    release_after(w, conn, &head, MAX_PING_BODY).await;
-    if let Some(r) = &realm {
-        w.learn_realm(reg, r.clone());
-    }
-    Ok(realm)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_read_from_either_field() {
-        let b = br#"{"token":"abc.def","access_token":"abc.def","expires_in":300,"issued_at":"x"}"#;
-        assert_eq!(issued_token(b), Some(("abc.def", Some(300))));
-        let b = br#"{ "access_token" : "t1" }"#;
-        assert_eq!(issued_token(b), Some(("t1", None)));
-        assert_eq!(issued_token(br#"{"tokens":"x"}"#), None);
-        assert_eq!(issued_token(br#"{"token":""}"#), None);
-        assert_eq!(issued_token(b"not json"), None);
-    }
 }

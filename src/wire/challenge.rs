@@ -285,6 +285,73 @@ pub fn bearer_realm(ch: &Challenge<'_>) -> Option<(crate::wire::url::Url, Option
     Some((url, ch.param("service").map(str::to_string)))
 }
 
+/// The value of an `Authorization: Basic` header for `user:password`
+/// (RFC 7617: base64 of the two joined by a colon).
+pub fn basic_authorization(user: &str, password: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = [user.as_bytes(), b":", password.as_bytes()].concat();
+    let mut out = Vec::with_capacity(6 + raw.len().div_ceil(3) * 4);
+    out.extend_from_slice(b"Basic ");
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out
+}
+
+/// The token and its `expires_in` from a token service's JSON answer
+/// (`token` or `access_token`; the spec allows either).
+pub fn issued_token(body: &[u8]) -> Option<(&str, Option<u64>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let token =
+        json_string_field(text, "token").or_else(|| json_string_field(text, "access_token"))?;
+    let expires = json_number_field(text, "expires_in");
+    Some((token, expires))
+}
+
+/// The value of `"key": "<value>"` in a flat JSON object, when it has no
+/// escapes (tokens are base64url and dots).
+fn json_string_field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let after = field_value(text, key)?;
+    let rest = after.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    let v = &rest[..end];
+    (!v.is_empty() && !v.contains('\\')).then_some(v)
+}
+
+fn json_number_field(text: &str, key: &str) -> Option<u64> {
+    let after = field_value(text, key)?;
+    let end = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    after[..end].parse().ok()
+}
+
+/// What follows `"key":` (whitespace skipped).
+fn field_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let quoted = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(&quoted) {
+        let after = text[from + i + quoted.len()..].trim_start();
+        if let Some(v) = after.strip_prefix(':') {
+            return Some(v.trim_start());
+        }
+        from += i + quoted.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +429,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "service=ghcr.io&scope=repository%3Ao%2Fi%3Apull");
+    }
+
+    #[test]
+    fn basic_credentials_are_base64_with_padding() {
+        // RFC 7617's example, and each padding length.
+        assert_eq!(
+            basic_authorization("Aladdin", "open sesame"),
+            b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(
+            basic_authorization("alice", "wonderland"),
+            b"Basic YWxpY2U6d29uZGVybGFuZA=="
+        );
+        assert_eq!(basic_authorization("a", "b"), b"Basic YTpi");
+        assert_eq!(basic_authorization("ab", "c"), b"Basic YWI6Yw==");
+        assert_eq!(basic_authorization("ab", "cd"), b"Basic YWI6Y2Q=");
+    }
+
+    #[test]
+    fn tokens_are_read_from_either_field() {
+        let b = br#"{"token":"abc.def","access_token":"abc.def","expires_in":300,"issued_at":"x"}"#;
+        assert_eq!(issued_token(b), Some(("abc.def", Some(300))));
+        let b = br#"{ "access_token" : "t1" }"#;
+        assert_eq!(issued_token(b), Some(("t1", None)));
+        assert_eq!(issued_token(br#"{"tokens":"x"}"#), None);
+        assert_eq!(issued_token(br#"{"token":""}"#), None);
+        assert_eq!(issued_token(b"not json"), None);
     }
 }
