@@ -303,3 +303,70 @@ fn a_manifest_damaged_on_disk_is_never_served() {
     assert_eq!(r.body, img.manifest_bytes);
     assert_eq!(hub.knobs().manifest_gets(), gets + 1, "fetched again");
 }
+
+#[test]
+fn concurrent_cold_pulls_of_one_manifest_make_one_upstream_get() {
+    let hub = hub();
+    let relay = cached_relay(&hub, "5m");
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/multi");
+    let multi = hub.seeded().multi.clone();
+    let tag = "/v2/library/multi/manifests/latest".to_string();
+    let child = format!(
+        "/v2/library/multi/manifests/{}",
+        multi.images[0].manifest.digest
+    );
+    for (path, expected) in [
+        (&tag, &multi.manifest_bytes),
+        (&child, &multi.images[0].manifest_bytes),
+    ] {
+        let before = hub.knobs().manifest_gets();
+        // The registry holds its answers until all eight requests are in
+        // flight: without coalescing each would send its own GET.
+        hub.knobs().set_stall(Host::Registry, true);
+        let results: Vec<(u16, Vec<u8>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (relay, path, tok) = (&relay, path, &tok);
+                    s.spawn(move || {
+                        let r = get_manifest(&mut relay.client(), path, tok);
+                        (r.status, r.body)
+                    })
+                })
+                .collect();
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    !hub.log().matching(Host::Registry, path).is_empty()
+                }),
+                "the first request never reached the registry"
+            );
+            // Time for the other seven to arrive (and be held back).
+            std::thread::sleep(Duration::from_millis(300));
+            hub.knobs().set_stall(Host::Registry, false);
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (status, body) in &results {
+            assert_eq!(*status, 200);
+            assert_eq!(body, expected);
+        }
+        assert_eq!(
+            hub.knobs().manifest_gets() - before,
+            1,
+            "{path}: one upstream GET for eight concurrent cold pulls"
+        );
+        let log = relay.stderr();
+        let coalesced = log
+            .lines()
+            .filter(|l| l.contains(path.as_str()) && l.contains("cache=coalesced"))
+            .count();
+        assert!(
+            wait_until(Duration::from_secs(5), || relay
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(path.as_str()) && l.contains("cache=coalesced"))
+                .count()
+                == 7),
+            "{path}: {coalesced} coalesced\n{log}"
+        );
+    }
+}

@@ -80,6 +80,11 @@ pub struct Tags {
     /// Tags being revalidated right now: a concurrent request serves the
     /// record it has instead of sending a second HEAD.
     revalidating: Mutex<HashMap<u64, ()>>,
+    /// Manifests (by tag or by digest) some request is fetching upstream
+    /// right now: a concurrent request for the same waits for it and is
+    /// answered from what it stores, instead of sending a second GET (which
+    /// Docker Hub would count as a second pull).
+    fetching: Mutex<HashMap<u64, ()>>,
     /// Makes each record write's temporary name unique.
     next_tmp: std::sync::atomic::AtomicU64,
 }
@@ -94,6 +99,7 @@ impl Tags {
             keys: RandomState::new(),
             map: Mutex::new(HashMap::new()),
             revalidating: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
             next_tmp: std::sync::atomic::AtomicU64::new(0),
         };
         let mut map = HashMap::new();
@@ -166,6 +172,30 @@ impl Tags {
     pub fn end_revalidation(&self, name: &str) {
         let k = self.key(name);
         self.revalidating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&k);
+    }
+
+    /// Claims the upstream fetch of the manifest `name` (a tag's record
+    /// name, or a digest): true when this request is the one to fetch it,
+    /// until [`Tags::end_fetch`].
+    pub fn begin_fetch(&self, name: &str) -> bool {
+        let k = self.key(name);
+        let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        f.insert(k, ()).is_none()
+    }
+
+    /// Whether some request is fetching `name` upstream right now.
+    pub fn fetching(&self, name: &str) -> bool {
+        let k = self.key(name);
+        let f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        f.contains_key(&k)
+    }
+
+    pub fn end_fetch(&self, name: &str) {
+        let k = self.key(name);
+        self.fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&k);

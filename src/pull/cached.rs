@@ -29,6 +29,9 @@ pub enum Looked {
     Answered(Outcome),
     /// Fetch upstream, and store what comes (this request leads).
     Lead(Leading),
+    /// Fetch this manifest upstream: concurrent requests for it wait for
+    /// this one while the claim is held (see [`coalesce`]).
+    LeadManifest(ManifestFetch),
     /// Fetch upstream as a plain relay.
     Relay,
 }
@@ -333,10 +336,23 @@ pub async fn lookup_manifest<S: ClientSink>(
     summary: &mut RequestSummary<'_>,
 ) -> Looked {
     let accept = || req.headers_named("accept");
+    let get = req.method == Method::Get;
     let tag = match reference {
         Reference::Digest(d) => {
-            let Some(stored) = cache.load_manifest(&d).await else {
-                return Looked::Relay;
+            let mut waited = false;
+            let stored = match cache.load_manifest(&d).await {
+                Some(s) => s,
+                None if !get => return Looked::Relay,
+                None => {
+                    if let Some(lead) = coalesce(w, cache, d.as_str()).await {
+                        return Looked::LeadManifest(lead);
+                    }
+                    waited = true;
+                    match cache.load_manifest(&d).await {
+                        Some(s) => s,
+                        None => return Looked::Relay,
+                    }
+                }
             };
             if !manifests::accepts(accept(), &stored.media_type) {
                 return Looked::Relay;
@@ -344,7 +360,11 @@ pub async fn lookup_manifest<S: ClientSink>(
             let Some(how) = allowed(w, cache, who, &d, probe).await else {
                 return Looked::Relay;
             };
-            summary.cache = status_of(how, CacheStatus::Hit);
+            let status = match waited {
+                true => CacheStatus::Coalesced,
+                false => CacheStatus::Hit,
+            };
+            summary.cache = status_of(how, status);
             let stale = how == Admitted::Stale;
             return Looked::Answered(
                 send_manifest(
@@ -362,8 +382,22 @@ pub async fn lookup_manifest<S: ClientSink>(
         Reference::Tag(t) => t,
     };
     let name = Tags::name(who.registry, who.repo, tag.as_str());
-    let Some(rec) = cache.tags.get(&name) else {
-        return Looked::Relay;
+    let mut status = CacheStatus::Hit;
+    let rec = match cache.tags.get(&name) {
+        Some(r) => r,
+        None if !get => return Looked::Relay,
+        None => {
+            if let Some(lead) = coalesce(w, cache, &name).await {
+                return Looked::LeadManifest(lead);
+            }
+            // Recorded by the request waited for only if its client took
+            // every variant (see `accepts_lists`); otherwise this one asks.
+            status = CacheStatus::Coalesced;
+            match cache.tags.get(&name) {
+                Some(r) => r,
+                None => return Looked::Relay,
+            }
+        }
     };
     let Ok(digest) = Digest::parse(&rec.digest) else {
         return Looked::Relay;
@@ -374,7 +408,6 @@ pub async fn lookup_manifest<S: ClientSink>(
     if !manifests::accepts(accept(), &stored.media_type) {
         return Looked::Relay; // this client wants another variant
     }
-    let mut status = CacheStatus::Hit;
     // Another request revalidating this tag right now: serve what is known
     // rather than send a second HEAD (concurrent revalidations coalesce).
     if rec.age() >= cache.tag_ttl && cache.tags.begin_revalidation(&name) {
@@ -444,6 +477,40 @@ pub async fn lookup_manifest<S: ClientSink>(
         )
         .await,
     )
+}
+
+/// How often a request waiting for another's manifest fetch looks again.
+const COALESCE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A claim on fetching one manifest upstream (a tag's record name or a
+/// digest), released when the request that holds it ends, however it ends.
+pub struct ManifestFetch {
+    cache: Arc<Cache>,
+    name: String,
+}
+
+impl Drop for ManifestFetch {
+    fn drop(&mut self) {
+        self.cache.tags.end_fetch(&self.name);
+    }
+}
+
+/// A manifest the cache lacks: the first request for `name` fetches it
+/// (returned claim); the others wait while that fetch runs (at most the
+/// upstream read timeout), then look in the cache again. N concurrent cold
+/// pulls of a tag then cost one counted GET upstream, not N.
+async fn coalesce(w: &Worker, cache: &Arc<Cache>, name: &str) -> Option<ManifestFetch> {
+    if cache.tags.begin_fetch(name) {
+        return Some(ManifestFetch {
+            cache: cache.clone(),
+            name: name.to_string(),
+        });
+    }
+    let deadline = std::time::Instant::now() + w.cfg.timeouts.upstream_read;
+    while cache.tags.fetching(name) && std::time::Instant::now() < deadline {
+        monoio::time::sleep(COALESCE_POLL).await;
+    }
+    None
 }
 
 /// What a revalidating HEAD said about a tag.

@@ -74,10 +74,6 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     // ---- plan ----
     let plan = plan(w, req, route, query, target.as_ref(), reg);
     // ---- lookup ----
-    let blob = match *route {
-        Route::Blob { digest, .. } => Some(digest),
-        _ => None,
-    };
     let who = target.as_ref().map(|t| {
         Who::new(
             registry_name,
@@ -86,31 +82,45 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         )
     });
     let cache = w.cache.as_ref().filter(|_| cached::is_cacheable(req));
-    let mut leading = None;
-    if let (Some(cache), Some(d), Some(who)) = (cache, blob, who) {
-        match cached::lookup(w, cache, &d, who, &plan.fetch, req, client, reply, summary).await {
-            Looked::Answered(o) => return o,
-            Looked::Lead(l) => leading = Some(l),
-            Looked::Relay => {}
+    let looked = match (cache, *route, who) {
+        (Some(cache), Route::Blob { digest, .. }, Some(who)) => {
+            cached::lookup(
+                w,
+                cache,
+                &digest,
+                who,
+                &plan.fetch,
+                req,
+                client,
+                reply,
+                summary,
+            )
+            .await
         }
-    }
-    if let (Some(cache), Route::Manifest { reference, .. }, Some(who)) = (cache, *route, who) {
-        let looked = cached::lookup_manifest(
-            w,
-            cache,
-            reference,
-            who,
-            &plan.fetch,
-            req,
-            client,
-            reply,
-            summary,
-        )
-        .await;
-        if let Looked::Answered(o) = looked {
-            return o;
+        (Some(cache), Route::Manifest { reference, .. }, Some(who)) => {
+            cached::lookup_manifest(
+                w,
+                cache,
+                reference,
+                who,
+                &plan.fetch,
+                req,
+                client,
+                reply,
+                summary,
+            )
+            .await
         }
-    }
+        _ => Looked::Relay,
+    };
+    // A manifest claim is held until this request ends: those waiting for
+    // it then find what it stored.
+    let (leading, _manifest_claim) = match looked {
+        Looked::Answered(o) => return o,
+        Looked::Lead(l) => (Some(l), None),
+        Looked::LeadManifest(claim) => (None, Some(claim)),
+        Looked::Relay => (None, None),
+    };
     // ---- credentials: the client's own, or the operator's account for an
     // anonymous client's pull of public content (upstream_auth.rs) ----
     let operator = upstream_auth::operator_for(w, reg, route, req.method, who, &plan.fetch).await;
