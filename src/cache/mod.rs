@@ -25,6 +25,7 @@ pub mod manifests;
 pub mod serve;
 pub mod store;
 pub mod tee;
+pub mod warm;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
