@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ocirelay::config::{Config, DEFAULT_CONFIG};
 
 #[global_allocator]
@@ -62,6 +62,30 @@ enum CacheAction {
         #[arg(long)]
         older_than: Option<String>,
     },
+    /// Pull images through the running mirror so that its cache holds them
+    /// (every platform of a multi-platform image); exits non-zero unless
+    /// every object was fetched and verified.
+    Warm(WarmArgs),
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// The mirror to pull through, http://HOST:PORT or https://HOST:PORT
+    /// (default: http:// and the config's first `listen` address).
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// CA certificates (PEM) to trust for an https:// mirror, besides the
+    /// web PKI roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// USER:PASSWORD for the registry, for private images (better: the
+    /// OCIRELAY_WARM_AUTH environment variable, which `ps` does not show).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    user: Option<String>,
+    /// Images as docker names them: alpine, alpine:3.19, library/alpine,
+    /// ghcr.io/owner/img:tag, quay.io/x/y@sha256:...
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +137,10 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Cache {
+            dir,
+            action: CacheAction::Warm(args),
+        }) => return warm_command(&cli.config, &cli.listen, dir, args),
         Some(Command::Cache { dir, action }) => return cache_command(&cli.config, dir, action),
         None => {}
     }
@@ -212,6 +240,69 @@ fn cache_command(config: &Option<PathBuf>, dir: Option<PathBuf>, action: CacheAc
             let (n, bytes) = admin::prune(&dir, to, age);
             println!("{}: removed {n} objects ({bytes} bytes)", dir.display());
         }
+        CacheAction::Warm(_) => unreachable!("main dispatches `cache warm` to warm_command"),
     }
     ExitCode::SUCCESS
+}
+
+/// `ocirelay cache warm`: through the mirror, which owns the cache
+/// directory (so `--dir` has no meaning here).
+fn warm_command(
+    config: &Option<PathBuf>,
+    listen: &[SocketAddr],
+    dir: Option<PathBuf>,
+    args: WarmArgs,
+) -> ExitCode {
+    use ocirelay::cache::warm;
+    if dir.is_some() {
+        eprintln!(
+            "ocirelay: cache warm goes through the mirror; --dir does not apply (use --mirror)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let mirror = match &args.mirror {
+        Some(url) => warm::parse_mirror(url),
+        None if !listen.is_empty() => warm::default_mirror(listen),
+        None => match config {
+            Some(p) => Config::load(p)
+                .map_err(|e| warm::WarmError::Mirror(format!("{}: {e}", p.display())))
+                .and_then(|c| warm::default_mirror(&c.listen)),
+            None => warm::default_mirror(&Config::default_config().listen),
+        },
+    };
+    let mirror = match mirror {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ocirelay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = warm::Options {
+        mirror,
+        ca_file: args.ca_file,
+        user: args
+            .user
+            .or_else(|| std::env::var("OCIRELAY_WARM_AUTH").ok())
+            .filter(|u| !u.is_empty()),
+    };
+    let result = warm::run(&opts, &args.images, |image| {
+        for e in &image.failures {
+            eprintln!("ocirelay: {}: {e}", image.image);
+        }
+        println!("{}", image.line());
+    });
+    match result {
+        Ok(summary) => {
+            println!("{}", summary.line());
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ocirelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
