@@ -31,15 +31,11 @@ use crate::wire::challenge::{bearer_realm, parse_challenge, percent_encode};
 use crate::wire::digest::{sha256_digest, Verifier};
 use crate::wire::http::{has_token, parse_content_length, ChunkedDecoder};
 use crate::wire::names::{Digest, RepoName, Tag};
+use crate::wire::oci::FULL_ACCEPT;
 use crate::wire::url::{Origin, Scheme, Url};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Every manifest type, as docker asks for them: a registry answers a tag
-/// with the index when it has one, so every platform is found. (The same
-/// list as `pull::cached::FULL_ACCEPT`, which `cache` may not import.)
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Blobs fetched at once per image: enough to overlap the mirror's upstream
 /// round trips, few enough not to look like a flood to the upstream.
@@ -1083,7 +1079,7 @@ impl Warmer {
         let head = self.get(
             client,
             &img.path("manifests", reference),
-            Some(ACCEPT),
+            Some(FULL_ACCEPT),
             token,
             &object,
         )?;

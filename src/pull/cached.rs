@@ -18,7 +18,7 @@ use crate::wire::http::name_eq;
 use crate::wire::http::RequestHead;
 use crate::wire::method::Method;
 use crate::wire::names::{Digest, Reference};
-use crate::wire::oci::{ErrorCode, ErrorReply};
+use crate::wire::oci::{ErrorCode, ErrorReply, FULL_ACCEPT};
 use crate::worker::Worker;
 
 use super::fetch::{fetch, release_after, Fetch, Fetched};
@@ -172,10 +172,6 @@ async fn follow<S: ClientSink>(
         }
     })
 }
-
-/// Every manifest type a registry may answer a tag with: what a tag record
-/// is the answer to, and what revalidations ask with.
-pub const FULL_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// A HEAD for the same resource with the client's credentials and `Accept`,
 /// without what would make the upstream's answer partial or conditional

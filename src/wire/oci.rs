@@ -1,5 +1,14 @@
-//! The OCI distribution spec's error answers: codes and the JSON body
-//! `{"errors":[{"code":..,"message":..,"detail":null}]}`.
+//! The OCI distribution spec's error answers (codes and the JSON body
+//! `{"errors":[{"code":..,"message":..,"detail":null}]}`) and the manifest
+//! `Accept` list.
+
+/// Every manifest media type, index types first, as docker asks for a tag:
+/// it lists every type because a registry answers a tag with the index when
+/// it has one and the client accepts it (every platform can then be found),
+/// and with a single image's manifest otherwise. What a tag record is the
+/// answer to, what revalidations ask with (`pull::cached`), and what
+/// `cache warm` asks the mirror with.
+pub const FULL_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// The error codes of the OCI distribution spec (plus distribution's
 /// `UNAVAILABLE`), written into `{"errors":[{"code":..}]}` bodies.
