@@ -28,7 +28,7 @@ use rustls::ClientConfig;
 use serde::Deserialize;
 
 use super::manifests::MAX_MANIFEST;
-use crate::wire::challenge::{bearer_realm, parse_challenge, percent_encode};
+use crate::wire::challenge::{basic_authorization, bearer_realm, parse_challenge, percent_encode};
 use crate::wire::digest::{sha256_digest, Verifier};
 use crate::wire::names::Digest;
 use crate::wire::oci::FULL_ACCEPT;
@@ -71,6 +71,8 @@ pub enum WarmError {
     Unreachable { mirror: String, source: io::Error },
     /// The CA file could not be used.
     Tls(String),
+    /// `--user` (or `OCIRELAY_WARM_AUTH`) is not `USER:PASSWORD`.
+    User(String),
     /// The connection failed while fetching `object`.
     Io { object: String, source: io::Error },
     /// The mirror answered `status` for `object`; `detail` is the OCI error
@@ -101,6 +103,7 @@ impl fmt::Display for WarmError {
                  Name it with --mirror http://HOST:PORT"
             ),
             WarmError::Tls(why) => write!(f, "TLS: {why}"),
+            WarmError::User(why) => write!(f, "--user (or OCIRELAY_WARM_AUTH): {why}"),
             WarmError::Io { object, source } => write!(f, "{object}: {source}"),
             WarmError::Status {
                 object,
@@ -224,8 +227,8 @@ fn human_size(n: u64) -> String {
 
 /// Warms `images` through the mirror, calling `each` as each one is done.
 /// `Err` only for what stops everything before the first request: a bad
-/// reference (nothing is fetched until all are valid), an unusable CA file,
-/// a mirror that does not answer.
+/// reference (nothing is fetched until all are valid), credentials that are
+/// not `USER:PASSWORD`, an unusable CA file, a mirror that does not answer.
 pub fn run(
     opts: &Options,
     images: &[String],
@@ -235,6 +238,7 @@ pub fn run(
         .iter()
         .map(|i| ImageRef::parse(i))
         .collect::<Result<Vec<_>, _>>()?;
+    let basic = opts.user.as_deref().map(basic_credentials).transpose()?;
     let extra = match &opts.ca_file {
         Some(p) => crate::tls::config::load_certs(p).map_err(WarmError::Tls)?,
         None => Vec::new(),
@@ -243,7 +247,7 @@ pub fn run(
     let warmer = Warmer {
         origin: opts.mirror.origin.clone(),
         tls,
-        basic: opts.user.as_deref().map(basic_auth),
+        basic,
     };
     let mut client = warmer.client();
     client.connect().map_err(|source| WarmError::Unreachable {
@@ -634,26 +638,24 @@ fn verifier(digest: &str, object: &str) -> Result<Verifier, WarmError> {
         })
 }
 
-/// `Basic base64(user:password)`.
-fn basic_auth(user_pass: &str) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("Basic ");
-    for chunk in user_pass.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+/// The `Authorization` value for `USER:PASSWORD`, split at the first `:`
+/// (a password may hold more). As docker reads the `auth` of its
+/// config.json: no `:`, or no user before it, is an error, not a user with
+/// an empty password. The value itself is never in the message.
+fn basic_credentials(user_pass: &str) -> Result<String, WarmError> {
+    match user_pass.split_once(':') {
+        Some((user, password)) if !user.is_empty() => {
+            let header = basic_authorization(user, password);
+            // Base64 after `Basic `: ASCII, nothing is lost.
+            Ok(String::from_utf8_lossy(&header).into_owned())
         }
+        Some(_) => Err(WarmError::User(
+            "no user before the ':' (give USER:PASSWORD)".into(),
+        )),
+        None => Err(WarmError::User(
+            "no ':' between user and password (give USER:PASSWORD)".into(),
+        )),
     }
-    out
 }
 
 #[cfg(test)]
@@ -665,10 +667,16 @@ mod tests {
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(12_900_000), "12.3 MiB");
         assert_eq!(
-            basic_auth("alice:wonderland"),
+            basic_credentials("alice:wonderland").unwrap(),
             "Basic YWxpY2U6d29uZGVybGFuZA=="
         );
-        assert_eq!(basic_auth("ab"), "Basic YWI=");
-        assert_eq!(basic_auth("abc"), "Basic YWJj");
+        // Split at the first ':': the password keeps the others.
+        assert_eq!(basic_credentials("a:b:c").unwrap(), "Basic YTpiOmM=");
+        assert_eq!(basic_credentials("a:").unwrap(), "Basic YTo=");
+        for bad in ["s3cret", ":s3cret", ""] {
+            let e = basic_credentials(bad).unwrap_err().to_string();
+            assert!(e.contains("USER:PASSWORD"), "{bad:?}: {e}");
+            assert!(bad.is_empty() || !e.contains(bad), "{e} shows the secret");
+        }
     }
 }
