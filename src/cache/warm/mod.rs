@@ -368,7 +368,8 @@ impl Warmer {
     }
 
     /// GET with the image's token; on a 401, a token from the challenge's
-    /// realm and once more.
+    /// realm and once more. Any answer but 200 is an error, with the OCI
+    /// error code and message of its body.
     fn get(
         &self,
         client: &mut Client,
@@ -391,20 +392,28 @@ impl Warmer {
             if let Some(b) = &bearer {
                 headers.push(("Authorization", b.as_str()));
             }
-            let head = client
-                .get(target, &headers)
-                .map_err(|source| WarmError::Io {
-                    object: object.to_string(),
-                    source,
-                })?;
-            if head.status != 401 || renewed {
+            let io = |source| WarmError::Io {
+                object: object.to_string(),
+                source,
+            };
+            let head = client.get(target, &headers).map_err(io)?;
+            if head.status == 401 && !renewed {
+                let challenge = head.header("www-authenticate").map(<[u8]>::to_vec);
+                client.skip(&head);
+                let fresh = self.token(challenge.as_deref())?;
+                *token.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+                renewed = true;
+                continue;
+            }
+            if head.status == 200 {
                 return Ok(head);
             }
-            let challenge = head.header("www-authenticate").map(<[u8]>::to_vec);
-            client.skip(&head);
-            let fresh = self.token(challenge.as_deref())?;
-            *token.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
-            renewed = true;
+            let body = client.small_body(&head, MAX_SMALL_BODY).map_err(io)?;
+            return Err(WarmError::Status {
+                object: object.to_string(),
+                status: head.status,
+                detail: error_detail(&body),
+            });
         }
     }
 
@@ -489,18 +498,6 @@ impl Warmer {
             token,
             &object,
         )?;
-        let io = |source| WarmError::Io {
-            object: object.clone(),
-            source,
-        };
-        if head.status != 200 {
-            let body = client.small_body(&head, MAX_SMALL_BODY).map_err(io)?;
-            return Err(WarmError::Status {
-                object,
-                status: head.status,
-                detail: error_detail(&body),
-            });
-        }
         if let Framing::Length(n) = head.framing {
             if n > MAX_MANIFEST as u64 {
                 client.skip(&head);
@@ -516,7 +513,10 @@ impl Warmer {
                 bytes.extend_from_slice(d);
                 bytes.len() <= MAX_MANIFEST
             })
-            .map_err(io)?;
+            .map_err(|source| WarmError::Io {
+                object: object.clone(),
+                source,
+            })?;
         if !whole {
             return Err(WarmError::Manifest {
                 object,
@@ -591,18 +591,6 @@ impl Warmer {
             token,
             &object,
         )?;
-        let io = |source| WarmError::Io {
-            object: object.clone(),
-            source,
-        };
-        if head.status != 200 {
-            let body = client.small_body(&head, MAX_SMALL_BODY).map_err(io)?;
-            return Err(WarmError::Status {
-                object,
-                status: head.status,
-                detail: error_detail(&body),
-            });
-        }
         let mut n = 0u64;
         client
             .body(&head, &mut |d| {
@@ -610,7 +598,10 @@ impl Warmer {
                 n += d.len() as u64;
                 true
             })
-            .map_err(io)?;
+            .map_err(|source| WarmError::Io {
+                object: object.clone(),
+                source,
+            })?;
         let mismatch = |what| WarmError::Mismatch {
             object: object.clone(),
             what,
