@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::wire::http::{has_token, parse_content_length, ChunkedDecoder};
+use crate::wire::http::{has_token, parse_content_length, ChunkedDecoder, RespFraming};
 use crate::wire::url::{Origin, Scheme};
 
 /// Token answers and error bodies are small JSON; more is not read.
@@ -51,21 +51,12 @@ impl Write for Stream {
     }
 }
 
-/// How a response's body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// At the end of the connection.
-    Close,
-}
-
 /// A response head, owned (so that the connection is free for the body).
 pub(super) struct Head {
     pub(super) status: u16,
     headers: Vec<(String, Vec<u8>)>,
-    pub(super) framing: Framing,
+    /// How its body ends.
+    pub(super) framing: RespFraming,
     /// The connection cannot carry another request after this response.
     close: bool,
 }
@@ -198,7 +189,11 @@ impl Conn {
 
     /// Streams the body into `sink` until it ends (`Ok(true)`) or `sink`
     /// says stop (`Ok(false)`).
-    fn body(&mut self, framing: Framing, sink: &mut dyn FnMut(&[u8]) -> bool) -> io::Result<bool> {
+    fn body(
+        &mut self,
+        framing: RespFraming,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<bool> {
         let cut = |got: u64| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -206,8 +201,8 @@ impl Conn {
             )
         };
         match framing {
-            Framing::Empty => Ok(true),
-            Framing::Length(len) => {
+            RespFraming::None => Ok(true),
+            RespFraming::Length(len) => {
                 let mut left = len;
                 while left > 0 {
                     if self.start == self.end && self.read_more()? == 0 {
@@ -224,7 +219,7 @@ impl Conn {
                 }
                 Ok(true)
             }
-            Framing::Chunked => {
+            RespFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new();
                 let (mut stopped, mut got) = (false, 0u64);
                 loop {
@@ -250,7 +245,7 @@ impl Conn {
                     }
                 }
             }
-            Framing::Close => loop {
+            RespFraming::Close => loop {
                 if self.start < self.end {
                     let more = sink(&self.buf[self.start..self.end]);
                     self.start = self.end;
@@ -275,24 +270,24 @@ fn head_of(status: u16, http10: bool, headers: Vec<(String, Vec<u8>)>) -> io::Re
     let mut head = Head {
         status,
         headers,
-        framing: Framing::Close,
+        framing: RespFraming::Close,
         close: false,
     };
     head.framing = if status == 204 || status == 304 {
-        Framing::Empty
+        RespFraming::None
     } else if let Some(te) = head.header("transfer-encoding") {
         if has_token(te, "chunked") {
-            Framing::Chunked
+            RespFraming::Chunked
         } else {
-            Framing::Close
+            RespFraming::Close
         }
     } else if let Some(cl) = head.header("content-length") {
-        Framing::Length(parse_content_length(cl).ok_or_else(|| invalid("bad Content-Length"))?)
+        RespFraming::Length(parse_content_length(cl).ok_or_else(|| invalid("bad Content-Length"))?)
     } else {
-        Framing::Close
+        RespFraming::Close
     };
     let connection = head.header("connection").unwrap_or_default();
-    head.close = head.framing == Framing::Close
+    head.close = head.framing == RespFraming::Close
         || has_token(connection, "close")
         || (http10 && !has_token(connection, "keep-alive"));
     Ok(head)
@@ -431,7 +426,7 @@ mod tests {
         ]);
         let mut c = Client::new(origin, crate::tls::config::client_config(&[]).unwrap());
         let head = c.get("/a", &[]).unwrap();
-        assert_eq!((head.status, head.framing), (200, Framing::Chunked));
+        assert_eq!((head.status, head.framing), (200, RespFraming::Chunked));
         let mut parts = Vec::new();
         assert!(c
             .body(&head, &mut |d| {
@@ -442,7 +437,7 @@ mod tests {
         assert_eq!(parts.concat(), b"hello");
         // The same connection (the server accepts only one).
         let head = c.get("/b", &[]).unwrap();
-        assert_eq!((head.status, head.framing), (404, Framing::Length(5)));
+        assert_eq!((head.status, head.framing), (404, RespFraming::Length(5)));
         assert_eq!(c.small_body(&head, 3).unwrap(), b"nop");
     }
 }

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use super::manifests::MAX_MANIFEST;
 use crate::wire::challenge::{basic_authorization, bearer_realm, parse_challenge, percent_encode};
 use crate::wire::digest::{sha256_digest, Verifier};
+use crate::wire::http::RespFraming;
 use crate::wire::names::Digest;
 use crate::wire::oci::FULL_ACCEPT;
 use crate::wire::url::{Origin, Url};
@@ -38,7 +39,7 @@ mod client;
 mod manifest;
 mod reference;
 
-use client::{Client, Framing, Head, MAX_SMALL_BODY};
+use client::{Client, Head, MAX_SMALL_BODY};
 use manifest::{walk, Walk};
 use reference::ImageRef;
 pub use reference::{default_mirror, parse_mirror};
@@ -498,7 +499,7 @@ impl Warmer {
             token,
             &object,
         )?;
-        if let Framing::Length(n) = head.framing {
+        if let RespFraming::Length(n) = head.framing {
             if n > MAX_MANIFEST as u64 {
                 client.skip(&head);
                 return Err(WarmError::Manifest {
