@@ -1,21 +1,35 @@
 //! Sending stored bytes to a client: a complete object (a hit), or one still
 //! being downloaded by another request (a follower tails the growing file
 //! and holds its last byte back until the download is verified).
-//! Disk reads go through monoio's file API (io_uring), never a blocking
-//! read on a worker.
+//! Nothing waits for the disk on a worker: disk reads go through monoio's
+//! file API (io_uring); what the page cache holds is read with a `preadv2`
+//! that never waits (TLS clients) or sent from a mapping after `mincore`
+//! says it is resident (plain-HTTP clients).
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::inflight::{Fill, FillState, UNKNOWN};
 use crate::relay::io::write_client;
 use crate::relay::{ClientSink, RelayError, RELAY_BUF};
+use crate::sys::{Mapped, MappedPart};
+use crate::tls::stream::ServerTls;
+
+/// Objects at least this large go to plain-HTTP clients from a mapping;
+/// smaller ones cost less to copy than to map.
+const MAP_MIN: u64 = 256 * 1024;
+/// Bytes sent from a mapping per write (no buffer of ours to bound).
+const MAP_BATCH: u64 = 1 << 20;
 
 /// How often a follower looks at the leader's progress when it has caught
 /// up (an atomic load; the file is read only when there is more).
 const FOLLOW_POLL: Duration = Duration::from_millis(2);
 
 /// Sends `len` bytes of `file` from `offset` to the client, through `buf`.
+/// A TLS client's bytes are read straight into whole-record slots and
+/// sealed there (see [`send_sealed`]).
 pub async fn send_range<S: ClientSink>(
     file: &monoio::fs::File,
     mut offset: u64,
@@ -25,8 +39,38 @@ pub async fn send_range<S: ClientSink>(
     limit: Duration,
 ) -> Result<(), RelayError> {
     let end = offset + len;
+    let mut slots = Vec::new();
+    // A plain-HTTP client of a large object: sent from a mapping of the
+    // file, so the kernel copies page cache to socket and nothing passes
+    // through a buffer of ours (see `docs/design.md`, "The content cache").
+    let map = match client.tls() {
+        None if len >= MAP_MIN => Mapped::map(file.as_raw_fd(), offset, len as usize)
+            .ok()
+            .map(Rc::new),
+        _ => None,
+    };
     while offset < end {
+        if let Some(map) = &map {
+            let n = (end - offset).min(MAP_BATCH);
+            // Only what the page cache holds: a send that faulted pages in
+            // from the disk would block the worker. The rest is read
+            // through io_uring below.
+            if map.resident(offset..offset + n) {
+                let part = MappedPart::new(map.clone(), offset..offset + n);
+                write_client(client, part, limit).await?;
+                offset += n;
+                continue;
+            }
+        }
         let want = ((end - offset) as usize).min(RELAY_BUF);
+        if let Some(tls) = client.tls() {
+            if let Some(run) = tls.lay_out_records(want, buf, &mut slots) {
+                send_sealed(file, offset, tls, buf, &slots, run, limit).await?;
+                client.sent_directly(want as u64);
+                offset += want as u64;
+                continue;
+            }
+        }
         let mut b = std::mem::take(buf);
         b.clear();
         b.reserve(want);
@@ -51,6 +95,64 @@ pub async fn send_range<S: ClientSink>(
         *buf = write_client(client, b, limit).await?;
     }
     Ok(())
+}
+
+/// One batch of a TLS client's bytes: `file` from `offset` read into the
+/// record slots `slots` laid out in `buf` (what the page cache holds with
+/// one `preadv2` that never waits; the rest, if any, through io_uring),
+/// sealed in place, and sent. One kernel copy and one AES pass per byte;
+/// no SHA-256 (the object was verified when stored).
+async fn send_sealed(
+    file: &monoio::fs::File,
+    offset: u64,
+    tls: &mut ServerTls,
+    buf: &mut Vec<u8>,
+    slots: &[std::ops::Range<usize>],
+    run: std::ops::Range<usize>,
+    limit: Duration,
+) -> Result<(), RelayError> {
+    let want: usize = slots.iter().map(|r| r.len()).sum();
+    let got = crate::sys::read_cached(file.as_raw_fd(), buf, slots, offset)
+        .map_err(RelayError::Upstream)?;
+    if got < want {
+        // Not (all) in the page cache: the rest from the disk through
+        // io_uring, then into its slots (the cold path pays one copy).
+        let rest = vec![0u8; want - got];
+        let (res, rest) = file.read_exact_at(rest, offset + got as u64).await;
+        if let Err(e) = res {
+            return Err(RelayError::Upstream(match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached object shorter than its length",
+                ),
+                _ => e,
+            }));
+        }
+        let mut skip = got;
+        let mut from = 0;
+        for r in slots {
+            if skip >= r.len() {
+                skip -= r.len();
+                continue;
+            }
+            let part = r.start + skip..r.end;
+            buf[part.clone()].copy_from_slice(&rest[from..from + part.len()]);
+            from += part.len();
+            skip = 0;
+        }
+    }
+    tls.seal_laid_out(buf, slots).map_err(RelayError::Client)?;
+    let out = std::mem::take(buf);
+    match monoio::time::timeout(limit, tls.send_ciphertext(out, run)).await {
+        Ok((res, back)) => {
+            *buf = back;
+            res.map_err(RelayError::Client)
+        }
+        Err(_) => Err(RelayError::Client(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client write timed out",
+        ))),
+    }
 }
 
 /// Follows a download in progress, bytes `from..to`: sends what the leader

@@ -16,6 +16,7 @@ pub mod error;
 mod handshake;
 pub mod record;
 mod reseal;
+mod slots;
 pub mod stream;
 
 pub use config::{client_config, load_certs, load_server, server_config, ServerMaterial};

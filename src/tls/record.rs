@@ -133,6 +133,17 @@ impl RecordCipher {
             }
     }
 
+    /// Where a record's plaintext starts within it: after the header and,
+    /// for TLS 1.2 AES-GCM, the explicit nonce. The rest of
+    /// [`RecordCipher::overhead`] follows the plaintext.
+    pub fn plain_offset(&self) -> usize {
+        HEADER
+            + match self.explicit_nonce {
+                true => EXPLICIT_NONCE,
+                false => 0,
+            }
+    }
+
     /// IV xor sequence number (RFC 8446 §5.3; also TLS 1.2 ChaCha20 and the
     /// nonce rustls uses for TLS 1.2 AES-GCM, whose last 8 bytes it sends).
     fn nonce(&self) -> [u8; NONCE_LEN] {
