@@ -14,6 +14,8 @@
 #     core 0 with one worker, load generator and double on core 1), starts Caddy, nginx and
 #     ocirelay (twice: digest verification on and off) and runs every workload against every
 #     target, interleaved round by round (the target order rotates every round);
+#     Caddy's and nginx's configs are written by benches/anchors.sh (tuned as a careful
+#     operator would: enough upstream keep-alive, no request limit, streaming);
 #  4. writes benches/results/<run>/results.jsonl, the ratio chart and BENCHMARKS.md (the part
 #     between the GENERATED markers), and profiles ocirelay with perf in its worst workload.
 #
@@ -196,127 +198,12 @@ P_OCI_HTTP=$((PORT_BASE + 5))
 P_OCINV_TLS=$((PORT_BASE + 6))
 P_OCINV_HTTP=$((PORT_BASE + 7))
 
-caddy_site() { # scheme port
-    local tls_line=
-    [ "$1" = https ] && tls_line="tls $W/proxy.pem $W/proxy.key"
-    cat <<EOF
-$1://127.0.0.1:$2 {
-	$tls_line
-	handle /v2/* {
-		reverse_proxy https://$REG_HP {
-			header_up Host {http.reverse_proxy.upstream.hostport}
-			header_down WWW-Authenticate "https://$TOKEN_HP" "$1://{http.request.hostport}"
-			header_down Location "https://$CDN_HP" "$1://{http.request.hostport}"
-			transport http {
-				tls_trusted_ca_certs $HUB_CA
-			}
-		}
-	}
-	handle /token* {
-		reverse_proxy https://$TOKEN_HP {
-			header_up Host {http.reverse_proxy.upstream.hostport}
-			transport http {
-				tls_trusted_ca_certs $HUB_CA
-			}
-		}
-	}
-	handle /* {
-		reverse_proxy https://$CDN_HP {
-			header_up Host {http.reverse_proxy.upstream.hostport}
-			transport http {
-				tls_trusted_ca_certs $HUB_CA
-			}
-		}
-	}
-}
-EOF
-}
-write_caddyfile() {
-    {
-        cat <<EOF
-{
-	admin off
-	auto_https off
-	storage file_system $W/caddy-data
-}
-EOF
-        caddy_site https "$P_CADDY_TLS"
-        caddy_site http "$P_CADDY_HTTP"
-    } >"$W/Caddyfile"
-}
-
-write_nginx_conf() { # worker_processes
-    mkdir -p "$W/nginx"
-    cat >"$W/nginx.conf" <<EOF
-worker_processes $1;
-daemon off;
-master_process on;
-pid $W/nginx/nginx.pid;
-error_log $W/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $W/nginx/client_body;
-    proxy_temp_path $W/nginx/proxy;
-    fastcgi_temp_path $W/nginx/fastcgi;
-    uwsgi_temp_path $W/nginx/uwsgi;
-    scgi_temp_path $W/nginx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-
-    upstream hub_registry { server $REG_HP; keepalive 32; }
-    upstream hub_auth     { server $TOKEN_HP; keepalive 32; }
-    upstream hub_cdn      { server $CDN_HP; keepalive 32; }
-
-    # header_down WWW-Authenticate "https://auth.docker.io" "https://{host}"
-    map \$upstream_http_www_authenticate \$hub_www_authenticate {
-        "~^(?<pre>.*)https://${TOKEN_HP//./\\.}(?<post>.*)\$" "\${pre}\$scheme://\$http_host\${post}";
-        default \$upstream_http_www_authenticate;
-    }
-
-    proxy_http_version 1.1;
-    proxy_ssl_verify on;
-    proxy_ssl_trusted_certificate $HUB_CA;
-    proxy_ssl_name localhost;
-    proxy_ssl_server_name on;
-    proxy_ssl_session_reuse on;
-    # Stream, never spool a blob to disk (Caddy streams too).
-    proxy_buffering on;
-    proxy_max_temp_file_size 0;
-    proxy_buffer_size 16k;
-    proxy_buffers 8 32k;
-    proxy_busy_buffers_size 64k;
-
-    server {
-        listen 127.0.0.1:$P_NGINX_TLS ssl;
-        listen 127.0.0.1:$P_NGINX_HTTP;
-        ssl_certificate $W/proxy.pem;
-        ssl_certificate_key $W/proxy.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-
-        location /v2/ {
-            proxy_pass https://hub_registry;
-            proxy_set_header Host $REG_HP;
-            proxy_set_header Connection "";
-            proxy_hide_header WWW-Authenticate;
-            add_header WWW-Authenticate \$hub_www_authenticate always;
-            # header_down Location "https://production.cloudflare.docker.com" "https://{host}"
-            proxy_redirect https://$CDN_HP/ \$scheme://\$http_host/;
-        }
-        location /token {
-            proxy_pass https://hub_auth;
-            proxy_set_header Host $TOKEN_HP;
-            proxy_set_header Connection "";
-        }
-        location / {
-            proxy_pass https://hub_cdn;
-            proxy_set_header Host $CDN_HP;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-}
+# The anchors' configs (tuned as a careful operator would: benches/anchors.sh).
+source "$ROOT/benches/anchors.sh"
+ANCHOR_CERT=$W/proxy.pem
+ANCHOR_KEY=$W/proxy.key
+write_caddyfile() { anchor_caddyfile "$W/Caddyfile" "$P_CADDY_TLS" "$P_CADDY_HTTP"; }
+write_nginx_conf() { anchor_nginx_conf "$W/nginx.conf" "$1" "$P_NGINX_TLS" "$P_NGINX_HTTP"; } # workers
 
 write_ocirelay_conf() { # file workers verify tls_port http_port
     cat >"$1" <<EOF
