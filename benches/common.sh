@@ -3,12 +3,12 @@
 # 127.0.0.1, and the Docker Hub double. Sets ROOT, TOOLS, W, PIDS, DPID, D.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/target/benchtools/release
-if [ ! -x "$TOOLS/loadgen" ] || [ ! -x "$TOOLS/benchdouble" ]; then
-    cargo build --release --manifest-path "$ROOT/benches/loadgen/Cargo.toml" \
-        --target-dir "$ROOT/target/benchtools" >&2
-fi
+# Always through cargo (a no-op when up to date): stale tools would lack newer options.
+cargo build --release --quiet --manifest-path "$ROOT/benches/loadgen/Cargo.toml" \
+    --target-dir "$ROOT/target/benchtools" >&2
 PIDS=()
 DPID=
+DOUBLE_ARGS=() # more benchdouble options (cache.sh: the mid-size image, the counts socket)
 
 # bench_workdir PREFIX: a fresh W, removed (with every process started) on exit.
 bench_workdir() {
@@ -45,7 +45,7 @@ bench_double() {
     local big=$1
     shift
     mkfifo "$W/d.in"
-    "$@" "$TOOLS/benchdouble" --big-size "$big" <"$W/d.in" >"$W/d.json" 2>"$W/d.err" &
+    "$@" "$TOOLS/benchdouble" --big-size "$big" "${DOUBLE_ARGS[@]}" <"$W/d.in" >"$W/d.json" 2>"$W/d.err" &
     DPID=$!
     exec 7>"$W/d.in"
     for _ in $(seq 1 600); do [ -s "$W/d.json" ] && break; sleep 0.1; done

@@ -8,7 +8,8 @@
 //! loadgen --base URL --workload KIND [--ca FILE]... [--repo R] [--reference REF]
 //!         [--digest sha256:..] [--size BYTES] [--conns N] [--duration SECS]
 //!         [--max-requests N] [--timeout SECS] [--proxy-pid PID]... [--upstream-pid PID]
-//!         [--expect-realm URL-PREFIX] [--label KEY=VALUE]...
+//!         [--expect-realm URL-PREFIX] [--label KEY=VALUE]... [--anonymous]
+//!         [--upstream-counts SOCKET] [--settle SECS]
 //! ```
 //! Workloads (each first does the token flow through `--base`: a GET without credentials
 //! must answer 401 with a Bearer challenge whose realm then hands out the token):
@@ -18,6 +19,14 @@
 //! - `cold`: `manifest-get` on a new connection (TCP + full TLS handshake) per request;
 //! - `blob`: GET `/v2/R/blobs/DIGEST`, following redirects (any origin, without
 //!   `Authorization`, as clients do for the CDN), body checked for `--size` and sha256.
+//!
+//! With `--anonymous` there is no token flow and no `Authorization`: for a target that asks
+//! its clients for no credentials (distribution's pull-through cache without `auth:`).
+//!
+//! With `--upstream-counts` (the socket of `benchdouble --counts`) the output carries
+//! `upstream`: the requests the double received, by kind, between the end of the setup and
+//! `--settle` seconds (0.3) after the last response: the upstream fetches the measured
+//! requests caused. The double records requests only for that time (recording slows it).
 //!
 //! Bounds: new requests stop after `--duration` seconds or `--max-requests`; every socket
 //! operation times out after `--timeout`; a watchdog ends the process at
@@ -64,6 +73,9 @@ struct Opts {
     upstream_pid: Option<u32>,
     expect_realm: Option<String>,
     labels: Vec<(String, String)>,
+    anonymous: bool,
+    upstream_counts: Option<String>,
+    settle: f64,
 }
 
 fn die(msg: &str) -> ! {
@@ -88,6 +100,9 @@ fn parse_opts() -> Opts {
         upstream_pid: None,
         expect_realm: None,
         labels: Vec::new(),
+        anonymous: false,
+        upstream_counts: None,
+        settle: 0.3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -125,6 +140,9 @@ fn parse_opts() -> Opts {
                 o.upstream_pid = Some(val().parse().unwrap_or_else(|_| die("bad --upstream-pid")))
             }
             "--expect-realm" => o.expect_realm = Some(val()),
+            "--anonymous" => o.anonymous = true,
+            "--upstream-counts" => o.upstream_counts = Some(val()),
+            "--settle" => o.settle = val().parse().unwrap_or_else(|_| die("bad --settle")),
             "--label" => {
                 let v = val();
                 let (k, v) = v
@@ -146,7 +164,7 @@ fn parse_opts() -> Opts {
         die("--conns must be 1..=1024");
     }
     let in_range = |x: f64| x > 0.0 && x <= 3600.0;
-    if !in_range(o.duration) || !in_range(o.timeout) {
+    if !in_range(o.duration) || !in_range(o.timeout) || !(0.0..=60.0).contains(&o.settle) {
         die("--duration and --timeout must be in (0, 3600]");
     }
     if o.workload == Workload::Blob && o.digest.is_none() {
@@ -898,14 +916,26 @@ fn main() {
     let (origin, _) = parse_url(&o.base).unwrap_or_else(|e| die(&e));
 
     // ---- setup (not measured): the token flow through the target
-    let (token_url, token) = token_flow(&o, &tls, timeout).unwrap_or_else(|e| {
-        println!(
-            "{}",
-            json!({"error": format!("token flow: {e}"), "labels": labels(&o)})
-        );
-        exit(1)
-    });
+    let (token_url, token) = if o.anonymous {
+        if o.workload == Workload::Token {
+            die("--anonymous has no token to fetch");
+        }
+        (String::new(), String::new())
+    } else {
+        token_flow(&o, &tls, timeout).unwrap_or_else(|e| {
+            println!(
+                "{}",
+                json!({"error": format!("token flow: {e}"), "labels": labels(&o)})
+            );
+            exit(1)
+        })
+    };
     let auth = format!("Bearer {token}");
+    let auth_header: &[(&str, &str)] = if o.anonymous {
+        &[]
+    } else {
+        &[("Authorization", auth.as_str())]
+    };
     let plan = match o.workload {
         Workload::Token => {
             let (to, tp) = parse_url(&token_url).unwrap_or_else(|e| die(&e));
@@ -925,10 +955,8 @@ fn main() {
             } else {
                 "GET"
             };
-            let mut h = vec![
-                ("Accept", MANIFEST_ACCEPT),
-                ("Authorization", auth.as_str()),
-            ];
+            let mut h = vec![("Accept", MANIFEST_ACCEPT)];
+            h.extend_from_slice(auth_header);
             if o.workload == Workload::Cold {
                 h.push(("Connection", "close"));
             }
@@ -946,7 +974,7 @@ fn main() {
             let path = format!("/v2/{}/blobs/{digest}", o.repo);
             Plan {
                 workload: o.workload,
-                req: request_bytes("GET", &origin, &path, &[("Authorization", auth.as_str())]),
+                req: request_bytes("GET", &origin, &path, auth_header),
                 origin: origin.clone(),
                 path,
                 digest: Some(digest),
@@ -1018,6 +1046,7 @@ fn main() {
     let up0 = o.upstream_pid.map(|p| cpu_ticks(&tree(&[p])));
     let self0 = self_cpu_secs();
     let sys0 = system_jiffies();
+    let counts0 = o.upstream_counts.as_deref().map(|p| upstream_counts(p, "on"));
     barrier.wait();
     let t0 = Instant::now();
     let mut total = Stats::default();
@@ -1044,6 +1073,12 @@ fn main() {
     let self1 = self_cpu_secs();
     let sys1 = system_jiffies();
     let hwm_kb: u64 = pids_after.iter().map(|p| status_kb(*p, "VmHWM:")).sum();
+    let counts1 = o.upstream_counts.as_deref().map(|path| {
+        // Work a proxy does after its last response (a store finishing, a second fetch)
+        // still counts: the double records a request when it arrives.
+        std::thread::sleep(Duration::from_secs_f64(o.settle));
+        upstream_counts(path, "off")
+    });
     let rss_kb: u64 = pids_after.iter().map(|p| status_kb(*p, "VmRSS:")).sum();
 
     total.lat_us.sort_unstable();
@@ -1099,6 +1134,17 @@ fn main() {
         out["proxy_rss_kb"] = json!(rss_kb);
         out["proxy_rss_before_kb"] = json!(rss_before_kb);
     }
+    if let (Some(a), Some(b)) = (&counts0, &counts1) {
+        let mut d = Map::new();
+        for (k, v) in b {
+            let before = a.get(k).copied().unwrap_or(0);
+            if k != "seq" && k != "lost" && *v > before {
+                d.insert(k.clone(), json!(v - before));
+            }
+        }
+        out["upstream"] = Value::Object(d);
+        out["upstream_lost"] = json!(b.get("lost").copied().unwrap_or(0));
+    }
     let mut accounted = self1 - self0 + cpu1.saturating_sub(cpu0) as f64 / tck;
     if let (Some(a), Some(b)) = (up0, up1) {
         out["upstream_cpu_s"] = json!(b.saturating_sub(a) as f64 / tck);
@@ -1109,6 +1155,29 @@ fn main() {
     // the report flags it).
     out["other_cpu_s"] = json!(((sys1.0 - sys0.0) as f64 / tck - accounted).max(0.0));
     println!("{out}");
+}
+
+/// The double's cumulative request counts (`benchdouble --counts`), after `cmd` (`on`: start
+/// recording, `off`: stop).
+fn upstream_counts(path: &str, cmd: &str) -> HashMap<String, u64> {
+    let read = || -> io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        writeln!(s, "{cmd}")?;
+        let mut line = String::new();
+        s.read_to_string(&mut line)?;
+        Ok(line)
+    };
+    let line = read().unwrap_or_else(|e| die(&format!("upstream counts from {path}: {e}")));
+    let v: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| die(&format!("upstream counts from {path}: {e}")));
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn labels(o: &Opts) -> Value {
