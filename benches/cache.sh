@@ -16,6 +16,9 @@
 #   manifest_tag_c32 / manifest_digest_c32  manifest GET by tag (within the TTL) / by digest,
 #                                           32 keep-alive connections, DUR s
 #   big_hit       one GET of the BIG blob, stored beforehand (relays: a pass-through fetch)
+#   big_hit_c4    4 such GETs at once on 4 connections (caches and direct): one connection's
+#                 load generator thread, which decrypts and hashes, is busy for the whole
+#                 big_hit; with 4 the box's two cores are, and the ratio shows cost per byte
 #   big_miss      the same after the blob was removed from the target's store
 #   coalesce8     8 concurrent GETs (8 connections) of the MID blob, none stored: upstream
 #                 registry requests and CDN downloads, and 8 sha256 checks
@@ -25,7 +28,7 @@
 # double's recording off (it slows the double, hence direct) and counted in a second run right
 # after (up to CREQ requests, at most DUR s), per client request.
 #
-#   bash benches/cache.sh            # full run, ~11 min on 2 cores: benches/results/cache/,
+#   bash benches/cache.sh            # full run, ~9 min on 2 cores: benches/results/cache/,
 #                                    # rewrites the generated cache part of BENCHMARKS.md
 #   QUICK=1 bash benches/cache.sh    # smoke run, ~3 min: 1 round, 256 MiB / 64 MiB blobs,
 #                                    # benches/results/cache-quick/ only
@@ -263,6 +266,7 @@ wl_args() { # workload
     manifest_tag_c32) echo "--workload manifest-get --repo $SR --reference latest --digest $SM --size $SMS --conns 32" ;;
     manifest_digest_c32) echo "--workload manifest-get --repo $SR --reference $SM --digest $SM --size $SMS --conns 32" ;;
     big_hit | big_miss) echo "--workload blob --repo $BR --digest $BL --size $BS --conns 1 --max-requests 1 --duration 300 --timeout 60 --upstream-counts $SOCK" ;;
+    big_hit_c4) echo "--workload blob --repo $BR --digest $BL --size $BS --conns 4 --max-requests 4 --duration 300 --timeout 120 --upstream-counts $SOCK" ;;
     coalesce8) echo "--workload blob --repo $MR --digest $ML --size $MS --conns 8 --max-requests 8 --duration 300 --timeout 120 --upstream-counts $SOCK" ;;
     rss_32_hits) echo "--workload blob --repo $BR --digest $BL --size $BS --conns 32 --max-requests 32 --duration 600 --timeout 120 --upstream-counts $SOCK" ;;
     esac
@@ -270,7 +274,7 @@ wl_args() { # workload
 target_args() { # target: where, whose process, which auth
     local base
     base=$(base_of "$1")
-    printf '%s\n' --base "$base" --ca "$W/ca.pem" --ca "$HUB_CA" --proxy-pid "$(pid_of "$1")"
+    printf '%s\n' --base "$base" --ca "$W/ca.pem" --ca "$HUB_CA" --proxy-pid "$(pid_of "$1")" --upstream-pid "$DPID"
     case $1 in
     direct) printf '%s\n' --expect-realm "$TOKEN_URL" ;;
     distribution) printf '%s\n' --anonymous ;;
@@ -327,6 +331,7 @@ warm() { # target workload: once, not recorded (a stored object, open upstream c
 
 MANIFEST_TARGETS="direct caddy_tls nginx_tls relay_tls distribution cache_tls cache_http"
 HIT_TARGETS="direct caddy_tls nginx_tls relay_tls ngxc_tls ngxc_http distribution cache_tls cache_http"
+C4_TARGETS="direct ngxc_tls ngxc_http distribution cache_tls cache_http"
 MISS_TARGETS="ngxc_tls distribution cache_tls"
 COALESCE_TARGETS="direct caddy_tls nginx_tls relay_tls ngxc_tls distribution cache1_tls cache_tls"
 
@@ -356,6 +361,8 @@ for r in $(seq 1 "$ROUNDS"); do
     done
     # shellcheck disable=SC2046
     for t in $(rotate $((r - 1)) $HIT_TARGETS); do measure "$r" big_hit "$t"; done
+    # shellcheck disable=SC2046
+    for t in $(rotate $((r - 1)) $C4_TARGETS); do measure "$r" big_hit_c4 "$t"; done
     # shellcheck disable=SC2046
     for t in $(rotate $((r - 1)) $MISS_TARGETS); do
         evict "$t" "$BL" "$BR"

@@ -10,7 +10,7 @@
 cache_report() {
     local jsonl=$1 dir=$2 out=${3:-} png_ref
     local order="direct caddy_tls nginx_tls relay_tls ngxc_tls ngxc_http distribution cache1_tls cache_tls cache_http"
-    local wls="manifest_tag_c32 manifest_digest_c32 big_hit big_miss coalesce8"
+    local wls="manifest_tag_c32 manifest_digest_c32 big_hit big_hit_c4 big_miss coalesce8"
     png_ref=$dir/ratios.png
     if [ -n "$out" ]; then png_ref=$(realpath --relative-to="$(dirname "$out")" "$dir/ratios.png"); fi
     # Everything below is computed from the JSON lines; no figure is written by hand.
@@ -59,6 +59,20 @@ cache_report() {
         | "Peak RSS of ocirelay (cache_tls) serving 32 concurrent hits of the big blob: **\(.proxy_hwm_kb / 1024 | floor) MiB** (\(.requests)/32 sha256 ok, \(.mbps | round) MB/s in all, upstream: \(.upstream // {} | if length == 0 then "none" else (to_entries | map("\(.key) \(.value)") | join(", ")) end)).\n"),
       ( $ok | map(select(.labels.wl == "coalesce8" and .worker_cpu_s != null)) | select(length > 0)
         | "ocirelay worker CPU during coalesce8 (s, per round): " + (map("\(.labels.target) r\(.labels.round): " + (.worker_cpu_s | to_entries | map("\(.key) \(.value * 100 | round / 100)") | join(", "))) | join("; ")) + ".\n"),
+      "Where the time went in the big-blob workloads (medians; CPU seconds of the load generator, of the target (all its processes) and of the double; for direct the target is the double):\n",
+      "| workload | target | wall s | load generator CPU s | target CPU s | double CPU s |",
+      "|---|---|---|---|---|---|",
+      ( ["big_hit", "big_hit_c4", "big_miss"][] as $wl | $order[] as $t | rows($wl; $t) as $rows | select($rows | length > 0)
+        | def m(f): $rows | map(f // 0) | med | . * 100 | round / 100;
+        "| \($wl) | \($t) | \(m(.secs)) | \(m(.client_cpu_s)) | \(m(.proxy_cpu_s)) | \(if $t == "direct" then "-" else m(.upstream_cpu_s) end) |"),
+      "",
+      "The manifest workloads keep both cores busy; CPU per request (µs, medians) of the load generator and of the target (for direct: the double):\n",
+      "| workload | target | load generator µs/request | target µs/request |",
+      "|---|---|---|---|",
+      ( ["manifest_tag_c32", "manifest_digest_c32"][] as $wl | $order[] as $t | rows($wl; $t) as $rows | select($rows | length > 0)
+        | def m(f): $rows | map(f) | med | . * 10 | round / 10;
+        "| \($wl) | \($t) | \(m(.client_cpu_s / .requests * 1e6)) | \(m((.proxy_cpu_s // 0) / .requests * 1e6)) |"),
+      "",
       "### Targets (ocirelay, same run)\n",
       "| workload | target | measured | met |",
       "|---|---|---|---|",
