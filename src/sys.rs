@@ -122,122 +122,130 @@ pub fn read_cached(
     }
 }
 
-/// A read-only shared mapping of part of a file: a stored cache object
-/// (immutable once renamed into place) sent to a plain-HTTP client straight
-/// from the page cache, with no copy into a buffer of ours.
-pub struct Mapped {
-    ptr: *mut u8,
-    len: usize,
-    /// File offset of `ptr` (page aligned).
-    base: u64,
-}
-
-impl Mapped {
-    /// Maps `offset..offset + len` of `fd` (rounded out to whole pages).
-    pub fn map(fd: std::os::fd::RawFd, offset: u64, len: usize) -> std::io::Result<Mapped> {
-        let page = page_size() as u64;
-        let base = offset - offset % page;
-        let span = (offset - base) as usize + len;
-        if len == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-        }
-        let off = libc::off_t::try_from(base).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        // SAFETY: a fresh read-only mapping chosen by the kernel; nothing
-        // else is touched. It is unmapped in `drop`.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                off,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapped {
-            ptr: ptr.cast(),
-            len: span,
-            base,
-        })
+/// Whether every page of `fd`'s bytes `offset..offset + len` is in the page
+/// cache now, so that sending them waits for no disk read. `cachestat(2)`
+/// (Linux 6.5+) counts them in one call; on older kernels the range is
+/// mapped for `mincore(2)`. False when it cannot tell.
+pub fn resident(fd: std::os::fd::RawFd, offset: u64, len: u64) -> bool {
+    if len == 0 {
+        return true;
     }
-
-    /// Whether every page holding file bytes `range` is in the page cache
-    /// now (`mincore`): sending them then waits for no disk read.
-    pub fn resident(&self, range: std::ops::Range<u64>) -> bool {
-        let page = page_size();
-        let Some(start) = range.start.checked_sub(self.base) else {
-            return false;
-        };
-        let (start, end) = (start as usize, (range.end - self.base) as usize);
-        if end > self.len || start >= end {
-            return false;
-        }
-        let first = start / page * page;
-        let pages = (end - first).div_ceil(page);
-        let mut vec = [0u8; 512];
-        if pages > vec.len() {
-            return false;
-        }
-        // SAFETY: `first..first + pages * page` lies within the mapping
-        // (page-rounded, as mincore takes it); `vec` has `pages` entries.
-        let r = unsafe {
-            libc::mincore(
-                self.ptr.add(first).cast(),
-                end - first,
-                vec.as_mut_ptr().cast(),
-            )
-        };
-        r == 0 && vec[..pages].iter().all(|v| v & 1 == 1)
+    let page = page_size() as u64;
+    let first = offset / page;
+    let pages = (offset + len).div_ceil(page) - first;
+    match cachestat_pages(fd, first * page, pages * page) {
+        Some(cached) => cached >= pages,
+        None => mincore_resident(fd, first * page, (pages * page) as usize),
     }
 }
 
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once; no part of it
-        // is borrowed past its owner (`MappedPart` holds an `Rc`).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+/// Pages of `fd` cached in `off..off + len` (page aligned), or `None` when
+/// the kernel has no `cachestat`.
+fn cachestat_pages(fd: std::os::fd::RawFd, off: u64, len: u64) -> Option<u64> {
+    // The kernel's `struct cachestat_range` and `struct cachestat`
+    // (include/uapi/linux/mman.h); the libc crate does not have them for
+    // every target yet.
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
     }
-}
-
-/// File bytes `range` of a mapping, as a buffer io_uring can send from; it
-/// keeps the mapping alive until the send has completed, even if the
-/// request is dropped first.
-pub struct MappedPart {
-    map: std::rc::Rc<Mapped>,
-    range: std::ops::Range<u64>,
-}
-
-impl MappedPart {
-    pub fn new(map: std::rc::Rc<Mapped>, range: std::ops::Range<u64>) -> MappedPart {
-        assert!(
-            range.start >= map.base
-                && range.start <= range.end
-                && range.end - map.base <= map.len as u64,
-            "part outside its mapping"
-        );
-        MappedPart { map, range }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
     }
+    /// The same number on every architecture (the generic syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off, len };
+    let mut stat = Stat::default();
+    // SAFETY: both pointers are to live, correctly laid out structs the
+    // kernel reads (range) or fills (stat); no other memory is touched.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd,
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    (r == 0).then_some(stat.nr_cache)
 }
 
-// SAFETY: `read_ptr` points at `bytes_init` mapped, readable bytes (checked
-// in `MappedPart::new`), valid as long as the part (which owns an `Rc` of
-// the mapping) lives; the bytes are never written through it.
-unsafe impl IoBuf for MappedPart {
-    fn read_ptr(&self) -> *const u8 {
-        // SAFETY: within the mapping (see `MappedPart::new`).
-        unsafe {
-            self.map
-                .ptr
-                .add((self.range.start - self.map.base) as usize)
+/// `mincore(2)` over a temporary read-only mapping of `off..off + len`
+/// (page aligned).
+fn mincore_resident(fd: std::os::fd::RawFd, off: u64, len: usize) -> bool {
+    const MAX_PAGES: usize = 1024;
+    let pages = len.div_ceil(page_size());
+    let Ok(offset) = libc::off_t::try_from(off) else {
+        return false;
+    };
+    if pages > MAX_PAGES {
+        return false;
+    }
+    // SAFETY: a fresh read-only mapping chosen by the kernel, never read
+    // through; unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return false;
+    }
+    let mut vec = [0u8; MAX_PAGES];
+    // SAFETY: the mapping just made, `len` bytes; `vec` has room for every
+    // page of it.
+    let r = unsafe { libc::mincore(ptr, len, vec.as_mut_ptr().cast()) };
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(ptr, len) };
+    r == 0 && vec[..pages].iter().all(|v| v & 1 == 1)
+}
+
+/// One `sendfile(2)` of up to `count` bytes of `file` from `*offset` to the
+/// socket `sock`, without blocking: the socket is made non-blocking for the
+/// call only (monoio's io_uring operations on it expect a blocking socket,
+/// and none is in flight while a response is being written). Advances
+/// `*offset`; `WouldBlock` when the socket's buffer is full.
+pub fn sendfile_nonblocking(
+    sock: std::os::fd::RawFd,
+    file: std::os::fd::RawFd,
+    offset: &mut u64,
+    count: usize,
+) -> std::io::Result<usize> {
+    // SAFETY: fcntl on a descriptor the caller owns; only its status flags.
+    let flags = unsafe { libc::fcntl(sock, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(sock, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut off = libc::off_t::try_from(*offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: `off` is a live off_t the kernel advances; both descriptors
+    // belong to the caller.
+    let r = unsafe { libc::sendfile(sock, file, &mut off, count) };
+    let result = match r {
+        n if n >= 0 => {
+            *offset = off as u64;
+            Ok(n as usize)
         }
-    }
-
-    fn bytes_init(&self) -> usize {
-        (self.range.end - self.range.start) as usize
-    }
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    // SAFETY: restores the flags read above.
+    unsafe { libc::fcntl(sock, libc::F_SETFL, flags) };
+    result
 }
 
 fn page_size() -> usize {

@@ -3,25 +3,21 @@
 //! and holds its last byte back until the download is verified).
 //! Nothing waits for the disk on a worker: disk reads go through monoio's
 //! file API (io_uring); what the page cache holds is read with a `preadv2`
-//! that never waits (TLS clients) or sent from a mapping after `mincore`
-//! says it is resident (plain-HTTP clients).
+//! that never waits (TLS clients) or sent with `sendfile` once the page
+//! cache is known to hold it (plain-HTTP clients).
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::inflight::{Fill, FillState, UNKNOWN};
 use crate::relay::io::write_client;
 use crate::relay::{ClientSink, RelayError, RELAY_BUF};
-use crate::sys::{Mapped, MappedPart};
 use crate::tls::stream::ServerTls;
 
-/// Objects at least this large go to plain-HTTP clients from a mapping;
-/// smaller ones cost less to copy than to map.
-const MAP_MIN: u64 = 256 * 1024;
-/// Bytes sent from a mapping per write (no buffer of ours to bound).
-const MAP_BATCH: u64 = 1 << 20;
+/// Bytes checked for residency and handed to sendfile at a time (no buffer
+/// of ours to bound; a smaller batch costs more residency checks).
+const SENDFILE_BATCH: u64 = 4 << 20;
 
 /// How often a follower looks at the leader's progress when it has caught
 /// up (an atomic load; the file is read only when there is more).
@@ -40,26 +36,20 @@ pub async fn send_range<S: ClientSink>(
 ) -> Result<(), RelayError> {
     let end = offset + len;
     let mut slots = Vec::new();
-    // A plain-HTTP client of a large object: sent from a mapping of the
-    // file, so the kernel copies page cache to socket and nothing passes
-    // through a buffer of ours (see `docs/design.md`, "The content cache").
-    let mapped = len >= MAP_MIN && client.tls().is_none();
+    let fd = file.as_raw_fd();
     while offset < end {
-        if mapped {
-            let n = (end - offset).min(MAP_BATCH);
-            // One mapping per batch: the pages a send touches count in the
-            // process's RSS while mapped (a whole 1 GiB object mapped at
-            // once showed as 1 GiB of RSS per hit). Only what the page
-            // cache holds goes this way: a send that faulted pages in from
-            // the disk would block the worker; the rest is read through
-            // io_uring below.
-            if let Ok(map) = Mapped::map(file.as_raw_fd(), offset, n as usize) {
-                if map.resident(offset..offset + n) {
-                    let part = MappedPart::new(Rc::new(map), offset..offset + n);
-                    write_client(client, part, limit).await?;
-                    offset += n;
-                    continue;
-                }
+        // A plain-HTTP client: what the page cache holds goes to the socket
+        // with sendfile (page cache to socket in the kernel, no copy of
+        // ours). Only what is resident: a sendfile that had to read the
+        // disk would block the worker; the rest is read through io_uring
+        // below.
+        if let Some(tcp) = client.plain_tcp() {
+            let n = (end - offset).min(SENDFILE_BATCH);
+            if crate::sys::resident(fd, offset, n) {
+                let sent = send_file(tcp, fd, offset, n, limit).await?;
+                client.sent_directly(sent);
+                offset += sent;
+                continue;
             }
         }
         let want = ((end - offset) as usize).min(RELAY_BUF);
@@ -95,6 +85,46 @@ pub async fn send_range<S: ClientSink>(
         *buf = write_client(client, b, limit).await?;
     }
     Ok(())
+}
+
+/// Sends `len` bytes of `fd` from `offset` to a plain-HTTP client with
+/// non-blocking `sendfile`, waiting for the socket to take more (io_uring
+/// poll) when its buffer is full; within `limit` per wait.
+async fn send_file(
+    tcp: &monoio::net::TcpStream,
+    fd: std::os::fd::RawFd,
+    mut offset: u64,
+    len: u64,
+    limit: Duration,
+) -> Result<u64, RelayError> {
+    let end = offset + len;
+    while offset < end {
+        let count = (end - offset) as usize;
+        match crate::sys::sendfile_nonblocking(tcp.as_raw_fd(), fd, &mut offset, count) {
+            Ok(0) => {
+                return Err(RelayError::Upstream(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached object shorter than its length",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(limit, tcp.writable(false)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(RelayError::Client(e)),
+                    Err(_) => {
+                        return Err(RelayError::Client(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client write timed out",
+                        )))
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(RelayError::Client(e)),
+        }
+    }
+    Ok(len)
 }
 
 /// One batch of a TLS client's bytes: `file` from `offset` read into the

@@ -60,6 +60,10 @@ impl<S: ClientSink> ClientSink for Metered<S> {
         self.inner.tls()
     }
 
+    fn plain_tcp(&mut self) -> Option<&monoio::net::TcpStream> {
+        self.inner.plain_tcp()
+    }
+
     fn sent_directly(&mut self, bytes: u64) {
         self.bytes += bytes;
     }

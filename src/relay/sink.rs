@@ -18,11 +18,22 @@ pub trait ClientSink: AsyncWriteRent {
         None
     }
 
-    /// Notes body bytes sent through [`ClientSink::tls`] rather than `write`.
+    /// The TCP stream, when the client speaks plain HTTP: a cache hit
+    /// sends file bytes to it with `sendfile` (see `cache::serve`).
+    fn plain_tcp(&mut self) -> Option<&monoio::net::TcpStream> {
+        None
+    }
+
+    /// Notes body bytes sent through [`ClientSink::tls`] or
+    /// [`ClientSink::plain_tcp`] rather than `write`.
     fn sent_directly(&mut self, _bytes: u64) {}
 }
 
-impl ClientSink for monoio::net::TcpStream {}
+impl ClientSink for monoio::net::TcpStream {
+    fn plain_tcp(&mut self) -> Option<&monoio::net::TcpStream> {
+        Some(self)
+    }
+}
 
 impl ClientSink for ServerTls {
     fn tls(&mut self) -> Option<&mut ServerTls> {
