@@ -265,7 +265,7 @@ fn evict_page_cache(cache_dir: &std::path::Path) {
 }
 
 /// TLS hits are read into record slots and sealed there; plain-HTTP hits
-/// are sent from a mapping of the file. Either way, whether the page cache
+/// go out with sendfile. Either way, whether the page cache
 /// holds the file or not (then the bytes come through io_uring), the client
 /// gets exactly the stored bytes, whole and in ranges.
 #[test]
