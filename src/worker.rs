@@ -73,7 +73,9 @@ impl Worker {
         assert_eq!(trust.len(), n, "one trust key per registry");
         Worker {
             id,
-            access_log: cfg.access_log.then(AccessLog::default),
+            access_log: cfg
+                .access_log
+                .then(|| AccessLog::new(cfg.access_log_format)),
             cfg,
             upstreams,
             bufs: BufPool::default(),

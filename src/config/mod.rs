@@ -40,6 +40,7 @@ pub struct Config {
     pub driver: Driver,
     /// One line per request on stderr.
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     pub public_url: Option<Url>,
     pub debug: bool,
     pub timeouts: Timeouts,
@@ -132,6 +133,17 @@ pub enum Driver {
     IoUring,
     /// epoll, always.
     Legacy,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// Space-separated fields, for people and `grep`.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +243,8 @@ struct File {
     driver: Driver,
     #[serde(default = "yes")]
     access_log: bool,
+    #[serde(default)]
+    access_log_format: AccessLogFormat,
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     debug: bool,
@@ -566,6 +580,7 @@ impl Config {
             workers: file.workers,
             driver: file.driver,
             access_log: file.access_log,
+            access_log_format: file.access_log_format,
             public_url,
             debug: file.debug,
             timeouts,

@@ -12,6 +12,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::downstream::{ClientCtx, Metered, Outcome, PendingBody, Reply};
+use crate::ops::access_log::Asked;
 use crate::ops::log::Level;
 use crate::ops::summary::{CacheStatus, RequestSummary};
 use crate::relay::ClientSink;
@@ -150,13 +151,13 @@ fn finish(
     started: Option<Instant>,
 ) {
     if let (Some(log), Some(started)) = (&w.access_log, started) {
-        log.record(
-            cx.peer,
-            head.method_text,
-            head.target,
-            summary,
-            started.elapsed(),
-        );
+        let asked = Asked {
+            client: cx.client,
+            method: head.method_text,
+            target: head.target,
+            user_agent: head.header("user-agent"),
+        };
+        log.record(&asked, summary, started.elapsed());
     }
     if let Some(cache) = &w.cache {
         count_cache(cache, w.id, summary);

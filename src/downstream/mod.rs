@@ -16,14 +16,16 @@ pub use metered::Metered;
 pub use reply::Reply;
 
 use crate::config::Config;
+use crate::wire::addr::ClientAddr;
 
-/// Where a client connection came in.
+/// Where a client connection came in, and who the client is.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCtx {
     pub tls: bool,
     /// The client socket, for an abortive close (see [`Outcome::Abort`]).
     pub fd: std::os::fd::RawFd,
-    pub peer: SocketAddr,
+    /// The client. Everything that names or counts clients uses this.
+    pub client: ClientAddr,
     pub local: SocketAddr,
 }
 

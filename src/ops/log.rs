@@ -3,6 +3,7 @@
 //! is read once from `OCIRELAY_LOG` (`error`, `warn`, `info`, `debug`;
 //! default `info`). Events are rare (failures, start-up), so each is one
 //! unbuffered write: it reaches the terminal even if the process dies next.
+//! Control characters and line separators in a message are escaped.
 
 use std::fmt;
 use std::io::Write;
@@ -59,14 +60,23 @@ pub fn event(level: Level, worker: Option<usize>, msg: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
+    crate::ops::access_log::write_stderr(&event_line(level, worker, msg));
+}
+
+/// `ocirelay[<worker>] <level>: <message>\n`
+fn event_line(level: Level, worker: Option<usize>, msg: fmt::Arguments<'_>) -> Vec<u8> {
     let mut line = Vec::with_capacity(128);
     let _ = match worker {
         Some(w) => write!(line, "ocirelay[{w}] {}: ", level.as_str()),
         None => write!(line, "ocirelay {}: ", level.as_str()),
     };
-    let _ = line.write_fmt(msg);
+    // Messages carry what clients and upstreams sent (targets, error
+    // texts): escaped, so that an event is always one line.
+    let mut text = Vec::with_capacity(128);
+    let _ = text.write_fmt(msg);
+    crate::ops::escape::text_line(&mut line, &text);
     line.push(b'\n');
-    crate::ops::access_log::write_stderr(&line);
+    line
 }
 
 /// `event!(Level::Warn, Some(w.id), "accept failed: {e}")`
@@ -87,5 +97,15 @@ mod tests {
         assert_eq!(Level::parse("warning"), Some(Level::Warn));
         assert_eq!(Level::parse("loud"), None);
         assert!(Level::Error < Level::Debug);
+    }
+
+    #[test]
+    fn an_event_is_one_line_whatever_its_message_holds() {
+        let target = "/v2/x\r\nocirelay[0] error: forged\u{2028}";
+        let line = event_line(Level::Warn, Some(3), format_args!("GET {target} -> failed"));
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "ocirelay[3] warn: GET /v2/x\\x0d\\x0aocirelay[0] error: forged\\u2028 -> failed\n"
+        );
     }
 }

@@ -318,7 +318,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
         let cx = ClientCtx {
             tls: tls.is_some(),
             fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
-            peer,
+            client: crate::wire::addr::ClientAddr::from_socket(peer),
             local,
         };
         let w = w.clone();
