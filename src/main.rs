@@ -125,7 +125,7 @@ fn main() -> ExitCode {
                     println!(
                         "{}: ok ({} listener(s), {} registr{})",
                         file.display(),
-                        c.listen.len() + c.tls_listeners.len(),
+                        c.listen.len() + c.proxy_protocol_listen.len() + c.tls_listeners.len(),
                         c.registries.len(),
                         if c.registries.len() == 1 { "y" } else { "ies" }
                     );
@@ -160,12 +160,17 @@ fn main() -> ExitCode {
     if let Some(n) = cli.workers {
         cfg.workers = n;
     }
+    let tls_proxied: Vec<bool> = cfg.tls_listeners.iter().map(|l| l.proxy_protocol).collect();
     let result = ocirelay::server::run(cfg, |bound| {
         for a in &bound.plain {
             println!("ocirelay listening on http://{a}");
         }
-        for a in &bound.tls {
-            println!("ocirelay listening on https://{a}");
+        for a in &bound.proxy_protocol {
+            println!("ocirelay listening on http://{a} (PROXY protocol)");
+        }
+        for (a, proxied) in bound.tls.iter().zip(tls_proxied) {
+            let proxied = if proxied { " (PROXY protocol)" } else { "" };
+            println!("ocirelay listening on https://{a}{proxied}");
         }
         println!("ocirelay ready");
     });

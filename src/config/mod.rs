@@ -1,13 +1,14 @@
 //! Configuration: one TOML file (or the embedded default), checked once at
 //! start-up into plain values. Every error names the line it comes from.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::wire::addr::Cidr;
 use crate::wire::url::{Origin, Scheme, Url};
 
 /// The embedded default: a Docker Hub mirror on 127.0.0.1:5000.
@@ -34,7 +35,12 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Plain-HTTP listeners behind a load balancer: every connection from a
+    /// trusted proxy starts with a PROXY header.
+    pub proxy_protocol_listen: Vec<SocketAddr>,
     pub tls_listeners: Vec<TlsListener>,
+    /// Peers whose PROXY headers and `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// 0 means one per core.
     pub workers: usize,
     pub driver: Driver,
@@ -151,6 +157,9 @@ pub struct TlsListener {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Connections from trusted proxies start with a PROXY header (before
+    /// the TLS handshake).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -237,6 +246,10 @@ pub struct HostRoute {
 struct File {
     #[serde(default)]
     listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    proxy_protocol_listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     workers: usize,
     #[serde(default)]
@@ -352,6 +365,7 @@ struct FileTls {
     addr: Spanned<String>,
     cert: Spanned<String>,
     key: Spanned<String>,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -401,18 +415,52 @@ impl Config {
             message,
         };
 
-        let mut listen = Vec::new();
-        for l in &file.listen {
-            let addr = l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                at(
-                    l.span(),
-                    format!(
-                        "listen address {:?} is not host:port (IP literal)",
-                        l.get_ref()
-                    ),
-                )
-            })?;
-            listen.push(addr);
+        let listen_addrs = |key: &str, list: &[Spanned<String>]| {
+            list.iter()
+                .map(|l| {
+                    l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        at(
+                            l.span(),
+                            format!(
+                                "{key} address {:?} is not host:port (IP literal)",
+                                l.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let listen = listen_addrs("listen", &file.listen)?;
+        let proxy_protocol_listen =
+            listen_addrs("proxy_protocol_listen", &file.proxy_protocol_listen)?;
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .map(|t| {
+                Cidr::parse(t.get_ref())
+                    .map_err(|e| at(t.span(), format!("trusted_proxies {:?}: {e}", t.get_ref())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // A PROXY listener believes no one without trusted proxies: every
+        // header would be refused.
+        let untrusting = |span| {
+            at(
+                span,
+                "a PROXY protocol listener needs `trusted_proxies` (the load balancers' addresses)"
+                    .into(),
+            )
+        };
+        if trusted_proxies.is_empty() {
+            if let Some(l) = file.proxy_protocol_listen.first() {
+                return Err(untrusting(l.span()));
+            }
+            let mut proxied = file
+                .tls_listener
+                .iter()
+                .filter_map(|t| t.proxy_protocol.as_ref());
+            if let Some(p) = proxied.find(|p| *p.get_ref()) {
+                return Err(untrusting(p.span()));
+            }
         }
         let mut tls_listeners = Vec::new();
         for t in &file.tls_listener {
@@ -429,9 +477,10 @@ impl Config {
                 addr,
                 cert: PathBuf::from(t.cert.get_ref()),
                 key: PathBuf::from(t.key.get_ref()),
+                proxy_protocol: t.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
             });
         }
-        if listen.is_empty() && tls_listeners.is_empty() {
+        if listen.is_empty() && proxy_protocol_listen.is_empty() && tls_listeners.is_empty() {
             return Err(ConfigError {
                 line: None,
                 message: "no listener: set `listen` or add a [[tls_listener]]".into(),
@@ -576,7 +625,9 @@ impl Config {
         Ok(Config {
             cache,
             listen,
+            proxy_protocol_listen,
             tls_listeners,
+            trusted_proxies,
             workers: file.workers,
             driver: file.driver,
             access_log: file.access_log,
@@ -589,6 +640,11 @@ impl Config {
             domain,
             host_routes,
         })
+    }
+
+    /// Whether PROXY headers and `X-Forwarded-For` from `peer` are believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(peer))
     }
 
     pub fn default_registry(&self) -> RegistryId {
@@ -1029,6 +1085,44 @@ upstream = "https://registry-1.docker.io"
         ] {
             let e = reg(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn proxies_listeners_and_log_format_parse_and_errors_name_their_line() {
+        let c = Config::parse(
+            "listen = [\"127.0.0.1:1\"]\nproxy_protocol_listen = [\"127.0.0.1:2\"]\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n\
+             access_log_format = \"json\"\n\
+             [[tls_listener]]\naddr = \"127.0.0.1:3\"\ncert = \"c\"\nkey = \"k\"\nproxy_protocol = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.proxy_protocol_listen, ["127.0.0.1:2".parse().unwrap()]);
+        assert!(c.tls_listeners[0].proxy_protocol);
+        assert_eq!(c.access_log_format, AccessLogFormat::Json);
+        assert!(c.trusts("10.1.2.3".parse().unwrap()));
+        assert!(c.trusts("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(!c.trusts("192.0.2.8".parse().unwrap()));
+        let d = Config::default_config();
+        assert_eq!(d.access_log_format, AccessLogFormat::Text);
+        assert!(d.trusted_proxies.is_empty() && d.proxy_protocol_listen.is_empty());
+
+        let l = "listen = [\"127.0.0.1:1\"]\n";
+        for (text, line, says) in [
+            (format!("{l}\ntrusted_proxies = [\"10.0.0.1/8\"]\n"), 3, "after the prefix"),
+            (format!("{l}trusted_proxies = [\n\"ten\"]\n"), 3, "not an IP"),
+            (format!("{l}proxy_protocol_listen = [\"127.0.0.1:2\"]\n"), 2, "trusted_proxies"),
+            (
+                format!("{l}[[tls_listener]]\naddr = \"127.0.0.1:3\"\ncert = \"c\"\nkey = \"k\"\nproxy_protocol = true\n"),
+                6,
+                "trusted_proxies",
+            ),
+            (format!("{l}access_log_format = \"xml\"\n"), 2, "unknown variant"),
+            (format!("{l}proxy_protocol_listen = [\"nope\"]\n"), 2, "proxy_protocol_listen"),
+        ] {
+            let e = Config::parse(&text).err().unwrap_or_else(|| panic!("{text:?} accepted"));
+            assert_eq!(e.line, Some(line), "{text:?}: {e}");
+            assert!(e.message.contains(says), "{text:?}: {e}");
         }
     }
 }

@@ -26,13 +26,19 @@ use crate::wire::oci::{ErrorCode, ErrorReply};
 use crate::worker::Worker;
 use crate::{local, pull, token};
 
-/// Serves one client connection to the end.
-pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: ClientCtx) {
+/// Serves one client connection to the end. `inbuf` holds what was read
+/// from it already (the bytes behind a PROXY header), usually nothing.
+pub async fn serve<S: AsyncReadRent + ClientSink>(
+    w: Rc<Worker>,
+    io: S,
+    cx: ClientCtx,
+    mut inbuf: Vec<u8>,
+) {
     let mut io = Metered::new(io);
     let limits = w.cfg.limits;
     let timeouts = w.cfg.timeouts;
     // Room for a maximal head plus some pipelined bytes behind it.
-    let mut inbuf: Vec<u8> = Vec::with_capacity(limits.max_header_bytes + 4096);
+    inbuf.reserve((limits.max_header_bytes + 4096).saturating_sub(inbuf.len()));
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     loop {
         // ---- read a request head ----
@@ -104,6 +110,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(w: Rc<Worker>, io: S, cx: Clie
                     return;
                 }
             };
+            let cx = cx.for_request(&w.cfg, &head);
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
             // The clock is read only for a log line.
             let started = w.access_log.as_ref().map(|_| Instant::now());

@@ -16,7 +16,8 @@ pub use metered::Metered;
 pub use reply::Reply;
 
 use crate::config::Config;
-use crate::wire::addr::ClientAddr;
+use crate::wire::addr::{forwarded_client, ClientAddr};
+use crate::wire::http::{name_eq, RequestHead};
 
 /// Where a client connection came in, and who the client is.
 #[derive(Debug, Clone, Copy)]
@@ -24,12 +25,35 @@ pub struct ClientCtx {
     pub tls: bool,
     /// The client socket, for an abortive close (see [`Outcome::Abort`]).
     pub fd: std::os::fd::RawFd,
-    /// The client. Everything that names or counts clients uses this.
+    /// The client: the TCP peer, or whom a trusted proxy says it forwards
+    /// (its PROXY header, for the connection; `X-Forwarded-For`, for one
+    /// request: see [`ClientCtx::for_request`]). Everything that names or
+    /// counts clients uses this.
     pub client: ClientAddr,
     pub local: SocketAddr,
 }
 
 impl ClientCtx {
+    /// The context of one request on this connection: when the connection
+    /// comes from a trusted proxy, the client its `X-Forwarded-For` names
+    /// (see [`forwarded_client`]); otherwise the connection's own. With no
+    /// `trusted_proxies` this is one emptiness check.
+    pub fn for_request(&self, cfg: &Config, head: &RequestHead<'_>) -> ClientCtx {
+        if cfg.trusted_proxies.is_empty() || !cfg.trusts(self.client.ip) {
+            return *self;
+        }
+        let last_first = head
+            .headers
+            .iter()
+            .rev()
+            .filter(|h| name_eq(h.name, "x-forwarded-for"))
+            .map(|h| h.value);
+        match forwarded_client(last_first, |ip| cfg.trusts(ip)) {
+            Some(client) => ClientCtx { client, ..*self },
+            None => *self,
+        }
+    }
+
     /// The base URL the client used to reach us (`public_url` wins), e.g.
     /// `https://mirror.example.com` — realms handed out are built on it.
     pub fn base_url(&self, cfg: &Config, host: Option<&str>) -> String {

@@ -1,7 +1,10 @@
 //! Start-up and the workers: N threads, each one monoio runtime pinned to a
 //! CPU, with its own SO_REUSEPORT listeners, its own upstream pools and TLS
 //! configs. The kernel spreads connections across the listeners; after
-//! start-up nothing crosses threads.
+//! start-up nothing crosses threads. `accept`: each connection's opening
+//! phases (PROXY header, TLS handshake) before HTTP.
+
+mod accept;
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,8 +17,6 @@ use rustls::pki_types::CertificateDer;
 
 use crate::cache::Cache;
 use crate::config::{Config, Driver};
-use crate::conn;
-use crate::downstream::ClientCtx;
 use crate::ops::log::Level;
 use crate::tls::{self, ServerMaterial};
 use crate::upstream::{Trust, TrustKey, Upstreams};
@@ -37,6 +38,9 @@ struct Shared {
 /// Addresses actually bound (port 0 resolved), for the start-up message.
 pub struct Bound {
     pub plain: Vec<SocketAddr>,
+    /// Plain listeners that expect PROXY headers (`proxy_protocol_listen`).
+    pub proxy_protocol: Vec<SocketAddr>,
+    /// One per `tls_listeners` entry, in order.
     pub tls: Vec<SocketAddr>,
 }
 
@@ -120,6 +124,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
             .map_err(|_| io::Error::other("worker died during start-up"))??;
         if id == 0 {
             cfg.listen = b.plain.clone();
+            cfg.proxy_protocol_listen = b.proxy_protocol.clone();
             for (l, a) in cfg.tls_listeners.iter_mut().zip(&b.tls) {
                 l.addr = *a;
             }
@@ -269,6 +274,7 @@ async fn start_worker(
         .backlog(1024);
     let mut bound = Bound {
         plain: Vec::new(),
+        proxy_protocol: Vec::new(),
         tls: Vec::new(),
     };
     let mut tasks = Vec::new();
@@ -284,59 +290,34 @@ async fn start_worker(
             }
         }));
     }
-    for addr in &cfg.listen {
-        let l = TcpListener::bind_with_config(addr, &opts)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        bound.plain.push(l.local_addr()?);
-        tasks.push(monoio::spawn(accept_loop(w.clone(), l, None)));
-    }
-    for (i, t) in cfg.tls_listeners.iter().enumerate() {
-        let l = TcpListener::bind_with_config(t.addr, &opts)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", t.addr)))?;
-        bound.tls.push(l.local_addr()?);
-        let acceptor = tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?;
-        tasks.push(monoio::spawn(accept_loop(w.clone(), l, Some(acceptor))));
-    }
-    Ok((bound, tasks))
-}
-
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors or similar: back off instead of spinning.
-                crate::event!(Level::Warn, Some(w.id), "accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let bind = |addr: &SocketAddr| {
+        TcpListener::bind_with_config(addr, &opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    };
+    let plain = [(&cfg.listen, false), (&cfg.proxy_protocol_listen, true)];
+    for (addrs, proxy_protocol) in plain {
+        for addr in addrs {
+            let l = bind(addr)?;
+            let at = l.local_addr()?;
+            match proxy_protocol {
+                false => bound.plain.push(at),
+                true => bound.proxy_protocol.push(at),
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let cx = ClientCtx {
-            tls: tls.is_some(),
-            fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
-            client: crate::wire::addr::ClientAddr::from_socket(peer),
-            local,
-        };
-        let w = w.clone();
-        match &tls {
-            None => {
-                monoio::spawn(conn::serve(w, stream, cx));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let limit = w.cfg.timeouts.client_header;
-                monoio::spawn(async move {
-                    if let Ok(Ok(s)) =
-                        monoio::time::timeout(limit, tls::stream::accept(acceptor, stream)).await
-                    {
-                        conn::serve(w, s, cx).await;
-                    }
-                });
-            }
+            let kind = accept::Listener {
+                tls: None,
+                proxy_protocol,
+            };
+            tasks.push(monoio::spawn(accept::accept_loop(w.clone(), l, kind)));
         }
     }
+    for (i, t) in cfg.tls_listeners.iter().enumerate() {
+        let l = bind(&t.addr)?;
+        bound.tls.push(l.local_addr()?);
+        let kind = accept::Listener {
+            tls: Some(tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?),
+            proxy_protocol: t.proxy_protocol,
+        };
+        tasks.push(monoio::spawn(accept::accept_loop(w.clone(), l, kind)));
+    }
+    Ok((bound, tasks))
 }

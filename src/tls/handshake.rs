@@ -94,8 +94,12 @@ enum Step {
 pub(super) async fn handshake<S: Side>(
     tcp: TcpStream,
     mut conn: S::Conn,
+    read: Vec<u8>,
 ) -> io::Result<TlsStream<S>> {
-    let mut rbuf: Vec<u8> = Vec::with_capacity(MIN_READ);
+    // `read`: bytes of the peer's first flight already read (after a PROXY
+    // header), usually none.
+    let mut rbuf = read;
+    rbuf.reserve(MIN_READ.saturating_sub(rbuf.len()));
     let mut rpos = 0;
     let mut wbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut early = Vec::new();

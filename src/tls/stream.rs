@@ -114,13 +114,24 @@ pub async fn connect(
     tcp: TcpStream,
 ) -> io::Result<ClientTls> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(rustls_err)?;
-    handshake::<ClientConnectionData>(tcp, conn).await
+    handshake::<ClientConnectionData>(tcp, conn, Vec::new()).await
 }
 
 /// Accepts TLS from a client over `tcp`.
 pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<ServerTls> {
+    accept_after(config, tcp, Vec::new()).await
+}
+
+/// Accepts TLS from a client over `tcp` of which `read` was read already
+/// (what followed a PROXY header in the same segment: the ClientHello's
+/// first bytes). The buffer becomes the handshake's read buffer.
+pub async fn accept_after(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+    read: Vec<u8>,
+) -> io::Result<ServerTls> {
     let conn = UnbufferedServerConnection::new(config).map_err(rustls_err)?;
-    handshake::<ServerConnectionData>(tcp, conn).await
+    handshake::<ServerConnectionData>(tcp, conn, read).await
 }
 
 impl<S: Side> TlsStream<S> {

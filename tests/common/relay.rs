@@ -18,6 +18,10 @@ pub struct Relay {
     child: Child,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// Listeners that expect PROXY headers (`proxy_protocol_listen`, and a
+    /// `[[tls_listener]]` with `proxy_protocol = true`).
+    pub proxied_http: Option<SocketAddr>,
+    pub proxied_https: Option<SocketAddr>,
     pub dir: tempdir::Dir,
     kept: Vec<tempdir::Dir>,
     stderr: Arc<Mutex<String>>,
@@ -187,6 +191,7 @@ impl Relay {
         });
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let (mut http, mut https) = (None, None);
+        let (mut proxied_http, mut proxied_https) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut line = String::new();
         loop {
@@ -200,7 +205,13 @@ impl Relay {
                 );
             }
             let l = line.trim();
-            if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
+            if let Some(l) = l.strip_suffix(" (PROXY protocol)") {
+                if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
+                    proxied_http = Some(a.parse().unwrap());
+                } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
+                    proxied_https = Some(a.parse().unwrap());
+                }
+            } else if let Some(a) = l.strip_prefix("ocirelay listening on http://") {
                 http = Some(a.parse().unwrap());
             } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
                 https = Some(a.parse().unwrap());
@@ -217,6 +228,8 @@ impl Relay {
             child,
             http: http.expect("an http listener"),
             https,
+            proxied_http,
+            proxied_https,
             dir,
             kept: Vec::new(),
             stderr,
@@ -270,6 +283,16 @@ impl Drop for Relay {
 /// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
 /// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
 pub fn start_with_tls(hub: &HubDouble, extra: &str) -> (Relay, String) {
+    start_with_tls_listener(hub, extra, "")
+}
+
+/// [`start_with_tls`] with `listener_extra` keys in the `[[tls_listener]]`
+/// table (e.g. `proxy_protocol = true`).
+pub fn start_with_tls_listener(
+    hub: &HubDouble,
+    extra: &str,
+    listener_extra: &str,
+) -> (Relay, String) {
     let dir = tempdir::Dir::new("tls");
     let ca = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -285,7 +308,7 @@ pub fn start_with_tls(hub: &HubDouble, extra: &str) -> (Relay, String) {
     std::fs::write(&cert, leaf.pem()).unwrap();
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
     let listener = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{listener_extra}\n",
         cert.display(),
         key.display()
     );

@@ -1,0 +1,214 @@
+//! Accepting client connections: a listener's accept loop, then each
+//! connection's opening phases before HTTP, in order:
+//!
+//! ```text
+//! proxy   the PROXY header, on listeners behind a load balancer -> who the client is
+//! tls     the handshake, on TLS listeners (after the PROXY header)
+//! serve   conn::serve: HTTP until the connection ends
+//! ```
+//!
+//! The first two share one deadline (`client_header_secs`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::conn;
+use crate::downstream::ClientCtx;
+use crate::ops::log::Level;
+use crate::tls;
+use crate::wire::addr::ClientAddr;
+use crate::wire::proxy_protocol::{self, Addresses, ProxyError, Scan};
+use crate::worker::Worker;
+
+/// What a listener expects at the start of each connection.
+#[derive(Clone)]
+pub(super) struct Listener {
+    /// TLS listeners: the server config to hand the handshake.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Behind a load balancer: trusted peers send a PROXY header first.
+    pub proxy_protocol: bool,
+}
+
+pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: Listener) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                crate::event!(Level::Warn, Some(w.id), "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let cx = ClientCtx {
+            tls: kind.tls.is_some(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+            client: ClientAddr::from_socket(peer),
+            local,
+        };
+        monoio::spawn(connection(w.clone(), stream, cx, kind.clone()));
+    }
+}
+
+/// One connection's opening phases, then HTTP.
+async fn connection(w: Rc<Worker>, mut stream: TcpStream, mut cx: ClientCtx, kind: Listener) {
+    if kind.tls.is_none() && !kind.proxy_protocol {
+        // Nothing to open: HTTP at once, without arming a timer.
+        return conn::serve(w, stream, cx, Vec::new()).await;
+    }
+    let opening = async {
+        // ---- proxy: who the client is ----
+        let mut read = Vec::new();
+        if kind.proxy_protocol {
+            let (client, local, rest) = proxy_header(&w.cfg, &mut stream, cx).await?;
+            (cx.client, cx.local, read) = (client, local, rest);
+        }
+        // ---- tls ----
+        match kind.tls {
+            None => Ok(Opened::Plain(stream, read)),
+            Some(config) => tls::stream::accept_after(config, stream, read)
+                .await
+                .map(|s| Opened::Tls(Box::new(s)))
+                .map_err(Refused::Tls),
+        }
+    };
+    let opened = match monoio::time::timeout(w.cfg.timeouts.client_header, opening).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(why)) => {
+            let level = why.level();
+            if crate::ops::log::enabled(level) {
+                crate::event!(
+                    level,
+                    Some(w.id),
+                    "connection from {} refused: {why}",
+                    cx.client
+                );
+            }
+            return;
+        }
+        Err(_) => return, // too slow to open: closed, as a slow head would be
+    };
+    // ---- serve ----
+    match opened {
+        Opened::Plain(s, read) => conn::serve(w, s, cx, read).await,
+        Opened::Tls(s) => conn::serve(w, *s, cx, Vec::new()).await,
+    }
+}
+
+/// A connection ready for HTTP.
+enum Opened {
+    /// Plain TCP and the bytes already read from it.
+    Plain(TcpStream, Vec<u8>),
+    Tls(Box<tls::stream::ServerTls>),
+}
+
+/// Why a connection was closed before HTTP.
+#[derive(Debug)]
+enum Refused {
+    /// A PROXY header from a peer not in `trusted_proxies`: a client
+    /// claiming to be someone else.
+    Untrusted,
+    /// A trusted proxy's connection without a PROXY header, on a listener
+    /// that expects one.
+    Missing,
+    /// A PROXY header that does not parse.
+    Malformed(ProxyError),
+    /// The peer closed or failed before its header was complete.
+    Cut(Option<io::Error>),
+    /// The TLS handshake failed.
+    Tls(io::Error),
+}
+
+impl Refused {
+    /// How loudly to say so: a misconfigured load balancer is the
+    /// operator's to fix; a stranger's forgery is worth a line; broken
+    /// connections and failed handshakes are the internet's usual noise.
+    fn level(&self) -> Level {
+        match self {
+            Refused::Missing | Refused::Malformed(_) => Level::Warn,
+            Refused::Untrusted => Level::Info,
+            Refused::Cut(_) | Refused::Tls(_) => Level::Debug,
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Untrusted => {
+                f.write_str("it sent a PROXY header but is not in trusted_proxies")
+            }
+            Refused::Missing => {
+                f.write_str("a trusted proxy sent no PROXY header on a PROXY protocol listener")
+            }
+            Refused::Malformed(e) => write!(f, "malformed PROXY header: {e}"),
+            Refused::Cut(None) => f.write_str("closed before its PROXY header was complete"),
+            Refused::Cut(Some(e)) => write!(f, "PROXY header not read: {e}"),
+            Refused::Tls(e) => write!(f, "TLS handshake: {e}"),
+        }
+    }
+}
+
+/// The proxy phase: on a PROXY protocol listener, a trusted peer's
+/// connection must start with a PROXY header, which names the client (and
+/// the address it connected to); any other peer is a client itself and must
+/// not send one. Returns the client, the local address it reached, and the
+/// bytes read after the header.
+///
+/// Why a trusted peer without a header is refused rather than served as
+/// itself: its requests would all be logged (and, later, limited) as the
+/// load balancer's, silently; a closed connection shows the mistake at
+/// once. Untrusted peers without a header are served (a listener can take
+/// both the balancer's and direct clients, and a direct client's own
+/// address is the truth).
+async fn proxy_header(
+    cfg: &crate::config::Config,
+    stream: &mut TcpStream,
+    cx: ClientCtx,
+) -> Result<(ClientAddr, SocketAddr, Vec<u8>), Refused> {
+    let trusted = cfg.trusts(cx.client.ip);
+    // A v1 header and a request behind it usually arrive in one segment.
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    loop {
+        match proxy_protocol::scan(&buf).map_err(Refused::Malformed)? {
+            Scan::Header(_) if !trusted => return Err(Refused::Untrusted),
+            Scan::Header(h) => {
+                buf.drain(..h.len);
+                return Ok(match h.addresses {
+                    Addresses::Tcp {
+                        source,
+                        destination,
+                    } => (ClientAddr::from_socket(source), destination, buf),
+                    Addresses::Unknown => (cx.client, cx.local, buf),
+                });
+            }
+            Scan::NotProxy if trusted => return Err(Refused::Missing),
+            Scan::NotProxy => return Ok((cx.client, cx.local, buf)),
+            Scan::Incomplete => {}
+        }
+        // The scanner bounds what it waits for (107 bytes for v1, the
+        // declared length for v2), so the buffer never outgrows V2_MAX.
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact((buf.len() * 2).min(proxy_protocol::V2_MAX) - buf.len());
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, back) = stream.read(buf.slice_mut(len..cap)).await;
+        buf = back.into_inner();
+        match res {
+            Ok(0) => return Err(Refused::Cut(None)),
+            Ok(_) => {}
+            Err(e) => return Err(Refused::Cut(Some(e))),
+        }
+    }
+}
