@@ -25,7 +25,9 @@
 //! (`cache -> relay` for the tee and for serving, `downstream -> relay` for
 //! the sink, `relay -> upstream` for the connection, `token -> pull` for the
 //! shared fetch and body phases).
-//! `wire/` imports nothing from the crate; `tls/` only `wire/`.
+//! `wire/` imports nothing from the crate; `tls/` only `wire/`; `config/`
+//! only `wire/` and `tls/` (`config check` asks whether a certificate fits
+//! its key).
 
 // ---- the top: start-up, connections, handlers ----
 pub mod server;

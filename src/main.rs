@@ -90,7 +90,9 @@ struct WarmArgs {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Check a config file; errors name the line.
+    /// Check a config file: syntax and values, then what would go wrong on
+    /// this machine (cache directory, certificates and keys, colliding
+    /// hosts); every problem names its line.
     Check { file: PathBuf },
     /// Print the embedded default config.
     Default,
@@ -120,8 +122,8 @@ fn main() -> ExitCode {
         Some(Command::Config {
             action: ConfigAction::Check { file },
         }) => {
-            return match Config::load(&file) {
-                Ok(c) => {
+            return match ocirelay::config::check::check_file(&file) {
+                Ok((c, problems)) if problems.is_empty() => {
                     println!(
                         "{}: ok ({} listener(s), {} registr{})",
                         file.display(),
@@ -130,6 +132,13 @@ fn main() -> ExitCode {
                         if c.registries.len() == 1 { "y" } else { "ies" }
                     );
                     ExitCode::SUCCESS
+                }
+                Ok((_, problems)) => {
+                    for p in &problems {
+                        eprintln!("{}: {p}", file.display());
+                    }
+                    eprintln!("{}: {} problem(s)", file.display(), problems.len());
+                    ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!("{}: {e}", file.display());

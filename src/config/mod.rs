@@ -1,5 +1,8 @@
 //! Configuration: one TOML file (or the embedded default), checked once at
 //! start-up into plain values. Every error names the line it comes from.
+//! `check`: the semantic checks of `ocirelay config check`.
+
+pub mod check;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -397,11 +400,7 @@ impl Config {
 
     /// Reads and checks a config file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            line: None,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        Config::parse(&text)
+        Config::parse(&read(path)?)
     }
 
     /// Parses and checks config text.
@@ -586,11 +585,16 @@ impl Config {
             }
             None => None,
         };
-        let host_routes =
-            host_routes(&registries, domain.as_deref()).map_err(|message| ConfigError {
-                line: find_line(text, "domain").or_else(|| find_line(text, "hosts")),
-                message,
-            })?;
+        let host_routes = host_routes(&registries, domain.as_deref()).map_err(|host| {
+            let (a, b) = (host.first.index(), host.second.index());
+            ConfigError {
+                line: claim_line(text, &file, domain.as_deref(), &host.host),
+                message: format!(
+                    "host {} routes to both {} and {}",
+                    host.host, registries[a].name, registries[b].name
+                ),
+            }
+        })?;
         let max_size = match &file.cache.max_size {
             None => DEFAULT_CACHE_MAX,
             Some(v) => parse_size(v.get_ref()).ok_or_else(|| ConfigError {
@@ -852,9 +856,27 @@ fn valid_host(h: &str) -> bool {
         && !h.ends_with(['.', '-'])
 }
 
+/// A config file's text.
+fn read(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        line: None,
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+/// A host two registries claim.
+struct HostCollision {
+    host: String,
+    first: RegistryId,
+    second: RegistryId,
+}
+
 /// Host routes from `hosts` and `<prefix>.<domain>`; a host claimed twice is
 /// an error.
-fn host_routes(registries: &[Registry], domain: Option<&str>) -> Result<Vec<HostRoute>, String> {
+fn host_routes(
+    registries: &[Registry],
+    domain: Option<&str>,
+) -> Result<Vec<HostRoute>, HostCollision> {
     let mut routes: Vec<HostRoute> = Vec::new();
     for (i, r) in registries.iter().enumerate() {
         let derived = match (domain, &r.prefix) {
@@ -864,11 +886,11 @@ fn host_routes(registries: &[Registry], domain: Option<&str>) -> Result<Vec<Host
         for host in r.hosts.iter().cloned().chain(derived) {
             if let Some(other) = routes.iter().find(|x| x.host == host) {
                 if other.registry.index() != i {
-                    return Err(format!(
-                        "host {host} routes to both {} and {}",
-                        registries[other.registry.index()].name,
-                        r.name
-                    ));
+                    return Err(HostCollision {
+                        host,
+                        first: other.registry,
+                        second: RegistryId::at(i),
+                    });
                 }
                 continue;
             }
@@ -879,6 +901,27 @@ fn host_routes(registries: &[Registry], domain: Option<&str>) -> Result<Vec<Host
         }
     }
     Ok(routes)
+}
+
+/// The line of the file's last claim on `host`: a `hosts` entry, or a
+/// `prefix` that makes it with `domain`; else the `domain` line (a claim of
+/// a built-in registry, made by the domain).
+fn claim_line(text: &str, file: &File, domain: Option<&str>, host: &str) -> Option<usize> {
+    let mut line = None;
+    for r in &file.registry {
+        let r = r.get_ref();
+        for h in &r.hosts {
+            if h.get_ref().trim().eq_ignore_ascii_case(host) {
+                line = Some(line_of(text, h.span().start));
+            }
+        }
+        if let (Some(p), Some(d)) = (&r.prefix, domain) {
+            if format!("{}.{d}", p.get_ref().trim()).eq_ignore_ascii_case(host) {
+                line = Some(line_of(text, p.span().start));
+            }
+        }
+    }
+    line.or_else(|| file.domain.as_ref().map(|d| line_of(text, d.span().start)))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -4,8 +4,9 @@
 //! own rustls configs from the parsed DER so that no session cache is shared
 //! (and locked) across threads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::{fmt, io};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -29,39 +30,89 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why certificate or key files cannot be used.
+#[derive(Debug)]
+pub enum MaterialError {
+    /// A file could not be read.
+    Read(PathBuf, io::Error),
+    /// A file is not PEM.
+    Pem(PathBuf, io::Error),
+    /// A certificate file holds no certificate.
+    NoCertificate(PathBuf),
+    /// A key file holds no private key.
+    NoKey(PathBuf),
+    /// rustls refused the pair: a key that is not the certificate's (its
+    /// public key differs from the one in the certificate), or a key of a
+    /// kind it cannot sign with.
+    Unfit(rustls::Error),
+}
+
+impl MaterialError {
+    /// The file at fault, when it is one file.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            MaterialError::Read(p, _)
+            | MaterialError::Pem(p, _)
+            | MaterialError::NoCertificate(p)
+            | MaterialError::NoKey(p) => Some(p),
+            MaterialError::Unfit(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for MaterialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaterialError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            MaterialError::Pem(p, e) => write!(f, "{}: bad PEM: {e}", p.display()),
+            MaterialError::NoCertificate(p) => write!(f, "{}: no certificates found", p.display()),
+            MaterialError::NoKey(p) => write!(f, "{}: no private key found", p.display()),
+            MaterialError::Unfit(rustls::Error::InconsistentKeys(_)) => {
+                f.write_str("the key is not the certificate's (their public keys differ)")
+            }
+            MaterialError::Unfit(e) => write!(f, "certificate and key do not fit: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MaterialError {}
+
 /// Reads PEM certificates from `path`.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    let data = std::fs::read(path).map_err(|e| MaterialError::Read(path.into(), e))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        .map_err(|e| MaterialError::Pem(path.into(), e))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificates found", path.display()));
+        return Err(MaterialError::NoCertificate(path.into()));
     }
     Ok(certs)
 }
 
-/// Reads a certificate chain and private key.
-pub fn load_server(cert: &Path, key: &Path) -> Result<ServerMaterial, String> {
+/// Reads a certificate chain and private key, and checks that they fit.
+pub fn load_server(cert: &Path, key_path: &Path) -> Result<ServerMaterial, MaterialError> {
     let chain = load_certs(cert)?;
-    let data = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let data = std::fs::read(key_path).map_err(|e| MaterialError::Read(key_path.into(), e))?;
     let key = rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| format!("{}: bad PEM: {e}", key.display()))?
-        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
-    // Build once here so that a mismatched pair fails at start-up.
+        .map_err(|e| MaterialError::Pem(key_path.into(), e))?
+        .ok_or_else(|| MaterialError::NoKey(key_path.into()))?;
+    // Build once here so that a mismatched pair fails at start-up (rustls
+    // compares the key's public half with the certificate's).
     let m = ServerMaterial { chain, key };
-    server_config(&m)?;
+    build_server_config(&m).map_err(MaterialError::Unfit)?;
     Ok(m)
 }
 
 /// A server config offering HTTP/1.1 over ALPN.
 pub fn server_config(m: &ServerMaterial) -> Result<Arc<ServerConfig>, String> {
+    build_server_config(m).map_err(|e| MaterialError::Unfit(e).to_string())
+}
+
+fn build_server_config(m: &ServerMaterial) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(m.chain.clone(), m.key.clone_key())
-        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+        .with_single_cert(m.chain.clone(), m.key.clone_key())?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Records are protected by our own record layer (tls_record.rs) once
     // rustls has finished the handshake.

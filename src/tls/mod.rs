@@ -19,4 +19,6 @@ mod reseal;
 mod slots;
 pub mod stream;
 
-pub use config::{client_config, load_certs, load_server, server_config, ServerMaterial};
+pub use config::{
+    client_config, load_certs, load_server, server_config, MaterialError, ServerMaterial,
+};

@@ -241,7 +241,7 @@ pub fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let basic = opts.user.as_deref().map(basic_credentials).transpose()?;
     let extra = match &opts.ca_file {
-        Some(p) => crate::tls::config::load_certs(p).map_err(WarmError::Tls)?,
+        Some(p) => crate::tls::config::load_certs(p).map_err(|e| WarmError::Tls(e.to_string()))?,
         None => Vec::new(),
     };
     let tls = crate::tls::config::client_config(&extra).map_err(WarmError::Tls)?;
