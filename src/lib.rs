@@ -4,7 +4,7 @@
 //! A request's path through the modules:
 //!
 //! ```text
-//! accept    server/      TCP (+ TLS handshake) on this core's listener
+//! accept    server/      TCP (+ PROXY header, + TLS handshake) on this core's listener
 //! parse     conn/        one head, borrowed from the read buffer (wire::http)
 //! route     route/       what is asked -> local/ | pull/ | token/ | refusal
 //! pull      pull/        target -> admit -> plan -> lookup -> fetch -> head -> body
