@@ -10,6 +10,7 @@ set -euo pipefail
 PKGS=(
   docker-registry   # the CNCF distribution registry (e2e upstream)
   nginx             # the e2e CDN and TLS front
+  haproxy           # the e2e load balancer sending PROXY v1/v2 headers
   skopeo podman containerd  # real clients in the e2e suite
   chromium fonts-noto-cjk   # the landing page screenshot test
   ca-certificates curl jq tar gzip coreutils iproute2 openssl
@@ -22,7 +23,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
   done
 else
   # Not Debian: check for the commands instead and let the operator install.
-  for c in docker-registry nginx skopeo podman ctr chromium curl jq openssl; do
+  for c in docker-registry nginx haproxy skopeo podman ctr chromium curl jq openssl; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
   done
 fi

@@ -17,6 +17,10 @@
 #                                ghcr.io by path prefix /v2/ghcr.io/... or containerd's ?ns=)
 #     http://127.0.0.21:P_RELAY, https://127.0.0.21:P_RELAYTLS the same ocirelay: host route
 #                                to ghcr.io (`hosts = ["127.0.0.21"]`)
+#     http://127.0.0.1:P_RELAYPROXY, https://127.0.0.1:P_RELAYPROXYTLS the same ocirelay's
+#                                PROXY protocol listeners, trusting only 127.0.0.43
+#   a load balancer: HAProxy on 127.0.0.41 (P_LB plain, sending PROXY v1; P_LBTLS passing
+#                                TLS through, sending PROXY v2), connecting from 127.0.0.43
 #   clients: curl, skopeo, podman, containerd (ctr)
 #
 # Env: OCIRELAY_BIN (default target/release/ocirelay, built if missing),
@@ -55,6 +59,9 @@ IP_GAUTH=127.0.0.32
 IP_GCDN=127.0.0.33
 IP_GBACK=127.0.0.34
 IP_RELAY2=127.0.0.21 # ocirelay's host route to ghcr.io
+IP_LB=127.0.0.41     # HAProxy's frontends
+IP_CLIENT=127.0.0.42 # a client behind the load balancer (curl --interface)
+IP_LBOUT=127.0.0.43  # HAProxy's source address toward ocirelay: the trusted proxy
 GSERVICE=ghcr.io
 GISSUER=e2e-ghcr-auth
 # alice/wonderland is valid on both upstreams (one login per mirror host covers its path
@@ -304,7 +311,7 @@ verify_dir() {
 # ---------------------------------------------------------------- setup
 
 say "work directory: $WORK"
-for tool in docker-registry nginx skopeo podman containerd ctr curl jq tar gzip sha256sum ss timeout; do
+for tool in docker-registry nginx haproxy skopeo podman containerd ctr curl jq tar gzip sha256sum ss timeout; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (see tests/e2e/README.md)"
 done
 
@@ -320,6 +327,10 @@ pick_port P_CDN
 pick_port P_BACK
 pick_port P_RELAY
 pick_port P_RELAYTLS
+pick_port P_RELAYPROXY
+pick_port P_RELAYPROXYTLS
+pick_port P_LB
+pick_port P_LBTLS
 pick_port P_GREG
 pick_port P_GAUTH
 pick_port P_GSIGN
@@ -329,6 +340,10 @@ pick_port P_GCLOSED # nothing ever listens here: the "blocked" upstream in regis
 REG=$IP_REG:$P_REG
 RELAY=$IP_RELAY:$P_RELAY
 RELAYTLS=$IP_RELAY:$P_RELAYTLS
+RELAYPROXY=$IP_RELAY:$P_RELAYPROXY
+RELAYPROXYTLS=$IP_RELAY:$P_RELAYPROXYTLS
+LB=$IP_LB:$P_LB
+LBTLS=$IP_LB:$P_LBTLS
 GREG=$IP_GREG:$P_GREG
 RELAY2=$IP_RELAY2:$P_RELAY
 RELAY2TLS=$IP_RELAY2:$P_RELAYTLS
@@ -337,7 +352,7 @@ GCDN_SECRET=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
 
 say "generating certificates"
 "$REGTOKEN" gen-certs "$CERTS" "registry=$IP_REG" "auth=$IP_AUTH" "cdn=$IP_CDN" \
-    "relay=$IP_RELAY,$IP_RELAY2,localhost" || die "regtoken gen-certs failed"
+    "relay=$IP_RELAY,$IP_RELAY2,$IP_LB,localhost" || die "regtoken gen-certs failed"
 # the ghcr-like upstream: its own TLS CA and its own token signing root
 "$REGTOKEN" gen-certs "$CERTS/ghcr" "registry=$IP_GREG" "auth=$IP_GAUTH" "cdn=$IP_GCDN" ||
     die "regtoken gen-certs (ghcr) failed"
@@ -858,11 +873,20 @@ fi
 # also gets a host route by IP literal (its own listener address, same port).
 cat >"$WORK/ocirelay.toml" <<EOF
 listen = ["$RELAY", "$RELAY2"]
+# Behind HAProxy (the load balancer checks): only its source address is trusted.
+proxy_protocol_listen = ["$RELAYPROXY"]
+trusted_proxies = ["$IP_LBOUT/32"]
 
 [[tls_listener]]
 addr = "$RELAYTLS"
 cert = "$CERTS/relay-fullchain.pem"
 key = "$CERTS/relay-key.pem"
+
+[[tls_listener]]
+addr = "$RELAYPROXYTLS"
+cert = "$CERTS/relay-fullchain.pem"
+key = "$CERTS/relay-key.pem"
+proxy_protocol = true
 
 [[tls_listener]]
 addr = "$RELAY2TLS"
@@ -894,8 +918,10 @@ relay_listens() {
     wait_tcp ocirelay "$IP_RELAY" "$P_RELAYTLS" 5
     wait_tcp ocirelay "$IP_RELAY2" "$P_RELAY" 5
     wait_tcp ocirelay "$IP_RELAY2" "$P_RELAYTLS" 5
+    wait_tcp ocirelay "$IP_RELAY" "$P_RELAYPROXY" 5
+    wait_tcp ocirelay "$IP_RELAY" "$P_RELAYPROXYTLS" 5
 }
-check "ocirelay: starts and listens on $RELAY, $RELAYTLS, $RELAY2, $RELAY2TLS" relay_listens
+check "ocirelay: starts and listens on $RELAY, $RELAYTLS, $RELAY2, $RELAY2TLS, $RELAYPROXY, $RELAYPROXYTLS" relay_listens
 if ((NFAIL > 0)); then
     summary_and_exit
 fi
@@ -1074,6 +1100,85 @@ r_tls_probe() {
     echo "curl https://$RELAY/v2/ (a plain-HTTP listener): exit $rc after $ms ms"
     ((rc != 0)) || fail "a TLS handshake with the plain listener succeeded"
     ((ms < 3000)) || fail "the plain listener took $ms ms to turn down a TLS ClientHello"
+}
+
+# ---- behind a load balancer: HAProxy in TCP mode in front of the PROXY listeners
+
+start_haproxy() {
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+    maxconn 512
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend plain
+    bind $LB
+    default_backend relay_plain
+frontend tls
+    bind $LBTLS
+    default_backend relay_tls
+backend relay_plain
+    server relay $RELAYPROXY send-proxy source $IP_LBOUT
+backend relay_tls
+    server relay $RELAYPROXYTLS send-proxy-v2 source $IP_LBOUT
+EOF
+    start haproxy haproxy -db -f "$WORK/haproxy.cfg"
+    wait_tcp haproxy "$IP_LB" "$P_LB" 10
+    wait_tcp haproxy "$IP_LB" "$P_LBTLS" 5
+}
+
+# access_line REGEX: waits (access lines are flushed every second) for a line of
+# ocirelay's log matching REGEX, and prints it.
+access_line() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        if grep -E "$1" "$LOGS/ocirelay.log"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "no line matching '$1' in $LOGS/ocirelay.log"
+}
+
+# The client's own address in the access log, through HAProxy's v1 (plain) and v2 (TLS)
+# headers; HAProxy's address itself never appears as a client.
+lb_client_address() {
+    local code
+    code=$(cu --interface "$IP_CLIENT" -o /dev/null -w '%{http_code}' "http://$LB/v2/?via=lb-v1")
+    expect_eq "status through HAProxy (v1)" "$code" 401
+    code=$(cu --interface "$IP_CLIENT" -o /dev/null -w '%{http_code}' "https://$LBTLS/v2/?via=lb-v2")
+    expect_eq "status through HAProxy (TLS, v2)" "$code" 401
+    access_line " $IP_CLIENT:[0-9]+ GET /v2/[?]via=lb-v1 401 "
+    access_line " $IP_CLIENT:[0-9]+ GET /v2/[?]via=lb-v2 401 "
+    if grep -F " $IP_LBOUT:" "$LOGS/ocirelay.log"; then
+        fail "HAProxy's own address logged as a client"
+    fi
+}
+
+# A whole pull (token, manifests, blobs through the 307) over TLS through HAProxy.
+lb_skopeo() {
+    sk_pull small small-lb "${TLS_SRC[@]}" "docker://$LBTLS/library/small:latest"
+}
+
+# What is refused: a PROXY header from a peer not trusted (curl from 127.0.0.1), a
+# trusted peer with no header. A stranger without a header is served as itself.
+lb_refusals() {
+    local rc=0 code
+    cu --haproxy-protocol -o /dev/null "http://$RELAYPROXY/v2/?via=forged" || rc=$?
+    expect_eq "curl exit for a stranger's PROXY header (52: empty reply)" "$rc" 52
+    rc=0
+    cu --interface "$IP_LBOUT" -o /dev/null "http://$RELAYPROXY/v2/?via=no-header" || rc=$?
+    expect_eq "curl exit for the trusted proxy without a header" "$rc" 52
+    code=$(cu -o /dev/null -w '%{http_code}' "http://$RELAYPROXY/v2/?via=direct")
+    expect_eq "a stranger without a header" "$code" 401
+    access_line " $IP_RELAY:[0-9]+ GET /v2/[?]via=direct 401 "
+    access_line "refused: it sent a PROXY header but is not in trusted_proxies"
+    access_line "refused: a trusted proxy sent no PROXY header"
+    if grep -E "via=(forged|no-header)" "$LOGS/ocirelay.log"; then
+        fail "a refused connection reached HTTP"
+    fi
 }
 
 # The CDNs must never have seen an Authorization header from ocirelay.
@@ -1705,6 +1810,10 @@ check "containerd ghcr: ghcr.io/owner/multi via hosts.toml mirror $RELAY2 (host 
 check "containerd ghcr: ghcr.io/owner/private with --user $GUSER_NAME via the mirror" c_g_private
 check "relay: expired CDN redirect is not reused" r_redirect_expiry
 check "relay: no Authorization header ever reached either CDN" r_cdn_no_auth
+start_haproxy
+check "load balancer: the client's address through HAProxy's PROXY v1 and v2 (TLS) headers" lb_client_address
+check "load balancer: skopeo library/small over TLS through HAProxy" lb_skopeo
+check "load balancer: a stranger's PROXY header and a header-less trusted proxy are refused" lb_refusals
 check "relay: still running at the end" relay_alive
 
 # ---- the content cache, with real clients: a second ocirelay with the cache on pulls
