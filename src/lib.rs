@@ -18,7 +18,8 @@
 //!
 //! ```text
 //! server -> conn -> {pull, token, local} -> worker
-//!   -> {route, cache, downstream, relay, upstream} -> {tls, ops, config, error, sys, wire}
+//!   -> {route, cache, downstream, relay, upstream}
+//!   -> {blocking, tls, ops, config, error, sys, wire}
 //! ```
 //!
 //! Sideways in the middle only where one stage plugs into another
@@ -27,7 +28,8 @@
 //! shared fetch and body phases).
 //! `wire/` imports nothing from the crate; `tls/` only `wire/`; `config/`
 //! only `wire/` and `tls/` (`config check` asks whether a certificate fits
-//! its key).
+//! its key); `blocking/` (the HTTP client of commands and background
+//! threads) `wire/` and `tls/`.
 
 // ---- the top: start-up, connections, handlers ----
 pub mod server;
@@ -49,6 +51,7 @@ pub mod route;
 pub mod upstream;
 
 // ---- foundations ----
+pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod ops;

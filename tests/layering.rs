@@ -13,8 +13,8 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     let with = |base: &[&'static str], more: &[&'static str]| -> Vec<&'static str> {
         more.iter().chain(base).copied().collect()
     };
-    // foundations: only wire below them
-    let foundations = ["tls", "ops", "config", "error", "sys", "wire"];
+    // foundations: only wire below them (blocking: wire and tls)
+    let foundations = ["blocking", "tls", "ops", "config", "error", "sys", "wire"];
     // stages, with the sideways plug-ins named in lib.rs
     let below_worker = with(
         &foundations,
@@ -26,6 +26,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     t.insert("wire", vec![]);
     t.insert("sys", vec![]);
     t.insert("tls", vec!["wire"]);
+    t.insert("blocking", vec!["wire", "tls"]);
     t.insert("error", vec!["wire"]);
     // `config check` asks tls whether a certificate fits its key.
     t.insert("config", vec!["wire", "tls"]);

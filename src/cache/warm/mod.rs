@@ -28,6 +28,7 @@ use rustls::ClientConfig;
 use serde::Deserialize;
 
 use super::manifests::MAX_MANIFEST;
+use crate::blocking::http::{Client, Head, MAX_SMALL_BODY};
 use crate::wire::challenge::{basic_authorization, bearer_realm, parse_challenge, percent_encode};
 use crate::wire::digest::{sha256_digest, Verifier};
 use crate::wire::http::RespFraming;
@@ -35,11 +36,9 @@ use crate::wire::names::Digest;
 use crate::wire::oci::FULL_ACCEPT;
 use crate::wire::url::{Origin, Url};
 
-mod client;
 mod manifest;
 mod reference;
 
-use client::{Client, Head, MAX_SMALL_BODY};
 use manifest::{walk, Walk};
 use reference::ImageRef;
 pub use reference::{default_mirror, parse_mirror};

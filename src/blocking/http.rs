@@ -1,6 +1,7 @@
 //! A small blocking HTTP/1.1 client: one kept-alive connection to one
 //! origin (plain or TLS), response heads read whole into a fixed buffer,
-//! bodies streamed out of it (by length, chunked, or to the close).
+//! bodies streamed out of it (by length, chunked, or to the close). Used by
+//! `ocirelay cache warm` and by the ACME thread; never on a worker.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -14,7 +15,7 @@ use crate::wire::http::{has_token, parse_content_length, ChunkedDecoder, RespFra
 use crate::wire::url::{Origin, Scheme};
 
 /// Token answers and error bodies are small JSON; more is not read.
-pub(super) const MAX_SMALL_BODY: usize = 64 * 1024;
+pub const MAX_SMALL_BODY: usize = 64 * 1024;
 /// Read buffer per connection; a response head must fit in it.
 const BUF: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,24 +53,24 @@ impl Write for Stream {
 }
 
 /// A response head, owned (so that the connection is free for the body).
-pub(super) struct Head {
-    pub(super) status: u16,
+pub struct Head {
+    pub status: u16,
     headers: Vec<(String, Vec<u8>)>,
     /// How its body ends.
-    pub(super) framing: RespFraming,
+    pub framing: RespFraming,
     /// The connection cannot carry another request after this response.
     close: bool,
 }
 
 impl Head {
-    pub(super) fn header(&self, name: &str) -> Option<&[u8]> {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
     }
 
-    pub(super) fn header_str(&self, name: &str) -> Option<&str> {
+    pub fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 }
@@ -155,7 +156,9 @@ impl Conn {
         Ok(n)
     }
 
-    fn read_head(&mut self) -> io::Result<Head> {
+    /// Reads the answer's head; `bodiless` for a HEAD request, whose
+    /// answer has no body whatever its headers say.
+    fn read_head(&mut self, bodiless: bool) -> io::Result<Head> {
         loop {
             let mut slots = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut slots);
@@ -172,7 +175,11 @@ impl Conn {
                     if (100..200).contains(&status) {
                         continue; // an interim answer; the real one follows
                     }
-                    return head_of(status, http10, headers);
+                    let mut head = head_of(status, http10, headers)?;
+                    if bodiless {
+                        head.framing = RespFraming::None;
+                    }
+                    return Ok(head);
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.read_more()? == 0 {
@@ -293,9 +300,9 @@ fn head_of(status: u16, http10: bool, headers: Vec<(String, Vec<u8>)>) -> io::Re
     Ok(head)
 }
 
-/// Requests to one origin over one kept-alive connection. Each `get` is
+/// Requests to one origin over one kept-alive connection. Each request is
 /// followed by one of `body`, `small_body` or `skip`.
-pub(super) struct Client {
+pub struct Client {
     origin: Origin,
     tls: Arc<ClientConfig>,
     conn: Option<Conn>,
@@ -305,7 +312,7 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new(origin: Origin, tls: Arc<ClientConfig>) -> Client {
+    pub fn new(origin: Origin, tls: Arc<ClientConfig>) -> Client {
         Client {
             origin,
             tls,
@@ -314,31 +321,55 @@ impl Client {
         }
     }
 
-    pub(super) fn connect(&mut self) -> io::Result<()> {
+    /// The origin this client talks to.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn connect(&mut self) -> io::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(Conn::open(&self.origin, &self.tls)?);
         }
         Ok(())
     }
 
-    pub(super) fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> io::Result<Head> {
+    pub fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> io::Result<Head> {
+        self.request("GET", target, headers, b"")
+    }
+
+    /// `method target` with `headers` and `body` (a `Content-Length` is
+    /// added when there is a body). A kept-alive connection that fails
+    /// before any answer is heard is replaced and the request sent once
+    /// more: the server never saw it (ACME's POSTs carry a one-time nonce,
+    /// so a repeat the server did see fails as `badNonce`, never twice).
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Head> {
         if self.unread.take().is_some() {
             self.conn = None;
         }
         let mut req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ocirelay-warm/{}\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ocirelay/{}\r\n",
             self.origin.authority(),
             env!("CARGO_PKG_VERSION")
         );
         for (name, value) in headers {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
+        let mut req = req.into_bytes();
+        req.extend_from_slice(body);
+        let bodiless = method == "HEAD";
         let reused = self.conn.is_some();
-        let head = match self.exchange(req.as_bytes()) {
-            // A kept-alive connection the mirror had closed: once more on a
-            // new one (a GET is safe to repeat).
-            Err((_, false)) if reused => self.exchange(req.as_bytes()),
+        let head = match self.exchange(&req, bodiless) {
+            Err((_, false)) if reused => self.exchange(&req, bodiless),
             r => r,
         }
         .map_err(|(e, _)| e)?;
@@ -346,10 +377,10 @@ impl Client {
     }
 
     /// One request and its head; on failure, whether any answer was heard.
-    fn exchange(&mut self, req: &[u8]) -> Result<Head, (io::Error, bool)> {
+    fn exchange(&mut self, req: &[u8], bodiless: bool) -> Result<Head, (io::Error, bool)> {
         self.connect().map_err(|e| (e, false))?;
         let conn = self.conn.as_mut().expect("connected above");
-        match conn.send(req).and_then(|()| conn.read_head()) {
+        match conn.send(req).and_then(|()| conn.read_head(bodiless)) {
             Ok(head) => Ok(head),
             Err(e) => {
                 let heard = conn.heard;
@@ -360,11 +391,7 @@ impl Client {
     }
 
     /// The body of `head` into `sink` (see [`Conn::body`]).
-    pub(super) fn body(
-        &mut self,
-        head: &Head,
-        sink: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> io::Result<bool> {
+    pub fn body(&mut self, head: &Head, sink: &mut dyn FnMut(&[u8]) -> bool) -> io::Result<bool> {
         let conn = self.conn.as_mut().ok_or_else(|| invalid("no connection"))?;
         let r = conn.body(head.framing, sink);
         if !matches!(r, Ok(true)) || head.close {
@@ -375,7 +402,7 @@ impl Client {
 
     /// A body of at most `cap` bytes (the rest is not read: the connection
     /// is dropped instead).
-    pub(super) fn small_body(&mut self, head: &Head, cap: usize) -> io::Result<Vec<u8>> {
+    pub fn small_body(&mut self, head: &Head, cap: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         self.body(head, &mut |d| {
             let room = cap - out.len();
@@ -387,7 +414,7 @@ impl Client {
 
     /// Reads past a body not needed (small ones; others close the
     /// connection).
-    pub(super) fn skip(&mut self, head: &Head) {
+    pub fn skip(&mut self, head: &Head) {
         let _ = self.small_body(head, MAX_SMALL_BODY);
     }
 }
@@ -439,5 +466,58 @@ mod tests {
         let head = c.get("/b", &[]).unwrap();
         assert_eq!((head.status, head.framing), (404, RespFraming::Length(5)));
         assert_eq!(c.small_body(&head, 3).unwrap(), b"nop");
+    }
+
+    #[test]
+    fn a_head_answer_has_no_body_and_a_post_carries_its_body_with_its_length() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut b = [0u8; 1];
+            // HEAD: its answer declares a length it does not send.
+            while !got.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap() == 1 {
+                got.push(b[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nReplay-Nonce: n1\r\n\r\n")
+                .unwrap();
+            let mut post = Vec::new();
+            while !post.ends_with(b"{\"a\":1}") && s.read(&mut b).unwrap() == 1 {
+                post.push(b[0]);
+            }
+            s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            (
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(post).unwrap(),
+            )
+        });
+        let origin = Url::parse(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .origin;
+        let mut c = Client::new(origin, crate::tls::config::client_config(&[]).unwrap());
+        let head = c.request("HEAD", "/nonce", &[], b"").unwrap();
+        assert_eq!((head.status, head.framing), (200, RespFraming::None));
+        assert_eq!(head.header_str("replay-nonce"), Some("n1"));
+        assert!(c.body(&head, &mut |_| true).unwrap());
+        let head = c
+            .request(
+                "POST",
+                "/x",
+                &[("Content-Type", "application/jose+json")],
+                b"{\"a\":1}",
+            )
+            .unwrap();
+        assert_eq!(head.status, 201);
+        assert_eq!(c.small_body(&head, 10).unwrap(), b"ok");
+        let (head_req, post) = seen.join().unwrap();
+        assert!(
+            head_req.starts_with("HEAD /nonce HTTP/1.1\r\n"),
+            "{head_req}"
+        );
+        assert!(post.starts_with("POST /x HTTP/1.1\r\n"), "{post}");
+        assert!(post.contains("\r\nContent-Length: 7\r\n"), "{post}");
+        assert!(post.ends_with("\r\n\r\n{\"a\":1}"), "{post}");
     }
 }
