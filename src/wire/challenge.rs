@@ -288,25 +288,10 @@ pub fn bearer_realm(ch: &Challenge<'_>) -> Option<(crate::wire::url::Url, Option
 /// The value of an `Authorization: Basic` header for `user:password`
 /// (RFC 7617: base64 of the two joined by a colon).
 pub fn basic_authorization(user: &str, password: &str) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let raw = [user.as_bytes(), b":", password.as_bytes()].concat();
     let mut out = Vec::with_capacity(6 + raw.len().div_ceil(3) * 4);
     out.extend_from_slice(b"Basic ");
-    for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
+    crate::wire::base64::encode_standard(&raw, &mut out);
     out
 }
 
