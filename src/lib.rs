@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! server -> conn -> {pull, token, local} -> worker
-//!   -> {route, cache, downstream, relay, upstream}
+//!   -> {route, cache, downstream, relay, upstream, acme}
 //!   -> {blocking, tls, ops, config, error, sys, wire}
 //! ```
 //!
@@ -44,6 +44,7 @@ pub mod token;
 pub mod worker;
 
 // ---- stages ----
+pub mod acme;
 pub mod cache;
 pub mod downstream;
 pub mod relay;

@@ -1,13 +1,15 @@
 //! Per-worker state: everything a worker thread needs to serve requests,
 //! owned by that thread alone (`Rc`, `RefCell`; no locks). Handles only:
 //! the config, the upstream pools, trust keys, learned realms, relay
-//! buffers and the access log.
+//! buffers, the access log, and the state shared with background threads
+//! (cache, access knowledge, ACME).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::acme;
 use crate::cache::access::Access;
 use crate::cache::Cache;
 use crate::config::{Config, RegistryId};
@@ -42,6 +44,9 @@ pub struct Worker {
     /// What is known of who may read what upstream: the cache's, or (cache
     /// off, a registry with credentials) a memory-only one. None: neither.
     pub access: Option<Arc<Access>>,
+    /// ACME's certificate store and pending HTTP-01 answers, shared with
+    /// the ACME thread (None without `[acme]`).
+    pub acme: Option<Arc<acme::Shared>>,
     /// The trust each registry's upstream is verified with, by registry.
     trust: Vec<TrustKey>,
     /// Token realm learned from each registry's own challenge, by registry.
@@ -68,6 +73,7 @@ impl Worker {
         trust: Vec<TrustKey>,
         cache: Option<Arc<Cache>>,
         access: Option<Arc<Access>>,
+        acme: Option<Arc<acme::Shared>>,
     ) -> Worker {
         let n = cfg.registries.len();
         assert_eq!(trust.len(), n, "one trust key per registry");
@@ -81,10 +87,17 @@ impl Worker {
             bufs: BufPool::default(),
             cache,
             access,
+            acme,
             trust,
             realms: RefCell::new(vec![None; n]),
             operator_tokens: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Whether every TLS listener has a certificate to serve (readiness):
+    /// files are loaded before the listeners open; ACME's arrives later.
+    pub fn certificates_loaded(&self) -> bool {
+        self.acme.as_ref().is_none_or(|a| a.certs.loaded())
     }
 
     /// The operator's `Authorization` for `repo` at `reg`, if one is held

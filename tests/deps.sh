@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: Debian's packages
 # (the real registry, nginx, skopeo, podman, containerd, Chromium and its CJK
-# fonts, ...) and cargo-fuzz. Called by tests/run-all.sh, so that the README's
+# fonts, pebble the ACME test CA, ...) and cargo-fuzz. Called by tests/run-all.sh, so that the README's
 # one test command works on a fresh machine. Installing needs root; without it
 # this names what is missing and how to install it, and fails.
 set -euo pipefail
@@ -13,6 +13,7 @@ PKGS=(
   haproxy           # the e2e load balancer sending PROXY v1/v2 headers
   skopeo podman containerd  # real clients in the e2e suite
   chromium fonts-noto-cjk   # the landing page screenshot test
+  pebble                    # the ACME test CA and its DNS (tests/acme.rs)
   ca-certificates curl jq tar gzip coreutils iproute2 openssl
 )
 
@@ -23,7 +24,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
   done
 else
   # Not Debian: check for the commands instead and let the operator install.
-  for c in docker-registry nginx haproxy skopeo podman ctr chromium curl jq openssl; do
+  for c in docker-registry nginx haproxy skopeo podman ctr chromium pebble curl jq openssl; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
   done
 fi

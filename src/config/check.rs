@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use super::{find_line, line_of, read, Config, ConfigError, File};
+use super::{find_line, line_of, read, CertSource, Config, ConfigError, File};
 
 /// Parses the file at `path`, then looks for problems. `Err`: it does not
 /// parse (the one error). `Ok`: the config and its problems, by line.
@@ -92,10 +92,16 @@ pub fn check(text: &str) -> Result<(Config, Vec<ConfigError>), ConfigError> {
 
     // ---- TLS certificates and keys ----
     for (t, listener) in file.tls_listener.iter().zip(&cfg.tls_listeners) {
-        if let Err(e) = crate::tls::load_server(&listener.cert, &listener.key) {
+        // ACME listeners have no files to check; their domains are below.
+        let (CertSource::Files { cert, key }, Some(cert_at), Some(key_at)) =
+            (&listener.certs, &t.cert, &t.key)
+        else {
+            continue;
+        };
+        if let Err(e) = crate::tls::load_server(cert, key) {
             let span = match e.file() {
-                Some(f) if f == listener.key => t.key.span(),
-                _ => t.cert.span(),
+                Some(f) if f == key => key_at.span(),
+                _ => cert_at.span(),
             };
             problems.push(at(span, format!("tls_listener {}: {e}", listener.addr)));
         }

@@ -61,6 +61,56 @@ pub struct Config {
     pub host_routes: Vec<HostRoute>,
     /// The content cache (`[cache]`); `None` when `enabled = false`.
     pub cache: Option<CacheConfig>,
+    /// Automatic certificates (`[acme]`); `None` without that table.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Where certificates come from: `[acme]` (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (https).
+    pub directory: Url,
+    /// Contact address given to the CA (expiry notices), if any.
+    pub email: Option<String>,
+    /// The names the certificate covers, lowercase, without duplicates.
+    pub domains: Vec<String>,
+    /// Extra PEM roots trusted for the CA's own TLS (a private or test CA).
+    pub ca_file: Option<PathBuf>,
+    /// Where the account key and certificates are kept.
+    pub dir: PathBuf,
+    /// How the CA is asked to validate control of each domain.
+    pub challenge: AcmeChallenge,
+}
+
+/// Let's Encrypt's production directory: the default `[acme] directory`.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`directory = "letsencrypt-staging"`):
+/// untrusted certificates, generous rate limits, for trying a setup.
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The ACME challenge type ocirelay asks the CA to validate (it answers
+/// both kinds at all times; this picks which one it triggers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AcmeChallenge {
+    /// RFC 8737: the CA connects to port 443 offering ALPN `acme-tls/1`
+    /// and checks a self-signed certificate: needs only the TLS listener.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 8.3: the CA fetches `/.well-known/acme-challenge/<token>`
+    /// on port 80: needs a plain `listen` address.
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl AcmeChallenge {
+    /// The challenge's `type` in the ACME protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
 }
 
 /// The content cache's settings.
@@ -117,18 +167,30 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// directory (`$XDG_CACHE_HOME/ocirelay`, else `~/.cache/ocirelay`), or
 /// `./ocirelay-cache` when neither is known.
 pub fn default_cache_dir() -> PathBuf {
+    user_dir("XDG_CACHE_HOME", ".cache").unwrap_or_else(|| PathBuf::from("ocirelay-cache"))
+}
+
+/// Where ACME keeps its account key and certificates when `[acme]` names no
+/// `dir`: the user's state directory (`$XDG_STATE_HOME/ocirelay/acme`, else
+/// `~/.local/state/ocirelay/acme`), so that `cargo run --release` works
+/// for a user; else `./ocirelay-state/acme`.
+pub fn default_acme_dir() -> PathBuf {
+    user_dir("XDG_STATE_HOME", ".local/state")
+        .unwrap_or_else(|| PathBuf::from("ocirelay-state"))
+        .join("acme")
+}
+
+/// `$<xdg>/ocirelay`, else `$HOME/<under_home>/ocirelay` (XDG base
+/// directories), when either variable is set.
+fn user_dir(xdg: &str, under_home: &str) -> Option<PathBuf> {
     let from = |var: &str| {
         std::env::var_os(var)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(x) = from("XDG_CACHE_HOME") {
-        return x.join("ocirelay");
-    }
-    if let Some(h) = from("HOME") {
-        return h.join(".cache").join("ocirelay");
-    }
-    PathBuf::from("ocirelay-cache")
+    from(xdg)
+        .or_else(|| from("HOME").map(|h| h.join(under_home)))
+        .map(|d| d.join("ocirelay"))
 }
 
 /// Which monoio driver the workers run on.
@@ -158,11 +220,20 @@ pub enum AccessLogFormat {
 #[derive(Debug, Clone)]
 pub struct TlsListener {
     pub addr: SocketAddr,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub certs: CertSource,
     /// Connections from trusted proxies start with a PROXY header (before
     /// the TLS handshake).
     pub proxy_protocol: bool,
+}
+
+/// Where a TLS listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM files, read at start-up.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Issued and renewed by ACME (`[acme]`): a listener with no `cert`
+    /// and `key`.
+    Acme,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,6 +348,19 @@ struct File {
     registry: Vec<Spanned<FileRegistry>>,
     #[serde(default)]
     cache: FileCache,
+    acme: Option<Spanned<FileAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAcme {
+    directory: Option<Spanned<String>>,
+    email: Option<Spanned<String>>,
+    domains: Option<Vec<Spanned<String>>>,
+    ca_file: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    #[serde(default)]
+    challenge: AcmeChallenge,
 }
 
 #[derive(Deserialize)]
@@ -366,8 +450,8 @@ impl Default for FileLimits {
 #[serde(deny_unknown_fields)]
 struct FileTls {
     addr: Spanned<String>,
-    cert: Spanned<String>,
-    key: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<bool>>,
 }
 
@@ -472,10 +556,30 @@ impl Config {
                     ),
                 )
             })?;
+            let certs =
+                match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => CertSource::Files {
+                        cert: PathBuf::from(c.get_ref()),
+                        key: PathBuf::from(k.get_ref()),
+                    },
+                    (None, None) if file.acme.is_some() => CertSource::Acme,
+                    (None, None) => return Err(at(
+                        t.addr.span(),
+                        "this tls_listener has no `cert` and `key`: set both, or add an [acme] \
+                         table to have its certificate issued automatically"
+                            .into(),
+                    )),
+                    (Some(one), None) | (None, Some(one)) => {
+                        return Err(at(
+                            one.span(),
+                            "a tls_listener needs both `cert` and `key` (or neither, with [acme])"
+                                .into(),
+                        ))
+                    }
+                };
             tls_listeners.push(TlsListener {
                 addr,
-                cert: PathBuf::from(t.cert.get_ref()),
-                key: PathBuf::from(t.key.get_ref()),
+                certs,
                 proxy_protocol: t.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
             });
         }
@@ -626,7 +730,24 @@ impl Config {
                 .unwrap_or_else(default_cache_dir),
             max_size,
         });
+        let acme = match &file.acme {
+            Some(a) => Some(parse_acme(
+                text,
+                a,
+                &AcmeContext {
+                    domain: domain.as_deref(),
+                    host_routes: &host_routes,
+                    has_plain_listener: !listen.is_empty(),
+                    acme_listeners: tls_listeners
+                        .iter()
+                        .filter(|t| t.certs == CertSource::Acme)
+                        .count(),
+                },
+            )?),
+            None => None,
+        };
         Ok(Config {
+            acme,
             cache,
             listen,
             proxy_protocol_listen,
@@ -674,6 +795,173 @@ impl Config {
             .position(|r| r.name.eq_ignore_ascii_case(name))
             .map(RegistryId::at)
     }
+}
+
+/// What `[acme]` is checked against: the names this config serves and
+/// its listeners.
+struct AcmeContext<'c> {
+    domain: Option<&'c str>,
+    host_routes: &'c [HostRoute],
+    has_plain_listener: bool,
+    acme_listeners: usize,
+}
+
+impl AcmeContext<'_> {
+    /// Every host name the config serves: `domain`, then each registry's
+    /// `<prefix>.<domain>` and `hosts`.
+    fn served(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.domain.map(str::to_string).into_iter().collect();
+        for h in self.host_routes {
+            if !names.contains(&h.host) {
+                names.push(h.host.clone());
+            }
+        }
+        names
+    }
+}
+
+/// Checks `[acme]`: a directory URL (or a Let's Encrypt shortcut), the
+/// domains (by default every name served; each one given must be served),
+/// and that the listeners can answer the chosen challenge.
+fn parse_acme(
+    text: &str,
+    a: &Spanned<FileAcme>,
+    cx: &AcmeContext<'_>,
+) -> Result<AcmeConfig, ConfigError> {
+    let at = |span: std::ops::Range<usize>, message: String| ConfigError {
+        line: Some(line_of(text, span.start)),
+        message,
+    };
+    let table = a.span();
+    let a = a.get_ref();
+    let directory = match &a.directory {
+        None => Url::parse(LETSENCRYPT).expect("a valid URL"),
+        Some(d) => {
+            let given = d.get_ref().trim();
+            let url = match given {
+                "letsencrypt" => LETSENCRYPT,
+                "letsencrypt-staging" => LETSENCRYPT_STAGING,
+                url => url,
+            };
+            let parsed =
+                Url::parse(url).map_err(|e| at(d.span(), format!("acme directory: {e}")))?;
+            if parsed.origin.scheme != Scheme::Https {
+                return Err(at(
+                    d.span(),
+                    "acme directory must be an https:// URL (RFC 8555 requires TLS)".into(),
+                ));
+            }
+            parsed
+        }
+    };
+    let email = match &a.email {
+        Some(e) => {
+            let v = e.get_ref().trim();
+            let ok = v.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && valid_host(host) && !v.contains(char::is_whitespace)
+            });
+            if !ok {
+                return Err(at(
+                    e.span(),
+                    format!("acme email {:?} is not an address", e.get_ref()),
+                ));
+            }
+            Some(v.to_string())
+        }
+        None => None,
+    };
+    let served = cx.served();
+    let domains = match &a.domains {
+        None => served,
+        Some(given) => {
+            let mut domains: Vec<String> = Vec::new();
+            for d in given {
+                let name = d
+                    .get_ref()
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if name.starts_with("*.") {
+                    return Err(at(
+                        d.span(),
+                        format!(
+                            "acme domain {name}: wildcards need the DNS-01 challenge, which \
+                             ocirelay does not answer"
+                        ),
+                    ));
+                }
+                if !valid_host(&name) {
+                    return Err(at(
+                        d.span(),
+                        format!("acme domain {:?} is not a host name", d.get_ref()),
+                    ));
+                }
+                if !served.contains(&name) {
+                    return Err(at(
+                        d.span(),
+                        format!(
+                            "acme domain {name} is not served by this config (it serves: {})",
+                            if served.is_empty() {
+                                "no host names; set `domain` or a registry's `hosts`".into()
+                            } else {
+                                served.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                if !domains.contains(&name) {
+                    domains.push(name);
+                }
+            }
+            domains
+        }
+    };
+    if domains.is_empty() {
+        return Err(at(
+            table,
+            "[acme] has no domains: set `domain`, a registry's `hosts`, or `domains`".into(),
+        ));
+    }
+    if cx.acme_listeners == 0 {
+        return Err(at(
+            table,
+            "[acme] is set but every [[tls_listener]] has its own `cert` and `key`: add a \
+             [[tls_listener]] without them"
+                .into(),
+        ));
+    }
+    if a.challenge == AcmeChallenge::Http01 && !cx.has_plain_listener {
+        return Err(at(
+            table,
+            "acme challenge \"http-01\" needs a plain `listen` address (port 80 for a public CA)"
+                .into(),
+        ));
+    }
+    let ca_file = match &a.ca_file {
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_file() {
+                return Err(at(
+                    p.span(),
+                    format!("acme ca_file {} does not exist", path.display()),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(AcmeConfig {
+        directory,
+        email,
+        domains,
+        ca_file,
+        dir: a
+            .dir
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref()))
+            .unwrap_or_else(default_acme_dir),
+        challenge: a.challenge,
+    })
 }
 
 /// Checks the `[[registry]]` entries of one file.
@@ -1167,5 +1455,94 @@ upstream = "https://registry-1.docker.io"
             assert_eq!(e.line, Some(line), "{text:?}: {e}");
             assert!(e.message.contains(says), "{text:?}: {e}");
         }
+    }
+
+    /// A config with one registry labelled `docker`, `domain`, a plain
+    /// listener, an ACME TLS listener, then `acme` (the `[acme]` body).
+    fn with_acme(acme: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            "listen = [\"127.0.0.1:80\"]\ndomain = \"Mirror.Test\"\nbuiltin_registries = false\n\
+             [[tls_listener]]\naddr = \"127.0.0.1:443\"\n\
+             [[registry]]\nname = \"docker.io\"\nupstream = \"https://registry-1.docker.io\"\n\
+             prefix = \"docker\"\nhosts = [\"hub.corp.test\"]\n\
+             [acme]\n{acme}"
+        ))
+    }
+
+    #[test]
+    fn acme_defaults_to_lets_encrypt_and_every_name_served() {
+        let c = with_acme("email = \"ops@mirror.test\"\n").unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.directory.to_string(), LETSENCRYPT);
+        assert_eq!(a.email.as_deref(), Some("ops@mirror.test"));
+        assert_eq!(
+            a.domains,
+            ["mirror.test", "hub.corp.test", "docker.mirror.test"]
+        );
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert!(a.dir.ends_with("ocirelay/acme"), "{}", a.dir.display());
+        assert_eq!(c.tls_listeners[0].certs, CertSource::Acme);
+
+        let c = with_acme(
+            "directory = \"letsencrypt-staging\"\ndomains = [\"Docker.Mirror.Test\"]\n\
+             challenge = \"http-01\"\ndir = \"/var/lib/x\"\n",
+        )
+        .unwrap();
+        let a = c.acme.unwrap();
+        assert_eq!(a.directory.to_string(), LETSENCRYPT_STAGING);
+        assert_eq!(a.domains, ["docker.mirror.test"]);
+        assert_eq!(a.challenge, AcmeChallenge::Http01);
+        assert_eq!(a.dir, PathBuf::from("/var/lib/x"));
+    }
+
+    #[test]
+    fn acme_problems_name_their_line() {
+        // Line 12 is the first line of the [acme] body.
+        for (body, line, says) in [
+            (
+                "domains = [\"mirror.test\", \"other.test\"]\n",
+                12,
+                "other.test is not served",
+            ),
+            ("domains = [\"*.mirror.test\"]\n", 12, "DNS-01"),
+            ("directory = \"http://ca.test/dir\"\n", 12, "https"),
+            ("email = \"not an address\"\n", 12, "not an address"),
+            ("ca_file = \"/nonexistent/ca.pem\"\n", 12, "does not exist"),
+            ("challenge = \"dns-01\"\n", 12, "unknown variant"),
+        ] {
+            let e = with_acme(body)
+                .err()
+                .unwrap_or_else(|| panic!("{body:?} accepted"));
+            assert_eq!(e.line, Some(line), "{body:?}: {e}");
+            assert!(e.message.contains(says), "{body:?}: {e}");
+        }
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:80\"]\n[[tls_listener]]\naddr = \"127.0.0.1:443\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("[acme]"), "{e}");
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:80\"]\n[[tls_listener]]\naddr = \"127.0.0.1:443\"\ncert = \"c.pem\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:80\"]\ndomain = \"m.test\"\n[acme]\nemail = \"a@m.test\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("without them"), "{e}");
+        let e = Config::parse(
+            "domain = \"m.test\"\n[[tls_listener]]\naddr = \"127.0.0.1:443\"\n[acme]\nchallenge = \"http-01\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("plain `listen`"), "{e}");
+        let e = Config::parse(
+            "listen = [\"127.0.0.1:80\"]\nbuiltin_registries = false\n[[tls_listener]]\naddr = \"127.0.0.1:443\"\n\
+             [[registry]]\nname = \"r.test\"\nupstream = \"https://r.test\"\n[acme]\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("no domains"), "{e}");
     }
 }

@@ -232,6 +232,9 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         }
         Route::Landing => return local::landing(w, head, cx, io, &mut reply).await,
         Route::Health => return local::health(io, &mut reply).await,
+        Route::AcmeChallenge { token } => {
+            return local::acme_challenge(w, token, io, &mut reply).await
+        }
         Route::Push => ErrorReply::new(
             405,
             ErrorCode::Unsupported,

@@ -17,7 +17,7 @@ use rustls::SupportedProtocolVersion;
 
 use super::*;
 use crate::tls::stream::{accept, connect, RESEALED_IN_PLACE};
-use crate::tls::{client_config, server_config, ServerMaterial};
+use crate::tls::{client_config, server_config, ServerCerts, ServerMaterial};
 use crate::upstream::{PoolKey, TrustKey};
 use crate::wire::digest::{sha256_digest, Verifier};
 use crate::wire::names::Digest;
@@ -72,7 +72,7 @@ fn relay_once(case: Case, sent: Vec<u8>, digest: &str) -> Outcome {
         chain: vec![der.clone()],
         key: key.clone_key(),
     };
-    let ours_server = server_config(&material).unwrap();
+    let ours_server = server_config(&ServerCerts::Static(material)).unwrap();
     let ours_client = client_config(std::slice::from_ref(&der)).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.clone()).unwrap();

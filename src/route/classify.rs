@@ -12,6 +12,11 @@ pub enum Route<'a> {
     Landing,
     /// `GET /healthz`: liveness for load balancers.
     Health,
+    /// `GET /.well-known/acme-challenge/<token>`: a CA validating a domain
+    /// by HTTP-01 (RFC 8555 8.3). The token is base64url.
+    AcmeChallenge {
+        token: &'a str,
+    },
     /// `/v2/`: the API version check (and the first 401 challenge).
     Ping,
     /// ocirelay's own token endpoint: `/token` or `/token/<registry>`.
@@ -49,6 +54,7 @@ impl Route<'_> {
         match self {
             Route::Landing => "landing",
             Route::Health => "health",
+            Route::AcmeChallenge { .. } => "acme_challenge",
             Route::Ping => "ping",
             Route::Token { .. } => "token",
             Route::Manifest { .. } => "manifest",
@@ -91,6 +97,14 @@ pub fn classify<'a>(method: Method, path: &'a str) -> Route<'a> {
             }
         }
         _ => {}
+    }
+    if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+        let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        return if read && !token.is_empty() && token.bytes().all(base64url) {
+            Route::AcmeChallenge { token }
+        } else {
+            Route::NotFound
+        };
     }
     if let Some(name) = path.strip_prefix("/token/") {
         return match method {
@@ -288,5 +302,30 @@ mod tests {
             Route::NotFound
         );
         assert_eq!(split_target("/token?a=b"), ("/token", Some("a=b")));
+        assert_eq!(
+            classify(
+                Method::parse("GET"),
+                "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+            ),
+            Route::AcmeChallenge {
+                token: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+            }
+        );
+        for bad in [
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/a/b",
+            "/.well-known/acme-challenge/a.b",
+            "/.well-known/acme-challenge/%2e%2e",
+        ] {
+            assert_eq!(
+                classify(Method::parse("GET"), bad),
+                Route::NotFound,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            classify(Method::parse("POST"), "/.well-known/acme-challenge/tok"),
+            Route::NotFound
+        );
     }
 }

@@ -137,7 +137,9 @@ impl Refused {
     fn level(&self) -> Level {
         match self {
             Refused::Missing | Refused::Malformed(_) => Level::Warn,
+            // A CA validating a domain (RFC 8737) is worth a line.
             Refused::Untrusted => Level::Info,
+            Refused::Tls(e) if is_acme_validation(e) => Level::Info,
             Refused::Cut(_) | Refused::Tls(_) => Level::Debug,
         }
     }
@@ -155,6 +157,9 @@ impl std::fmt::Display for Refused {
             Refused::Malformed(e) => write!(f, "malformed PROXY header: {e}"),
             Refused::Cut(None) => f.write_str("closed before its PROXY header was complete"),
             Refused::Cut(Some(e)) => write!(f, "PROXY header not read: {e}"),
+            Refused::Tls(e) if is_acme_validation(e) => {
+                f.write_str("acme: answered a TLS-ALPN-01 validation (closed after the handshake)")
+            }
             Refused::Tls(e) => write!(f, "TLS handshake: {e}"),
         }
     }
@@ -211,4 +216,13 @@ async fn proxy_header(
             Err(e) => return Err(Refused::Cut(Some(e))),
         }
     }
+}
+
+/// Whether a TLS accept ended because a CA validated a domain (RFC 8737):
+/// the handshake answered the challenge, and no HTTP follows.
+fn is_acme_validation(e: &io::Error) -> bool {
+    matches!(
+        tls::error::TlsError::of(e),
+        Some(tls::error::TlsError::AcmeValidation)
+    )
 }

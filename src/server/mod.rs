@@ -15,24 +15,27 @@ use std::time::Duration;
 use monoio::net::{ListenerOpts, TcpListener};
 use rustls::pki_types::CertificateDer;
 
+use crate::acme::{self, Acme};
 use crate::cache::Cache;
-use crate::config::{Config, Driver};
+use crate::config::{CertSource, Config, Driver};
 use crate::ops::log::Level;
-use crate::tls::{self, ServerMaterial};
+use crate::tls::{self, ServerCerts};
 use crate::upstream::{Trust, TrustKey, Upstreams};
 use crate::worker::Worker;
 
 /// What every worker is built from (read-only, shared at start-up only).
 struct Shared {
     cfg: Arc<Config>,
-    /// Parsed certificate/key per `tls_listeners` entry.
-    server_tls: Vec<ServerMaterial>,
+    /// Certificates per `tls_listeners` entry: parsed files, or ACME's store.
+    server_tls: Vec<ServerCerts>,
     /// Extra CA roots per registry.
     extra_roots: Vec<Vec<CertificateDer<'static>>>,
     /// The content cache (one for all workers).
     cache: Option<Arc<Cache>>,
     /// Access knowledge (the cache's, or memory-only; see `Worker::access`).
     access: Option<Arc<crate::cache::access::Access>>,
+    /// ACME's certificate store and challenge answers (with `[acme]`).
+    acme: Option<Arc<acme::Shared>>,
 }
 
 /// Addresses actually bound (port 0 resolved), for the start-up message.
@@ -47,11 +50,29 @@ pub struct Bound {
 /// Loads TLS material, starts the workers and blocks until they end.
 /// `ready` is called once every worker listens.
 pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
+    // ACME: a stored certificate is installed before the listeners open;
+    // ordering and renewing start once they serve (the challenges need them).
+    let acme_shared = cfg.acme.as_ref().map(|_| Arc::new(acme::Shared::default()));
+    let mut acme = match (&cfg.acme, &acme_shared) {
+        (Some(a), Some(shared)) => {
+            Some(Acme::new(a.clone(), shared.clone()).map_err(io::Error::other)?)
+        }
+        _ => None,
+    };
+    if let Some(a) = &mut acme {
+        a.load_stored();
+    }
     let server_tls = cfg
         .tls_listeners
         .iter()
-        .map(|l| tls::load_server(&l.cert, &l.key))
-        .collect::<Result<Vec<_>, _>>()
+        .map(|l| match (&l.certs, &acme_shared) {
+            (CertSource::Files { cert, key }, _) => tls::load_server(cert, key)
+                .map(ServerCerts::Static)
+                .map_err(|e| e.to_string()),
+            (CertSource::Acme, Some(shared)) => Ok(ServerCerts::Acme(shared.certs.clone())),
+            (CertSource::Acme, None) => Err("a tls_listener without cert/key needs [acme]".into()),
+        })
+        .collect::<Result<Vec<_>, String>>()
         .map_err(io::Error::other)?;
     let extra_roots = cfg
         .registries
@@ -107,6 +128,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
         extra_roots,
         cache,
         access,
+        acme: acme_shared,
     });
 
     // Worker 0 binds first so that port 0 resolves to one real port, which
@@ -134,6 +156,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
                 extra_roots: shared.extra_roots.clone(),
                 cache: shared.cache.clone(),
                 access: shared.access.clone(),
+                acme: shared.acme.clone(),
             });
             bound = Some(b);
         }
@@ -141,6 +164,11 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
     }
     if let Some(b) = &bound {
         ready(b);
+    }
+    // The manager thread runs for the life of the process; it is not
+    // joined (the workers' end is the process's end).
+    if let Some(a) = acme {
+        a.spawn()?;
     }
     for h in handles {
         let _ = h.join();
@@ -267,6 +295,7 @@ async fn start_worker(
         keys,
         sh.cache.clone(),
         sh.access.clone(),
+        sh.acme.clone(),
     ));
     let opts = ListenerOpts::new()
         .reuse_port(true)

@@ -99,21 +99,38 @@ pub fn load_server(cert: &Path, key_path: &Path) -> Result<ServerMaterial, Mater
     // Build once here so that a mismatched pair fails at start-up (rustls
     // compares the key's public half with the certificate's).
     let m = ServerMaterial { chain, key };
-    build_server_config(&m).map_err(MaterialError::Unfit)?;
+    build_server_config(&ServerCerts::Static(m.clone())).map_err(MaterialError::Unfit)?;
     Ok(m)
 }
 
-/// A server config offering HTTP/1.1 over ALPN.
-pub fn server_config(m: &ServerMaterial) -> Result<Arc<ServerConfig>, String> {
-    build_server_config(m).map_err(|e| MaterialError::Unfit(e).to_string())
+/// Where a TLS listener's certificate comes from, loaded.
+#[derive(Clone)]
+pub enum ServerCerts {
+    /// Files read at start-up.
+    Static(ServerMaterial),
+    /// ACME's store, swapped as certificates are issued.
+    Acme(Arc<super::CertStore>),
 }
 
-fn build_server_config(m: &ServerMaterial) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+/// A server config offering HTTP/1.1 over ALPN (and, for ACME listeners,
+/// `acme-tls/1`, which only a CA validating a domain offers alone; rustls
+/// prefers our order, so a client offering both gets HTTP/1.1).
+pub fn server_config(certs: &ServerCerts) -> Result<Arc<ServerConfig>, String> {
+    build_server_config(certs).map_err(|e| MaterialError::Unfit(e).to_string())
+}
+
+fn build_server_config(certs: &ServerCerts) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(m.chain.clone(), m.key.clone_key())?;
+        .with_no_client_auth();
+    let mut cfg = match certs {
+        ServerCerts::Static(m) => builder.with_single_cert(m.chain.clone(), m.key.clone_key())?,
+        ServerCerts::Acme(store) => builder.with_cert_resolver(store.clone()),
+    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if matches!(certs, ServerCerts::Acme(_)) {
+        cfg.alpn_protocols.push(super::ACME_TLS_ALPN.to_vec());
+    }
     // Records are protected by our own record layer (tls_record.rs) once
     // rustls has finished the handshake.
     cfg.enable_secret_extraction = true;

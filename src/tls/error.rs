@@ -40,6 +40,9 @@ pub enum TlsError {
     UsedAfterCancel,
     /// The stream was used against its contract (a bug of the caller).
     Misuse(&'static str),
+    /// The handshake negotiated `acme-tls/1`: a CA validated a domain
+    /// (RFC 8737). The handshake was all it wanted; no data follows.
+    AcmeValidation,
 }
 
 impl TlsError {
@@ -85,6 +88,7 @@ impl fmt::Display for TlsError {
                 f.write_str("TLS peer closed the connection without close_notify")
             }
             TlsError::UsedAfterCancel => f.write_str("TLS stream used after a cancelled read"),
+            TlsError::AcmeValidation => f.write_str("an ACME TLS-ALPN-01 validation handshake"),
         }
     }
 }

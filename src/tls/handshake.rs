@@ -87,6 +87,8 @@ enum Step {
     Send,
     Read,
     Done,
+    /// The peer closed (maybe right after its Finished).
+    Closed,
 }
 
 /// Drives rustls through the handshake with our buffers, then switches the
@@ -141,9 +143,7 @@ pub(super) async fn handshake<S: Side>(
             // A server may send (0.5-RTT) before the client's Finished: the
             // handshake is only over once rustls says so.
             Ok(ConnectionState::WriteTraffic(_)) => Step::Done,
-            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
-                return Err(TlsError::HandshakeCut("peer closed during the TLS handshake").into())
-            }
+            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => Step::Closed,
             Ok(_) => {
                 return Err(TlsError::Protocol("unexpected TLS state during the handshake").into())
             }
@@ -159,6 +159,14 @@ pub(super) async fn handshake<S: Side>(
             s => s,
         };
         match step {
+            // A CA that validated by TLS-ALPN-01 closes right after its
+            // Finished; rustls may read both in one go.
+            Step::Closed if acme_validation::<S>(&conn) && !conn.is_handshaking() => {
+                return Err(TlsError::AcmeValidation.into())
+            }
+            Step::Closed => {
+                return Err(TlsError::HandshakeCut("peer closed during the TLS handshake").into())
+            }
             Step::Again => {}
             Step::Send => send_handshake(&mut tcp, &mut wbuf).await?,
             Step::Read => {
@@ -189,6 +197,10 @@ pub(super) async fn handshake<S: Side>(
     }
     send_handshake(&mut tcp, &mut wbuf).await?;
     rbuf.drain(..rpos);
+    // RFC 8737 3: after a TLS-ALPN-01 handshake nothing is exchanged.
+    if acme_validation::<S>(&conn) {
+        return Err(TlsError::AcmeValidation.into());
+    }
 
     let (secrets, kernel) = S::into_kernel(conn).map_err(rustls_err)?;
     let version = match kernel.protocol_version() {
@@ -223,6 +235,12 @@ pub(super) async fn handshake<S: Side>(
         eof: false,
         peer_closed: false,
     })
+}
+
+/// Whether the handshake negotiated RFC 8737's `acme-tls/1`: a CA
+/// validating a domain, not a client.
+fn acme_validation<S: Side>(conn: &S::Conn) -> bool {
+    conn.alpn_protocol() == Some(super::ACME_TLS_ALPN)
 }
 
 /// Sends the handshake records encoded so far (if any).

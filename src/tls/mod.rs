@@ -2,6 +2,8 @@
 //! ocirelay's own record layer (see `docs/design.md`, "TLS").
 //!
 //! - `config`: server and client configs, certificate and key loading.
+//! - `certstore`: [`CertStore`], the hot-swappable certificate of ACME
+//!   listeners (and their TLS-ALPN-01 answers).
 //! - `handshake`: rustls driven through our buffers, then the switch to ours;
 //! - `stream`: a [`stream::TlsStream`] in the data phase over monoio's TCP
 //!   stream: reading and opening records, sealing and writing;
@@ -10,6 +12,7 @@
 //! - `error`: [`error::TlsError`].
 //! - `record`: the record cipher (seal/open in place, sequence numbers).
 
+pub mod certstore;
 pub mod config;
 mod control;
 pub mod error;
@@ -19,6 +22,8 @@ mod reseal;
 mod slots;
 pub mod stream;
 
+pub use certstore::{certified_key, challenge_key, CertStore, ACME_TLS_ALPN};
 pub use config::{
-    client_config, load_certs, load_server, server_config, MaterialError, ServerMaterial,
+    client_config, load_certs, load_server, server_config, MaterialError, ServerCerts,
+    ServerMaterial,
 };

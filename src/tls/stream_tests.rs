@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 
 use super::*;
-use crate::tls::{client_config, server_config, ServerMaterial};
+use crate::tls::{client_config, server_config, ServerCerts, ServerMaterial};
 
 struct Cert {
     der: CertificateDer<'static>,
@@ -207,7 +207,7 @@ fn rustls_client_against_our_server_every_suite() {
             chain: vec![c.der.clone()],
             key: c.key.clone_key(),
         };
-        let ours = server_config(&material).unwrap();
+        let ours = server_config(&ServerCerts::Static(material)).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(c.der.clone()).unwrap();
         let client = ClientConfig::builder_with_provider(peer_provider(suite))
@@ -298,7 +298,7 @@ fn first_request_and_session_tickets() {
         chain: vec![c.der.clone()],
         key: c.key.clone_key(),
     };
-    let ours = server_config(&material).unwrap();
+    let ours = server_config(&ServerCerts::Static(material)).unwrap();
     let store = Arc::new(CountingStore {
         inner: rustls::client::ClientSessionMemoryCache::new(16),
         inserted: 0.into(),

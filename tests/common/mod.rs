@@ -11,12 +11,15 @@
 //! - [`fake_upstream`]: a scriptable plain-HTTP upstream for faults the
 //!   double will not produce.
 //! - [`process`]: a process's memory, read from /proc.
+//! - [`pebble`]: Let's Encrypt's test CA (Debian's `pebble`) for the ACME
+//!   tests.
 //!
 //! Not every test crate uses every helper, hence the module-wide allows.
 #![allow(dead_code, unused_imports)]
 
 pub mod fake_upstream;
 pub mod oci;
+pub mod pebble;
 pub mod process;
 pub mod raw;
 pub mod relay;
@@ -27,6 +30,7 @@ pub use fake_upstream::*;
 pub use hubdouble::client::{basic_auth, Client, Response};
 pub use hubdouble::{Host, HubDouble, Options};
 pub use oci::*;
+pub use pebble::*;
 pub use process::*;
 pub use raw::*;
 pub use relay::*;

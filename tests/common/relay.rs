@@ -169,8 +169,9 @@ impl Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
             .arg("--config")
             .arg(&path)
-            // Never the user's own cache directory.
+            // Never the user's own cache or state (ACME) directory.
             .env("XDG_CACHE_HOME", dir.path().join("xdg-cache"))
+            .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,386 @@
+//! Automatic certificates end to end: the real ocirelay binary gets its
+//! certificates from a real ACME server (Debian's `pebble`), which
+//! validates each domain against the relay's own listeners, by TLS-ALPN-01
+//! and by HTTP-01. A client trusting pebble's root then pulls through the
+//! TLS listener. Renewal (short-lived certificates), reuse after a restart,
+//! plain HTTP before the first certificate and retries are each a test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const DOMAIN: &str = "mirror.test";
+const DOCKER_HOST: &str = "docker.mirror.test";
+
+/// A relay's listeners, chosen before pebble starts (pebble must know where
+/// to validate).
+struct Ports {
+    http: u16,
+    tls: u16,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        Ports {
+            http: free_port(),
+            tls: free_port(),
+        }
+    }
+
+    fn pebble(&self, validity_secs: Option<u64>) -> Pebble {
+        Pebble::start(PebbleOptions {
+            http_port: self.http,
+            tls_port: self.tls,
+            validity_secs,
+        })
+    }
+
+    fn tls_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.tls).into()
+    }
+}
+
+/// A relay config: plain and ACME TLS listeners on `ports`, `domain` with
+/// the double as its `docker` registry, and `[acme]` from pebble at
+/// `directory` (trusting `ca_file`), storing in `dir`.
+fn acme_config(
+    hub: &HubDouble,
+    ports: &Ports,
+    directory: &str,
+    ca_file: &Path,
+    dir: &Path,
+    challenge: &str,
+) -> String {
+    format!(
+        "listen = [\"127.0.0.1:{http}\"]\nworkers = 2\ndebug = {debug}\n\
+         domain = \"{DOMAIN}\"\nbuiltin_registries = false\n\n\
+         [[tls_listener]]\naddr = \"127.0.0.1:{tls}\"\n\n\
+         [timeouts]\nconnect_secs = 2\nupstream_read_secs = 5\nclient_header_secs = 5\n\
+         client_idle_secs = 120\nclient_write_secs = 10\n\n\
+         {registry}prefix = \"docker\"\n\n\
+         [acme]\ndirectory = \"{directory}\"\nemail = \"ops@{DOMAIN}\"\n\
+         ca_file = \"{ca}\"\ndir = \"{dir}\"\nchallenge = \"{challenge}\"\n",
+        http = ports.http,
+        tls = ports.tls,
+        debug = !hub.is_tls(),
+        registry = registry_block(hub, "docker.io"),
+        ca = ca_file.display(),
+        dir = dir.display(),
+    )
+}
+
+/// The certificate the relay presents to a TLS client naming `sni` and
+/// trusting `root_pem` (the handshake must verify).
+fn served_cert(
+    addr: SocketAddr,
+    sni: &str,
+    root_pem: &str,
+) -> Result<CertificateDer<'static>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(conn.peer_certificates().unwrap()[0].clone().into_owned())
+}
+
+/// Waits (at most 90 s) until the relay serves a certificate that verifies
+/// against pebble's root, other than `not`; returns it.
+fn wait_for_cert(
+    ports: &Ports,
+    pebble: &Pebble,
+    relay: &Relay,
+    not: Option<&CertificateDer<'static>>,
+) -> CertificateDer<'static> {
+    let root = pebble.issuing_root();
+    let mut got = None;
+    let ok = wait_until(Duration::from_secs(90), || {
+        match served_cert(ports.tls_addr(), DOMAIN, &root) {
+            Ok(c) if Some(&c) != not => {
+                got = Some(c);
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        ok,
+        "no new certificate from pebble\nrelay: {}\npebble: {}",
+        relay.stderr(),
+        pebble.log()
+    );
+    got.unwrap()
+}
+
+/// A TLS client of the relay for host `sni`, trusting pebble's root.
+fn tls_client(ports: &Ports, pebble: &Pebble, sni: &str) -> Client {
+    let mut c = Client::new(ports.tls_addr(), Some((sni, &pebble.issuing_root()))).unwrap();
+    c.set_timeout(Duration::from_secs(15));
+    c
+}
+
+/// Pulls alpine's manifest and first layer through `c`, checking the
+/// layer's digest.
+fn pull_alpine(relay: &Relay, hub: &HubDouble, c: &mut Client) {
+    let tok = anonymous_token(relay, c, "library/alpine");
+    let alpine = &hub.seeded().alpine;
+    let r = c
+        .get_with(
+            "/v2/library/alpine/manifests/latest",
+            &[
+                ("Authorization", &bearer(&tok)),
+                ("Accept", &alpine.manifest.media_type),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, alpine.manifest_bytes);
+    let layer = &alpine.layers[0];
+    let r = get_auth(
+        c,
+        &format!("/v2/library/alpine/blobs/{}", layer.digest),
+        &tok,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), layer.digest);
+}
+
+#[test]
+fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
+    let hub = hub();
+    let ports = Ports::new();
+    let pebble = ports.pebble(None);
+    let state = tempdir::Dir::new("acme-state");
+    let relay = Relay::start_with(&acme_config(
+        &hub,
+        &ports,
+        &pebble.directory,
+        &pebble.ca_file,
+        state.path(),
+        "tls-alpn-01",
+    ));
+    wait_for_cert(&ports, &pebble, &relay, None);
+    let log = relay.stderr();
+    assert!(
+        log.contains("acme: answered a TLS-ALPN-01 validation")
+            && !log.contains("/.well-known/acme-challenge/"),
+        "validated another way: {log}"
+    );
+    // The certificate covers every name served: the registry's host too.
+    let mut c = tls_client(&ports, &pebble, DOCKER_HOST);
+    pull_alpine(&relay, &hub, &mut c);
+
+    // Stored owner-only: the account key and the certificate's key and chain.
+    let ca_dir = std::fs::read_dir(state.path())
+        .unwrap()
+        .next()
+        .expect("a folder for the CA")
+        .unwrap()
+        .path();
+    for f in ["account.key", "mirror.test.key", "mirror.test.crt"] {
+        let mode = std::fs::metadata(ca_dir.join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
+
+#[test]
+fn http_01_gets_a_certificate_through_the_plain_listener() {
+    let hub = hub();
+    let ports = Ports::new();
+    let pebble = ports.pebble(None);
+    let state = tempdir::Dir::new("acme-state");
+    let relay = Relay::start_with(&acme_config(
+        &hub,
+        &ports,
+        &pebble.directory,
+        &pebble.ca_file,
+        state.path(),
+        "http-01",
+    ));
+    wait_for_cert(&ports, &pebble, &relay, None);
+    // The access log is written every second.
+    let answered = wait_until(Duration::from_secs(5), || {
+        relay.stderr().contains("GET /.well-known/acme-challenge/")
+    });
+    let log = relay.stderr();
+    assert!(
+        answered && !log.contains("acme: answered a TLS-ALPN-01 validation"),
+        "validated another way: {log}"
+    );
+    let mut c = tls_client(&ports, &pebble, DOMAIN);
+    pull_alpine(&relay, &hub, &mut c);
+}
+
+#[test]
+fn renewal_swaps_the_certificate_and_open_connections_keep_working() {
+    let hub = hub();
+    let ports = Ports::new();
+    // 15 s certificates: renewed 10 s after they start.
+    let pebble = ports.pebble(Some(15));
+    let state = tempdir::Dir::new("acme-state");
+    let relay = Relay::start_with(&acme_config(
+        &hub,
+        &ports,
+        &pebble.directory,
+        &pebble.ca_file,
+        state.path(),
+        "tls-alpn-01",
+    ));
+    let first = wait_for_cert(&ports, &pebble, &relay, None);
+    // A connection opened under the first certificate...
+    let mut before = tls_client(&ports, &pebble, DOMAIN);
+    assert_eq!(before.get("/healthz").unwrap().status, 200);
+    let second = wait_for_cert(&ports, &pebble, &relay, Some(&first));
+    assert_ne!(first, second);
+    // ...carries on on the same connection after the swap.
+    let r = before.get("/v2/").unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(before.connections_opened(), 1, "the connection was dropped");
+    // And the renewal was logged as one.
+    assert!(
+        relay.stderr().contains("acme: renewing"),
+        "{}",
+        relay.stderr()
+    );
+}
+
+#[test]
+fn a_restart_serves_the_stored_certificate_without_a_new_order() {
+    let hub = hub();
+    let ports = Ports::new();
+    let pebble = ports.pebble(None);
+    let state = tempdir::Dir::new("acme-state");
+    let config = acme_config(
+        &hub,
+        &ports,
+        &pebble.directory,
+        &pebble.ca_file,
+        state.path(),
+        "tls-alpn-01",
+    );
+    let relay = Relay::start_with(&config);
+    let issued = wait_for_cert(&ports, &pebble, &relay, None);
+    let orders = pebble.orders();
+    assert!(orders >= 1, "{}", pebble.log());
+    drop(relay);
+
+    let relay = Relay::start_with(&config);
+    // Served from the first handshake on: loaded before the listeners open.
+    let root = pebble.issuing_root();
+    let served = served_cert(ports.tls_addr(), DOMAIN, &root)
+        .unwrap_or_else(|e| panic!("no handshake right away: {e}\n{}", relay.stderr()));
+    assert_eq!(served, issued, "not the stored certificate");
+    assert_eq!(pebble.orders(), orders, "a new order: {}", pebble.log());
+    assert!(
+        relay
+            .stderr()
+            .contains("acme: using the stored certificate"),
+        "{}",
+        relay.stderr()
+    );
+}
+
+#[test]
+fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
+    let hub = hub();
+    let ports = Ports::new();
+    let state = tempdir::Dir::new("acme-state");
+    // The CA is down at first: the first attempt cannot connect.
+    let mut pebble = Pebble::prepare(PebbleOptions {
+        http_port: ports.http,
+        tls_port: ports.tls,
+        validity_secs: None,
+    });
+    let relay = Relay::start_with(&acme_config(
+        &hub,
+        &ports,
+        &pebble.directory,
+        &pebble.ca_file,
+        state.path(),
+        "http-01",
+    ));
+    // Plain HTTP answers at once; TLS has no certificate to offer yet.
+    let mut c = relay.client();
+    assert_eq!(c.get("/v2/").unwrap().status, 401);
+    let r = c.get("/.well-known/acme-challenge/unknown-token").unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(error_code(&r.body), "UNKNOWN");
+    assert!(tls_hello_refused(ports.tls_addr()));
+    assert!(
+        wait_until(Duration::from_secs(20), || relay
+            .stderr()
+            .contains("acme: attempt 1 failed")),
+        "{}",
+        relay.stderr()
+    );
+    assert!(
+        relay.stderr().contains("next attempt in"),
+        "{}",
+        relay.stderr()
+    );
+    // The CA comes up: the next attempt (after the backoff) succeeds.
+    pebble.run();
+    wait_for_cert(&ports, &pebble, &relay, None);
+    assert!(
+        relay.stderr().contains("(http-01, attempt 2)"),
+        "{}",
+        relay.stderr()
+    );
+    assert_eq!(
+        c.get("/v2/").unwrap().status,
+        401,
+        "plain HTTP still serves"
+    );
+}
+
+/// Whether a TLS handshake with the relay fails (no certificate to serve),
+/// rather than hanging or succeeding.
+fn tls_hello_refused(addr: SocketAddr) -> bool {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = ServerName::try_from(DOMAIN.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    tcp.write_all(&out).unwrap();
+    let mut answer = [0u8; 7];
+    // An alert record (21) or a close, never a ServerHello (22).
+    match tcp.read(&mut answer) {
+        Ok(0) => true,
+        Ok(_) => answer[0] == 21,
+        Err(_) => false,
+    }
+}
