@@ -384,3 +384,26 @@ fn tls_hello_refused(addr: SocketAddr) -> bool {
         Err(_) => false,
     }
 }
+
+#[test]
+fn config_check_names_the_line_of_an_acme_domain_not_served() {
+    let dir = tempdir::Dir::new("cfg");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:0\"]\ndomain = \"mirror.test\"\n\n[[tls_listener]]\n\
+         addr = \"127.0.0.1:0\"\n\n[acme]\ndomains = [\n  \"mirror.test\",\n  \"elsewhere.test\",\n]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 10") && err.contains("elsewhere.test is not served"),
+        "{err}"
+    );
+}

@@ -42,6 +42,8 @@ use crate::ops::log::Level;
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// The shortest time between an issued certificate and the next order.
+const RENEW_GAP: Duration = Duration::from_secs(5);
 /// The thread wakes at least this often to look at the clock again (a
 /// suspended machine's sleep does not count wall time).
 const WAKE_EVERY: Duration = Duration::from_secs(600);
@@ -54,6 +56,8 @@ pub struct Acme {
     tls: Arc<ClientConfig>,
     /// The installed certificate's validity and names.
     current: Option<cert::CertInfo>,
+    /// When to order next (the epoch: at once).
+    due: SystemTime,
 }
 
 impl Acme {
@@ -71,6 +75,7 @@ impl Acme {
             shared,
             tls,
             current: None,
+            due: SystemTime::UNIX_EPOCH,
         })
     }
 
@@ -127,6 +132,7 @@ impl Acme {
                     cert::rfc3339(info.not_after),
                     cert::rfc3339(info.renew_at())
                 );
+                self.due = info.renew_at();
                 self.current = Some(info);
             }
             Err(e) => crate::event!(Level::Warn, None, "acme: stored certificate: {e}"),
@@ -144,9 +150,7 @@ impl Acme {
         let mut failures: u32 = 0;
         let mut attempt: u64 = 0;
         loop {
-            let due = self.current.as_ref().map(cert::CertInfo::renew_at);
-            let now = SystemTime::now();
-            if let Some(wait) = due.and_then(|d| d.duration_since(now).ok()) {
+            if let Ok(wait) = self.due.duration_since(SystemTime::now()) {
                 std::thread::sleep(wait.min(WAKE_EVERY));
                 continue;
             }
@@ -219,9 +223,19 @@ impl Acme {
             cert::rfc3339(issued.info.renew_at()),
             self.store.dir().display()
         );
+        self.due = next_due(&issued.info, SystemTime::now());
         self.current = Some(issued.info);
         Ok(())
     }
+}
+
+/// When to renew a certificate just issued: at two thirds of its lifetime,
+/// or, if the CA made that moment already past (a `notBefore` far back, a
+/// lifetime of seconds), after a third of what is left, and never sooner
+/// than [`RENEW_GAP`]: not a loop of orders whatever the CA sends.
+fn next_due(info: &cert::CertInfo, now: SystemTime) -> SystemTime {
+    let left = info.not_after.duration_since(now).unwrap_or_default();
+    info.renew_at().max(now + left / 3).max(now + RENEW_GAP)
 }
 
 /// The wait after the `failures`th failure in a row: 5 s doubling to an
@@ -243,6 +257,25 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_certificate_is_renewed_at_two_thirds_never_at_once() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let info = |nb, na| cert::CertInfo {
+            not_before: t(nb),
+            not_after: t(na),
+            dns_names: Vec::new(),
+        };
+        // 90 days from now: day 60.
+        assert_eq!(
+            next_due(&info(1000, 1000 + 90 * 86_400), t(1000)),
+            t(1000 + 60 * 86_400)
+        );
+        // Backdated so far that two thirds are past: a third of what is left.
+        assert_eq!(next_due(&info(0, 1300), t(1000)), t(1100));
+        // Expired on arrival: not a loop of orders either way.
+        assert_eq!(next_due(&info(0, 900), t(1000)), t(1005));
+    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_to_an_hour_with_jitter() {
