@@ -10,7 +10,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,61 +19,107 @@ use rustls::pki_types::{CertificateDer, ServerName};
 const DOMAIN: &str = "mirror.test";
 const DOCKER_HOST: &str = "docker.mirror.test";
 
-/// A relay's listeners, chosen before pebble starts (pebble must know where
-/// to validate).
-struct Ports {
+/// One test's world: the double, the relay's ports (chosen first: pebble
+/// must know where to validate), pebble validating against them, the
+/// relay's ACME state directory, and the challenge it asks for.
+struct Setup {
+    hub: HubDouble,
     http: u16,
     tls: u16,
+    pebble: Pebble,
+    state: tempdir::Dir,
+    challenge: &'static str,
 }
 
-impl Ports {
-    fn new() -> Ports {
-        Ports {
-            http: free_port(),
-            tls: free_port(),
-        }
-    }
-
-    fn pebble(&self, validity_secs: Option<u64>) -> Pebble {
-        Pebble::start(PebbleOptions {
-            http_port: self.http,
-            tls_port: self.tls,
+impl Setup {
+    /// Pebble issuing `validity_secs` certificates (None: its default, 5
+    /// years), started or only prepared (a CA that is down).
+    fn new(challenge: &'static str, validity_secs: Option<u64>, running: bool) -> Setup {
+        let (http, tls) = (free_port(), free_port());
+        let opts = PebbleOptions {
+            http_port: http,
+            tls_port: tls,
             validity_secs,
-        })
+        };
+        Setup {
+            hub: hub(),
+            http,
+            tls,
+            pebble: if running {
+                Pebble::start(opts)
+            } else {
+                Pebble::prepare(opts)
+            },
+            state: tempdir::Dir::new("acme-state"),
+            challenge,
+        }
     }
 
     fn tls_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.tls).into()
     }
-}
 
-/// A relay config: plain and ACME TLS listeners on `ports`, `domain` with
-/// the double as its `docker` registry, and `[acme]` from pebble at
-/// `directory` (trusting `ca_file`), storing in `dir`.
-fn acme_config(
-    hub: &HubDouble,
-    ports: &Ports,
-    directory: &str,
-    ca_file: &Path,
-    dir: &Path,
-    challenge: &str,
-) -> String {
-    format!(
-        "listen = [\"127.0.0.1:{http}\"]\nworkers = 2\ndebug = {debug}\n\
-         domain = \"{DOMAIN}\"\nbuiltin_registries = false\n\n\
-         [[tls_listener]]\naddr = \"127.0.0.1:{tls}\"\n\n\
-         [timeouts]\nconnect_secs = 2\nupstream_read_secs = 5\nclient_header_secs = 5\n\
-         client_idle_secs = 120\nclient_write_secs = 10\n\n\
-         {registry}prefix = \"docker\"\n\n\
-         [acme]\ndirectory = \"{directory}\"\nemail = \"ops@{DOMAIN}\"\n\
-         ca_file = \"{ca}\"\ndir = \"{dir}\"\nchallenge = \"{challenge}\"\n",
-        http = ports.http,
-        tls = ports.tls,
-        debug = !hub.is_tls(),
-        registry = registry_block(hub, "docker.io"),
-        ca = ca_file.display(),
-        dir = dir.display(),
-    )
+    /// The relay config: plain and ACME TLS listeners, `domain` with the
+    /// double as its `docker` registry, `[acme]` from pebble.
+    fn config(&self) -> String {
+        format!(
+            "listen = [\"127.0.0.1:{http}\"]\nworkers = 2\ndebug = {debug}\n\
+             domain = \"{DOMAIN}\"\nbuiltin_registries = false\n\n\
+             [[tls_listener]]\naddr = \"127.0.0.1:{tls}\"\n\n\
+             [timeouts]\nconnect_secs = 2\nupstream_read_secs = 5\nclient_header_secs = 5\n\
+             client_idle_secs = 120\nclient_write_secs = 10\n\n\
+             {registry}prefix = \"docker\"\n\n\
+             [acme]\ndirectory = \"{directory}\"\nemail = \"ops@{DOMAIN}\"\n\
+             ca_file = \"{ca}\"\ndir = \"{dir}\"\nchallenge = \"{challenge}\"\n",
+            http = self.http,
+            tls = self.tls,
+            debug = !self.hub.is_tls(),
+            registry = registry_block(&self.hub, "docker.io"),
+            directory = self.pebble.directory,
+            ca = self.pebble.ca_file.display(),
+            dir = self.state.path().display(),
+            challenge = self.challenge,
+        )
+    }
+
+    fn relay(&self) -> Relay {
+        Relay::start_with(&self.config())
+    }
+
+    /// Waits (at most 90 s) until `relay` serves a certificate that
+    /// verifies against pebble's root, other than `not`; returns it.
+    fn wait_for_cert(
+        &self,
+        relay: &Relay,
+        not: Option<&CertificateDer<'static>>,
+    ) -> CertificateDer<'static> {
+        let root = self.pebble.issuing_root();
+        let mut got = None;
+        let ok = wait_until(Duration::from_secs(90), || {
+            match served_cert(self.tls_addr(), DOMAIN, &root) {
+                Ok(c) if Some(&c) != not => {
+                    got = Some(c);
+                    true
+                }
+                _ => false,
+            }
+        });
+        assert!(
+            ok,
+            "no new certificate from pebble\nrelay: {}\npebble: {}",
+            relay.stderr(),
+            self.pebble.log()
+        );
+        got.unwrap()
+    }
+
+    /// A TLS client of the relay for host `sni`, trusting pebble's root.
+    fn tls_client(&self, sni: &str) -> Client {
+        let root = self.pebble.issuing_root();
+        let mut c = Client::new(self.tls_addr(), Some((sni, &root))).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
 }
 
 /// The certificate the relay presents to a TLS client naming `sni` and
@@ -107,41 +152,6 @@ fn served_cert(
     Ok(conn.peer_certificates().unwrap()[0].clone().into_owned())
 }
 
-/// Waits (at most 90 s) until the relay serves a certificate that verifies
-/// against pebble's root, other than `not`; returns it.
-fn wait_for_cert(
-    ports: &Ports,
-    pebble: &Pebble,
-    relay: &Relay,
-    not: Option<&CertificateDer<'static>>,
-) -> CertificateDer<'static> {
-    let root = pebble.issuing_root();
-    let mut got = None;
-    let ok = wait_until(Duration::from_secs(90), || {
-        match served_cert(ports.tls_addr(), DOMAIN, &root) {
-            Ok(c) if Some(&c) != not => {
-                got = Some(c);
-                true
-            }
-            _ => false,
-        }
-    });
-    assert!(
-        ok,
-        "no new certificate from pebble\nrelay: {}\npebble: {}",
-        relay.stderr(),
-        pebble.log()
-    );
-    got.unwrap()
-}
-
-/// A TLS client of the relay for host `sni`, trusting pebble's root.
-fn tls_client(ports: &Ports, pebble: &Pebble, sni: &str) -> Client {
-    let mut c = Client::new(ports.tls_addr(), Some((sni, &pebble.issuing_root()))).unwrap();
-    c.set_timeout(Duration::from_secs(15));
-    c
-}
-
 /// Pulls alpine's manifest and first layer through `c`, checking the
 /// layer's digest.
 fn pull_alpine(relay: &Relay, hub: &HubDouble, c: &mut Client) {
@@ -170,19 +180,9 @@ fn pull_alpine(relay: &Relay, hub: &HubDouble, c: &mut Client) {
 
 #[test]
 fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
-    let hub = hub();
-    let ports = Ports::new();
-    let pebble = ports.pebble(None);
-    let state = tempdir::Dir::new("acme-state");
-    let relay = Relay::start_with(&acme_config(
-        &hub,
-        &ports,
-        &pebble.directory,
-        &pebble.ca_file,
-        state.path(),
-        "tls-alpn-01",
-    ));
-    wait_for_cert(&ports, &pebble, &relay, None);
+    let w = Setup::new("tls-alpn-01", None, true);
+    let relay = w.relay();
+    w.wait_for_cert(&relay, None);
     let log = relay.stderr();
     assert!(
         log.contains("acme: answered a TLS-ALPN-01 validation")
@@ -190,11 +190,11 @@ fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
         "validated another way: {log}"
     );
     // The certificate covers every name served: the registry's host too.
-    let mut c = tls_client(&ports, &pebble, DOCKER_HOST);
-    pull_alpine(&relay, &hub, &mut c);
+    let mut c = w.tls_client(DOCKER_HOST);
+    pull_alpine(&relay, &w.hub, &mut c);
 
     // Stored owner-only: the account key and the certificate's key and chain.
-    let ca_dir = std::fs::read_dir(state.path())
+    let ca_dir = std::fs::read_dir(w.state.path())
         .unwrap()
         .next()
         .expect("a folder for the CA")
@@ -211,19 +211,9 @@ fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
 
 #[test]
 fn http_01_gets_a_certificate_through_the_plain_listener() {
-    let hub = hub();
-    let ports = Ports::new();
-    let pebble = ports.pebble(None);
-    let state = tempdir::Dir::new("acme-state");
-    let relay = Relay::start_with(&acme_config(
-        &hub,
-        &ports,
-        &pebble.directory,
-        &pebble.ca_file,
-        state.path(),
-        "http-01",
-    ));
-    wait_for_cert(&ports, &pebble, &relay, None);
+    let w = Setup::new("http-01", None, true);
+    let relay = w.relay();
+    w.wait_for_cert(&relay, None);
     // The access log is written every second.
     let answered = wait_until(Duration::from_secs(5), || {
         relay.stderr().contains("GET /.well-known/acme-challenge/")
@@ -233,30 +223,20 @@ fn http_01_gets_a_certificate_through_the_plain_listener() {
         answered && !log.contains("acme: answered a TLS-ALPN-01 validation"),
         "validated another way: {log}"
     );
-    let mut c = tls_client(&ports, &pebble, DOMAIN);
-    pull_alpine(&relay, &hub, &mut c);
+    let mut c = w.tls_client(DOMAIN);
+    pull_alpine(&relay, &w.hub, &mut c);
 }
 
 #[test]
 fn renewal_swaps_the_certificate_and_open_connections_keep_working() {
-    let hub = hub();
-    let ports = Ports::new();
     // 15 s certificates: renewed 10 s after they start.
-    let pebble = ports.pebble(Some(15));
-    let state = tempdir::Dir::new("acme-state");
-    let relay = Relay::start_with(&acme_config(
-        &hub,
-        &ports,
-        &pebble.directory,
-        &pebble.ca_file,
-        state.path(),
-        "tls-alpn-01",
-    ));
-    let first = wait_for_cert(&ports, &pebble, &relay, None);
+    let w = Setup::new("tls-alpn-01", Some(15), true);
+    let relay = w.relay();
+    let first = w.wait_for_cert(&relay, None);
     // A connection opened under the first certificate...
-    let mut before = tls_client(&ports, &pebble, DOMAIN);
+    let mut before = w.tls_client(DOMAIN);
     assert_eq!(before.get("/healthz").unwrap().status, 200);
-    let second = wait_for_cert(&ports, &pebble, &relay, Some(&first));
+    let second = w.wait_for_cert(&relay, Some(&first));
     assert_ne!(first, second);
     // ...carries on on the same connection after the swap.
     let r = before.get("/v2/").unwrap();
@@ -272,31 +252,20 @@ fn renewal_swaps_the_certificate_and_open_connections_keep_working() {
 
 #[test]
 fn a_restart_serves_the_stored_certificate_without_a_new_order() {
-    let hub = hub();
-    let ports = Ports::new();
-    let pebble = ports.pebble(None);
-    let state = tempdir::Dir::new("acme-state");
-    let config = acme_config(
-        &hub,
-        &ports,
-        &pebble.directory,
-        &pebble.ca_file,
-        state.path(),
-        "tls-alpn-01",
-    );
-    let relay = Relay::start_with(&config);
-    let issued = wait_for_cert(&ports, &pebble, &relay, None);
-    let orders = pebble.orders();
-    assert!(orders >= 1, "{}", pebble.log());
+    let w = Setup::new("tls-alpn-01", None, true);
+    let relay = w.relay();
+    let issued = w.wait_for_cert(&relay, None);
+    let orders = w.pebble.orders();
+    assert!(orders >= 1, "{}", w.pebble.log());
     drop(relay);
 
-    let relay = Relay::start_with(&config);
+    let relay = w.relay();
     // Served from the first handshake on: loaded before the listeners open.
-    let root = pebble.issuing_root();
-    let served = served_cert(ports.tls_addr(), DOMAIN, &root)
+    let root = w.pebble.issuing_root();
+    let served = served_cert(w.tls_addr(), DOMAIN, &root)
         .unwrap_or_else(|e| panic!("no handshake right away: {e}\n{}", relay.stderr()));
     assert_eq!(served, issued, "not the stored certificate");
-    assert_eq!(pebble.orders(), orders, "a new order: {}", pebble.log());
+    assert_eq!(w.pebble.orders(), orders, "a new order: {}", w.pebble.log());
     assert!(
         relay
             .stderr()
@@ -308,30 +277,16 @@ fn a_restart_serves_the_stored_certificate_without_a_new_order() {
 
 #[test]
 fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
-    let hub = hub();
-    let ports = Ports::new();
-    let state = tempdir::Dir::new("acme-state");
     // The CA is down at first: the first attempt cannot connect.
-    let mut pebble = Pebble::prepare(PebbleOptions {
-        http_port: ports.http,
-        tls_port: ports.tls,
-        validity_secs: None,
-    });
-    let relay = Relay::start_with(&acme_config(
-        &hub,
-        &ports,
-        &pebble.directory,
-        &pebble.ca_file,
-        state.path(),
-        "http-01",
-    ));
+    let mut w = Setup::new("http-01", None, false);
+    let relay = w.relay();
     // Plain HTTP answers at once; TLS has no certificate to offer yet.
     let mut c = relay.client();
     assert_eq!(c.get("/v2/").unwrap().status, 401);
     let r = c.get("/.well-known/acme-challenge/unknown-token").unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(error_code(&r.body), "UNKNOWN");
-    assert!(tls_hello_refused(ports.tls_addr()));
+    assert!(tls_hello_refused(w.tls_addr()));
     assert!(
         wait_until(Duration::from_secs(20), || relay
             .stderr()
@@ -345,8 +300,8 @@ fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
         relay.stderr()
     );
     // The CA comes up: the next attempt (after the backoff) succeeds.
-    pebble.run();
-    wait_for_cert(&ports, &pebble, &relay, None);
+    w.pebble.run();
+    w.wait_for_cert(&relay, None);
     assert!(
         relay.stderr().contains("(http-01, attempt 2)"),
         "{}",
@@ -387,21 +342,11 @@ fn tls_hello_refused(addr: SocketAddr) -> bool {
 
 #[test]
 fn config_check_names_the_line_of_an_acme_domain_not_served() {
-    let dir = tempdir::Dir::new("cfg");
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
+    let (ok, err) = config_check(
         "listen = [\"127.0.0.1:0\"]\ndomain = \"mirror.test\"\n\n[[tls_listener]]\n\
          addr = \"127.0.0.1:0\"\n\n[acme]\ndomains = [\n  \"mirror.test\",\n  \"elsewhere.test\",\n]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocirelay"))
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert!(!ok);
     assert!(
         err.contains("line 10") && err.contains("elsewhere.test is not served"),
         "{err}"

@@ -413,20 +413,12 @@ fn tag_pagination_links_keep_the_clients_name() {
 #[test]
 fn plain_http_upstreams_need_debug_mode() {
     let hub = HubDouble::start(Options::default().plain_http()).unwrap();
-    let dir = tempdir::Dir::new("cfg");
-    let path = dir.path().join("c.toml");
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\n\n[[registry]]\nname = \"docker.io\"\nupstream = \"{}\"\n",
         hub.registry_url()
     );
-    std::fs::write(&path, &text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocirelay"))
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = config_check(&text);
+    assert!(!ok);
     assert!(err.contains("line 5") && err.contains("debug"), "{err}");
     // With debug = true the same upstream is served, and realms are http://.
     let relay = Relay::start_with(&text.replace("listen", "debug = true\nlisten"));

@@ -196,25 +196,11 @@ pub(super) fn unix_seconds(
 }
 
 /// A time as RFC 3339 UTC, to the second (`2026-12-06T08:28:35Z`), for log
-/// lines (days to a civil date: Howard Hinnant's `civil_from_days`).
+/// lines: the access log's format.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let mut out = Vec::with_capacity(20);
+    crate::ops::access_log::write_timestamp(&mut out, t, false);
+    String::from_utf8(out).expect("a timestamp is ASCII")
 }
 
 #[cfg(test)]

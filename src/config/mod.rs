@@ -937,19 +937,7 @@ fn parse_acme(
                 .into(),
         ));
     }
-    let ca_file = match &a.ca_file {
-        Some(p) => {
-            let path = PathBuf::from(p.get_ref());
-            if !path.is_file() {
-                return Err(at(
-                    p.span(),
-                    format!("acme ca_file {} does not exist", path.display()),
-                ));
-            }
-            Some(path)
-        }
-        None => None,
-    };
+    let ca_file = existing_file(a.ca_file.as_ref(), "acme ca_file").map_err(|(s, m)| at(s, m))?;
     Ok(AcmeConfig {
         directory,
         email,
@@ -962,6 +950,25 @@ fn parse_acme(
             .unwrap_or_else(default_acme_dir),
         challenge: a.challenge,
     })
+}
+
+/// An optional path to a file that must exist (`what` names the key in
+/// the error).
+fn existing_file(
+    path: Option<&Spanned<String>>,
+    what: &str,
+) -> Result<Option<PathBuf>, (std::ops::Range<usize>, String)> {
+    let Some(p) = path else {
+        return Ok(None);
+    };
+    let file = PathBuf::from(p.get_ref());
+    if !file.is_file() {
+        return Err((
+            p.span(),
+            format!("{what} {} does not exist", file.display()),
+        ));
+    }
+    Ok(Some(file))
 }
 
 /// Checks the `[[registry]]` entries of one file.
@@ -1015,19 +1022,7 @@ fn parse_registries(
                 ),
             ));
         }
-        let ca_file = match &r.ca_file {
-            Some(p) => {
-                let path = PathBuf::from(p.get_ref());
-                if !path.is_file() {
-                    return Err(at(
-                        p.span(),
-                        format!("ca_file {} does not exist", path.display()),
-                    ));
-                }
-                Some(path)
-            }
-            None => None,
-        };
+        let ca_file = existing_file(r.ca_file.as_ref(), "ca_file").map_err(|(s, m)| at(s, m))?;
         if r.default && registries.iter().any(|x| x.default) {
             return Err(at(span, "only one registry may be `default = true`".into()));
         }

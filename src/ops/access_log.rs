@@ -200,7 +200,7 @@ pub fn write_stderr(bytes: &[u8]) {
 }
 
 /// RFC 3339 UTC timestamp, to the second or the millisecond.
-fn write_timestamp(out: &mut Vec<u8>, t: SystemTime, millis: bool) {
+pub fn write_timestamp(out: &mut Vec<u8>, t: SystemTime, millis: bool) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);

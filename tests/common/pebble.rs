@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::relay::tempdir;
+use super::relay::{tempdir, write_test_ca};
 use super::wait_until;
 use hubdouble::client::Client;
 
@@ -89,19 +89,8 @@ impl Pebble {
         must_exist(CHALLTESTSRV);
         let dir = tempdir::Dir::new("pebble");
         // pebble's own TLS: a CA of ours and a leaf for 127.0.0.1.
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
+        let ca_pem = write_test_ca(dir.path());
         let p = |f: &str| dir.path().join(f);
-        std::fs::write(p("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(p("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(p("key.pem"), leaf_key.serialize_pem()).unwrap();
 
         let (dns_port, dns_mgmt, acme_port, mgmt_port) =
             (free_port(), free_port(), free_port(), free_port());
@@ -129,7 +118,7 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{acme_port}/dir"),
             management: ([127, 0, 0, 1], mgmt_port).into(),
             ca_file: p("ca.pem"),
-            ca_pem: ca.pem(),
+            ca_pem,
             log: Arc::new(Mutex::new(String::new())),
             dir,
         }

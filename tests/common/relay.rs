@@ -143,6 +143,23 @@ pub fn config_with_upstream(upstream: &str) -> String {
     )
 }
 
+/// Runs `ocirelay config check` on `text`: whether it passed, and what it
+/// wrote to stderr.
+pub fn config_check(text: &str) -> (bool, String) {
+    let dir = tempdir::Dir::new("cfg");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Relay {
     /// Starts ocirelay against `hub` with the test config.
     pub fn start(hub: &HubDouble) -> Relay {
@@ -280,6 +297,26 @@ impl Drop for Relay {
     }
 }
 
+/// A fresh test CA and a certificate it signed for `localhost` and
+/// 127.0.0.1, written to `dir` as `ca.pem`, `cert.pem` and `key.pem`;
+/// returns the CA certificate (PEM).
+pub fn write_test_ca(dir: &Path) -> String {
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca_cert, &ca)
+            .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    ca_cert.pem()
+}
+
 /// A relay that also listens on TLS, with a certificate from a fresh test CA
 /// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
 /// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
@@ -295,19 +332,8 @@ pub fn start_with_tls_listener(
     listener_extra: &str,
 ) -> (Relay, String) {
     let dir = tempdir::Dir::new("tls");
-    let ca = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca_cert, &ca)
-            .unwrap();
+    let ca_pem = write_test_ca(dir.path());
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
     let listener = format!(
         "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{listener_extra}\n",
         cert.display(),
@@ -318,5 +344,5 @@ pub fn start_with_tls_listener(
     let mut relay = Relay::start_with(&cfg);
     relay.keep(dir); // the certificate files go when the relay does
 
-    (relay, ca_cert.pem())
+    (relay, ca_pem)
 }
