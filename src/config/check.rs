@@ -7,8 +7,10 @@
 //! - a registry `hosts` entry that is the mirror's own `domain`, and two
 //!   registries with one `prefix` (their hosts collide once `domain` is set);
 //! - a cache directory that cannot be created or written;
-//! - a TLS certificate that is not its key's, or either file unusable;
-//! - an ACME domain the mirror does not serve ([`unserved_domains`]).
+//! - a TLS certificate that is not its key's, or either file unusable.
+//!
+//! An ACME domain the mirror does not serve is refused when the `[acme]`
+//! table is parsed (`parse_acme`), on its line.
 
 use std::path::Path;
 
@@ -145,43 +147,6 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// ACME `domains` (each with the line it is written on) that this mirror
-/// does not serve: a certificate for a name no request arrives under is
-/// never used, and its HTTP-01 challenge would go elsewhere. Served are the
-/// `domain`, every registry host (`hosts`, `<prefix>.<domain>`) and the
-/// host of `public_url`. A config with none of these answers under any
-/// name, and every domain is served.
-pub fn unserved_domains<'a>(
-    cfg: &Config,
-    domains: impl IntoIterator<Item = (&'a str, Option<usize>)>,
-) -> Vec<ConfigError> {
-    let public = cfg.public_url.as_ref().map(|u| u.origin.host.as_str());
-    let served: Vec<&str> = cfg
-        .domain
-        .as_deref()
-        .into_iter()
-        .chain(cfg.host_routes.iter().map(|h| h.host.as_str()))
-        .chain(public)
-        .collect();
-    if served.is_empty() {
-        return Vec::new();
-    }
-    domains
-        .into_iter()
-        .filter(|(d, _)| {
-            let d = d.trim().trim_end_matches('.');
-            !served.iter().any(|s| s.eq_ignore_ascii_case(d))
-        })
-        .map(|(d, line)| ConfigError {
-            line,
-            message: format!(
-                "ACME domain {d} is not served here (not `domain`, a registry's host or \
-                 public_url's host)"
-            ),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,23 +180,5 @@ mod tests {
         let e = check(&format!("domain = \"m.test\"\n{BASE}{reg}")).unwrap_err();
         assert_eq!(e.line, Some(8), "the prefix's line: {e}");
         assert!(e.message.contains("quay.m.test"), "{e}");
-    }
-
-    #[test]
-    fn acme_domains_outside_the_served_names_are_reported() {
-        let cfg = Config::parse(&format!("domain = \"mirror.test\"\n{BASE}")).unwrap();
-        let problems = unserved_domains(
-            &cfg,
-            [
-                ("mirror.test", Some(3)),
-                ("ghcr.mirror.test.", Some(4)),
-                ("elsewhere.test", Some(5)),
-            ],
-        );
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].line, Some(5));
-        assert!(problems[0].message.contains("elsewhere.test"));
-        let anywhere = Config::parse(BASE).unwrap();
-        assert!(unserved_domains(&anywhere, [("any.test", Some(1))]).is_empty());
     }
 }
