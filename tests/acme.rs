@@ -29,6 +29,8 @@ struct Setup {
     pebble: Pebble,
     state: tempdir::Dir,
     challenge: &'static str,
+    /// `[acme] email` (an account without a contact when None).
+    email: Option<String>,
 }
 
 impl Setup {
@@ -52,6 +54,7 @@ impl Setup {
             },
             state: tempdir::Dir::new("acme-state"),
             challenge,
+            email: Some(format!("ops@{DOMAIN}")),
         }
     }
 
@@ -69,7 +72,7 @@ impl Setup {
              [timeouts]\nconnect_secs = 2\nupstream_read_secs = 5\nclient_header_secs = 5\n\
              client_idle_secs = 120\nclient_write_secs = 10\n\n\
              {registry}prefix = \"docker\"\n\n\
-             [acme]\ndirectory = \"{directory}\"\nemail = \"ops@{DOMAIN}\"\n\
+             [acme]\ndirectory = \"{directory}\"\n{email}\
              ca_file = \"{ca}\"\ndir = \"{dir}\"\nchallenge = \"{challenge}\"\n",
             http = self.http,
             tls = self.tls,
@@ -79,6 +82,11 @@ impl Setup {
             ca = self.pebble.ca_file.display(),
             dir = self.state.path().display(),
             challenge = self.challenge,
+            email = self
+                .email
+                .as_ref()
+                .map(|e| format!("email = \"{e}\"\n"))
+                .unwrap_or_default(),
         )
     }
 
@@ -211,7 +219,9 @@ fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
 
 #[test]
 fn http_01_gets_a_certificate_through_the_plain_listener() {
-    let w = Setup::new("http-01", None, true);
+    let mut w = Setup::new("http-01", None, true);
+    w.email = None; // and an account with no contact address
+
     let relay = w.relay();
     w.wait_for_cert(&relay, None);
     // The access log is written every second.

@@ -196,12 +196,12 @@ impl Session {
     /// Finds or creates the account of this key (RFC 8555 7.3), agreeing to
     /// the CA's terms of service, which configuring `[acme]` means.
     pub fn account(&mut self, email: Option<&str>) -> Result<String, AcmeError> {
-        let contact: Vec<String> = email.map(|e| format!("mailto:{e}")).into_iter().collect();
-        let payload = serde_json::json!({
-            "termsOfServiceAgreed": true,
-            "contact": contact,
-        })
-        .to_string();
+        let mut payload = serde_json::json!({ "termsOfServiceAgreed": true });
+        // No `contact` at all without an address: an empty list is not one.
+        if let Some(e) = email {
+            payload["contact"] = serde_json::json!([format!("mailto:{e}")]);
+        }
+        let payload = payload.to_string();
         let url = self.directory.new_account.clone();
         let answer = self.post(&url, &payload)?;
         let kid = answer.location()?;
