@@ -163,6 +163,22 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (v.is_finite() && v >= 1.0 && v < u64::MAX as f64).then_some(v as u64)
 }
 
+/// A size for people, in binary units: `512 B`, `12.3 MiB` (what
+/// [`parse_size`] reads back, to a rounding).
+pub fn human_size(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Where the cache goes when the config names no `dir`: the user's cache
 /// directory (`$XDG_CACHE_HOME/ocirelay`, else `~/.cache/ocirelay`), or
 /// `./ocirelay-cache` when neither is known.
@@ -1350,6 +1366,9 @@ upstream = "https://registry-1.docker.io"
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("10 parsecs"), None);
         assert_eq!(parse_size("0"), None);
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(12_900_000), "12.3 MiB");
+        assert_eq!(parse_size(&human_size(10 << 30)), Some(10 << 30));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));

@@ -1,6 +1,17 @@
 //! The OCI distribution spec's error answers (codes and the JSON body
-//! `{"errors":[{"code":..,"message":..,"detail":null}]}`) and the manifest
-//! `Accept` list.
+//! `{"errors":[{"code":..,"message":..,"detail":null}]}`), the manifest
+//! `Accept` list, and Docker Hub's rate-limit header.
+
+/// The count in a `ratelimit-remaining` value: Docker Hub sends
+/// `76;w=21600` (76 pulls left in a window of 21600 s), the IETF draft it
+/// follows allows a bare `76`. None for anything else.
+pub fn ratelimit_remaining(value: &[u8]) -> Option<u64> {
+    let count = value.split(|&b| b == b';').next()?.trim_ascii();
+    if count.is_empty() || count.len() > 19 || !count.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(count).ok()?.parse().ok()
+}
 
 /// Every manifest media type, index types first, as docker asks for a tag:
 /// it lists every type because a registry answers a tag with the index when
@@ -101,6 +112,22 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratelimit_remaining_is_the_count_before_the_window() {
+        assert_eq!(ratelimit_remaining(b"76;w=21600"), Some(76));
+        assert_eq!(ratelimit_remaining(b" 0 ; w=21600"), Some(0));
+        assert_eq!(ratelimit_remaining(b"100"), Some(100));
+        for bad in [
+            &b""[..],
+            b";w=21600",
+            b"-1;w=1",
+            b"many",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(ratelimit_remaining(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn error_body_is_the_oci_json_shape() {

@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use super::manifests::MAX_MANIFEST;
 use crate::blocking::http::{Client, Head, MAX_SMALL_BODY};
+use crate::config::human_size;
 use crate::wire::challenge::{basic_authorization, bearer_realm, parse_challenge, percent_encode};
 use crate::wire::digest::{sha256_digest, Verifier};
 use crate::wire::http::RespFraming;
@@ -208,21 +209,6 @@ impl Summary {
 
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
-}
-
-/// `512 B`, `12.3 MiB`.
-fn human_size(n: u64) -> String {
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// Warms `images` through the mirror, calling `each` as each one is done.
@@ -654,9 +640,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_credentials_are_written_as_people_and_servers_expect() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(12_900_000), "12.3 MiB");
+    fn credentials_are_written_as_servers_expect() {
         assert_eq!(
             basic_credentials("alice:wonderland").unwrap(),
             "Basic YWxpY2U6d29uZGVybGFuZA=="
