@@ -11,7 +11,7 @@
 //!   fetch   upstream/    pool -> connect -> exchange (redirects in pull::fetch)
 //!   body    relay/       bounded buffers, taps (digest check), TLS-to-TLS in place
 //! respond   downstream/  Reply writes heads; keep-alive | close | reset
-//! finish    conn/        RequestSummary -> access log (ops/) and event log
+//! finish    conn/        RequestSummary -> access log, metrics (ops/) and event log
 //! ```
 //!
 //! Layers (imports go down, never up; `tests/layering.rs` enforces it):

@@ -181,6 +181,9 @@ fn main() -> ExitCode {
             let proxied = if proxied { " (PROXY protocol)" } else { "" };
             println!("ocirelay listening on https://{a}{proxied}");
         }
+        if let Some(a) = &bound.metrics {
+            println!("ocirelay metrics on http://{a}/metrics");
+        }
         println!("ocirelay ready");
     });
     match result {

@@ -1,8 +1,8 @@
 //! Per-worker state: everything a worker thread needs to serve requests,
 //! owned by that thread alone (`Rc`, `RefCell`; no locks). Handles only:
 //! the config, the upstream pools, trust keys, learned realms, relay
-//! buffers, the access log, and the state shared with background threads
-//! (cache, access knowledge, ACME).
+//! buffers, the access log, this worker's metrics slot, and the state
+//! shared with background threads (cache, access knowledge, ACME).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use crate::cache::access::Access;
 use crate::cache::Cache;
 use crate::config::{Config, RegistryId};
 use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::{Recorder, RegLabel};
 use crate::relay::BufPool;
 use crate::upstream::{TrustKey, Upstreams};
 use crate::wire::url::Url;
@@ -47,6 +48,10 @@ pub struct Worker {
     /// ACME's certificate store and pending HTTP-01 answers, shared with
     /// the ACME thread (None without `[acme]`).
     pub acme: Option<Arc<acme::Shared>>,
+    /// This worker's metrics slot (and the shared state behind it).
+    pub metrics: Recorder,
+    /// Each registry's metrics label, by registry.
+    reg_labels: Vec<RegLabel>,
     /// The trust each registry's upstream is verified with, by registry.
     trust: Vec<TrustKey>,
     /// Token realm learned from each registry's own challenge, by registry.
@@ -66,6 +71,7 @@ const MAX_OPERATOR_TOKENS: usize = 10_000;
 
 impl Worker {
     /// `trust[i]`: the trust key of the `i`th registry of `cfg`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         cfg: Arc<Config>,
@@ -74,10 +80,16 @@ impl Worker {
         cache: Option<Arc<Cache>>,
         access: Option<Arc<Access>>,
         acme: Option<Arc<acme::Shared>>,
+        metrics: Recorder,
     ) -> Worker {
         let n = cfg.registries.len();
         assert_eq!(trust.len(), n, "one trust key per registry");
+        let reg_labels = metrics
+            .shared()
+            .registry_labels(cfg.registries.iter().map(|r| r.name.as_str()));
         Worker {
+            metrics,
+            reg_labels,
             id,
             access_log: cfg
                 .access_log
@@ -133,6 +145,11 @@ impl Worker {
         self.operator_tokens
             .borrow_mut()
             .remove(&(reg, repo.to_string()));
+    }
+
+    /// Registry `reg`'s metrics label.
+    pub fn reg_label(&self, reg: RegistryId) -> RegLabel {
+        self.reg_labels[reg.index()]
     }
 
     /// The trust registry `reg`'s upstream (and its realm and redirects)

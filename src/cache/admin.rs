@@ -1,108 +1,50 @@
 //! The operator's view of a cache directory (`ocirelay cache stats|verify|
 //! prune`): these run in the command's own process, on the files, beside a
 //! running mirror or without one. A running mirror writes its counters to
-//! `<dir>/stats` every 2 s (see [`Counters`]), which `stats` reads.
+//! `<dir>/stats` every 2 s (see `evict`), which `stats` reads.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::ops::metrics::CacheCounts;
 use crate::wire::digest::Verifier;
 use crate::wire::names::Digest;
 
-/// One worker's cache counters. Each worker writes only its own slot
-/// (relaxed adds, a cache line of its own); the eviction thread sums them.
-#[derive(Default)]
-#[repr(align(64))]
-pub struct Counters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub revalidated: AtomicU64,
-    pub stale: AtomicU64,
-    /// Body bytes sent from the cache (not fetched upstream).
-    pub bytes_served: AtomicU64,
+fn encode(t: &CacheCounts, started: SystemTime) -> String {
+    let secs = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "started {secs}\nhits {}\nmisses {}\ncoalesced {}\nrevalidated {}\nstale {}\nbytes_served {}\n",
+        t.hits, t.misses, t.coalesced, t.revalidated, t.stale, t.bytes_served
+    )
 }
 
-impl Counters {
-    pub fn add(&self, c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// The counters of a whole process, summed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub hits: u64,
-    pub misses: u64,
-    pub coalesced: u64,
-    pub revalidated: u64,
-    pub stale: u64,
-    pub bytes_served: u64,
-}
-
-impl Totals {
-    pub fn sum(slots: &[Counters]) -> Totals {
-        let mut t = Totals::default();
-        for s in slots {
-            let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            t.hits += g(&s.hits);
-            t.misses += g(&s.misses);
-            t.coalesced += g(&s.coalesced);
-            t.revalidated += g(&s.revalidated);
-            t.stale += g(&s.stale);
-            t.bytes_served += g(&s.bytes_served);
-        }
-        t
-    }
-
-    /// Requests answered without an upstream transfer, of all cacheable ones.
-    pub fn hit_ratio(&self) -> f64 {
-        let served = self.hits + self.coalesced + self.revalidated + self.stale;
-        let all = served + self.misses;
-        if all == 0 {
-            0.0
-        } else {
-            served as f64 / all as f64
+fn decode(text: &str) -> Option<(CacheCounts, u64)> {
+    let mut t = CacheCounts::default();
+    let mut started = None;
+    for line in text.lines() {
+        let (k, v) = line.split_once(' ')?;
+        let v: u64 = v.parse().ok()?;
+        match k {
+            "started" => started = Some(v),
+            "hits" => t.hits = v,
+            "misses" => t.misses = v,
+            "coalesced" => t.coalesced = v,
+            "revalidated" => t.revalidated = v,
+            "stale" => t.stale = v,
+            "bytes_served" => t.bytes_served = v,
+            _ => {}
         }
     }
-
-    fn encode(&self, started: SystemTime) -> String {
-        let secs = started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!(
-            "started {secs}\nhits {}\nmisses {}\ncoalesced {}\nrevalidated {}\nstale {}\nbytes_served {}\n",
-            self.hits, self.misses, self.coalesced, self.revalidated, self.stale, self.bytes_served
-        )
-    }
-
-    fn decode(text: &str) -> Option<(Totals, u64)> {
-        let mut t = Totals::default();
-        let mut started = None;
-        for line in text.lines() {
-            let (k, v) = line.split_once(' ')?;
-            let v: u64 = v.parse().ok()?;
-            match k {
-                "started" => started = Some(v),
-                "hits" => t.hits = v,
-                "misses" => t.misses = v,
-                "coalesced" => t.coalesced = v,
-                "revalidated" => t.revalidated = v,
-                "stale" => t.stale = v,
-                "bytes_served" => t.bytes_served = v,
-                _ => {}
-            }
-        }
-        Some((t, started?))
-    }
+    Some((t, started?))
 }
 
 /// Writes a running process's totals to `<root>/stats`.
-pub fn write_stats(root: &Path, totals: &Totals, started: SystemTime) {
+pub fn write_stats(root: &Path, totals: &CacheCounts, started: SystemTime) {
     let tmp = root.join(format!("stats.{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, totals.encode(started)).is_ok() {
+    if std::fs::write(&tmp, encode(totals, started)).is_ok() {
         let _ = std::fs::rename(&tmp, root.join("stats"));
     }
 }
@@ -166,7 +108,7 @@ pub fn stats_report(root: &Path) -> String {
     );
     match std::fs::read_to_string(root.join("stats"))
         .ok()
-        .and_then(|t| Totals::decode(&t))
+        .and_then(|t| decode(&t))
     {
         Some((t, started)) => out.push_str(&format!(
             "since the mirror started (unix {started}): hit ratio {:.1}% ({} hits, {} coalesced, {} revalidated, {} stale, {} misses), {} bytes served from the cache\n",
@@ -275,9 +217,9 @@ pub fn prune(root: &Path, to: Option<u64>, older_than: Option<Duration>) -> (usi
         }
     }
     if let Some(max) = to {
-        let (n, b) = super::evict::evict_to(root, max, max);
-        removed.0 += n;
-        removed.1 += b;
+        let walk = super::evict::evict_to(root, max, max);
+        removed.0 += walk.evicted_objects as usize;
+        removed.1 += walk.evicted_bytes;
     }
     removed
 }
@@ -309,10 +251,10 @@ mod tests {
         assert!(!dir.join(bad).exists());
         let d = on_disk(&root);
         assert_eq!((d.blobs, d.manifests), (1, 1));
-        let t = Totals {
+        let t = CacheCounts {
             hits: 3,
             misses: 1,
-            ..Totals::default()
+            ..CacheCounts::default()
         };
         write_stats(&root, &t, SystemTime::UNIX_EPOCH);
         let report = stats_report(&root);

@@ -9,19 +9,26 @@
 //! expires entries a fixed time after download however hot they are). An
 //! object being read is never cut short: a reader holds it open, and an
 //! unlinked file stays readable until closed.
+//!
+//! The same thread keeps the operator's numbers: the store's size and what
+//! was evicted (for the metrics), whether the directory takes writes (for
+//! `/readyz`), and the counters file of `ocirelay cache stats`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::Cache;
+use crate::ops::health::CacheState;
 use crate::ops::log::Level;
+use crate::ops::metrics::{Metrics, Walk};
 
 /// A hit refreshes an object's recency when it is older than this.
 pub const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 /// How often the store is measured (a walk of the directory).
 const EVERY: Duration = Duration::from_secs(30);
-/// How often the process's counters are written for `ocirelay cache stats`.
+/// How often the process's counters are written for `ocirelay cache stats`
+/// and the directory is probed for writes.
 const STATS_EVERY: Duration = Duration::from_secs(2);
 
 /// One object on disk.
@@ -44,53 +51,64 @@ fn objects(root: &Path) -> Vec<Object> {
 }
 
 /// Deletes least recently used objects until the store holds at most 90% of
-/// `max` (when it holds more than `max`). Returns (objects, bytes) removed.
-pub fn evict_once(root: &Path, max: u64) -> (usize, u64) {
+/// `max` (when it holds more than `max`).
+pub fn evict_once(root: &Path, max: u64) -> Walk {
     evict_to(root, max, max / 10 * 9)
 }
 
 /// When the store holds more than `max`, deletes least recently used
-/// objects until it holds at most `target`.
-pub fn evict_to(root: &Path, max: u64, target: u64) -> (usize, u64) {
+/// objects until it holds at most `target`. What it found, and removed.
+pub fn evict_to(root: &Path, max: u64, target: u64) -> Walk {
     let mut objs = objects(root);
     let total: u64 = objs.iter().map(|o| o.len).sum();
+    let mut walk = Walk {
+        objects: objs.len() as u64,
+        bytes: total,
+        ..Walk::default()
+    };
     if total <= max {
-        return (0, 0);
+        return walk;
     }
     objs.sort_by_key(|o| o.used);
-    let (mut n, mut freed, mut held) = (0, 0, total);
     for o in objs {
-        if held <= target {
+        if walk.bytes <= target {
             break;
         }
         if std::fs::remove_file(&o.path).is_ok() {
-            held -= o.len;
-            freed += o.len;
-            n += 1;
+            walk.bytes -= o.len;
+            walk.objects -= 1;
+            walk.evicted_bytes += o.len;
+            walk.evicted_objects += 1;
         }
     }
-    (n, freed)
+    walk
 }
 
 /// Starts the eviction thread for `cache` (runs for the life of the process);
-/// it also writes the process's counters for `ocirelay cache stats`.
-pub fn start(cache: Arc<Cache>, max: u64) {
+/// it also probes the directory for writes, measures the store and writes
+/// the process's counters for `ocirelay cache stats`.
+pub fn start(cache: Arc<Cache>, max: u64, metrics: Arc<Metrics>) {
     let started = SystemTime::now();
     let spawned = std::thread::Builder::new()
         .name("ocirelay-evict".into())
         .spawn(move || {
             let mut last_walk: Option<std::time::Instant> = None;
             loop {
-                let totals = super::admin::Totals::sum(&cache.counters);
+                probe(&cache, &metrics);
+                let totals = metrics.cache_counts();
                 super::admin::write_stats(cache.store.root(), &totals, started);
                 if last_walk.is_none_or(|t| t.elapsed() >= EVERY) {
                     last_walk = Some(std::time::Instant::now());
-                    let (n, bytes) = evict_once(cache.store.root(), max);
-                    if n > 0 {
+                    let stored_before = metrics.stored();
+                    let walk = evict_once(cache.store.root(), max);
+                    metrics.walked(walk, stored_before);
+                    if walk.evicted_objects > 0 {
                         crate::event!(
                             Level::Info,
                             None,
-                            "cache: evicted {n} objects ({bytes} bytes) to stay under {max} bytes"
+                            "cache: evicted {} objects ({} bytes) to stay under {max} bytes",
+                            walk.evicted_objects,
+                            walk.evicted_bytes
                         );
                     }
                 }
@@ -99,6 +117,30 @@ pub fn start(cache: Arc<Cache>, max: u64) {
         });
     if let Err(e) = spawned {
         crate::event!(Level::Warn, None, "cache: no eviction thread: {e}");
+    }
+}
+
+/// Whether the store takes writes now, for `/readyz`; a change is logged.
+fn probe(cache: &Cache, metrics: &Metrics) {
+    let (now, why) = match cache.store.probe() {
+        Ok(()) => (CacheState::Writable, None),
+        Err(e) => (CacheState::Unwritable, Some(e)),
+    };
+    let before = metrics.health.set_cache(now);
+    match why {
+        Some(e) if before != now => crate::event!(
+            Level::Error,
+            None,
+            "cache: {} does not take writes ({e}): not ready; relaying without storing",
+            cache.store.root().display()
+        ),
+        None if before != now => crate::event!(
+            Level::Info,
+            None,
+            "cache: {} takes writes again",
+            cache.store.root().display()
+        ),
+        _ => {}
     }
 }
 
@@ -120,10 +162,19 @@ mod tests {
             f.set_modified(now - Duration::from_secs(age)).unwrap();
         }
         // 4000 bytes held, cap 3500: down to at most 3150, oldest first.
-        assert_eq!(evict_once(&root, 3500), (1, 1000));
+        assert_eq!(
+            evict_once(&root, 3500),
+            Walk {
+                objects: 3,
+                bytes: 3000,
+                evicted_objects: 1,
+                evicted_bytes: 1000
+            }
+        );
         assert!(!dir.join("aa0").exists());
         assert!(dir.join("aa1").exists() && dir.join("aa3").exists());
-        assert_eq!(evict_once(&root, 3500), (0, 0));
+        let again = evict_once(&root, 3500);
+        assert_eq!((again.evicted_objects, again.objects), (0, 3));
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -70,8 +70,6 @@ pub struct Cache {
     pub tag_ttl: std::time::Duration,
     /// Serve a tag's last known manifest when the upstream is down.
     pub serve_stale: bool,
-    /// Per-worker counters (slot = worker id), summed for `cache stats`.
-    pub counters: Vec<admin::Counters>,
 }
 
 /// What the cache has for a digest.
@@ -99,12 +97,9 @@ pub struct Leading {
 }
 
 impl Cache {
-    /// Opens the cache in `cfg.dir` for a process of `workers` workers.
-    pub fn open(cfg: &CacheConfig, workers: usize) -> io::Result<Cache> {
+    /// Opens the cache in `cfg.dir`.
+    pub fn open(cfg: &CacheConfig) -> io::Result<Cache> {
         Ok(Cache {
-            counters: (0..workers.max(1))
-                .map(|_| admin::Counters::default())
-                .collect(),
             store: Store::open(&cfg.dir)?,
             inflight: InFlight::default(),
             access: Arc::new(Access::open(&cfg.dir)?),

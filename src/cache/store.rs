@@ -38,15 +38,25 @@ impl Store {
             }
             let _ = std::fs::remove_file(e.path());
         }
-        // Probe that the directory is writable now rather than at the first
-        // miss.
-        let probe = tmp.join(format!("probe.{}", std::process::id()));
-        std::fs::write(&probe, b"")?;
-        std::fs::remove_file(&probe)?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             next_tmp: AtomicU64::new(0),
-        })
+        };
+        // Writable now, rather than found out at the first miss.
+        store.probe()?;
+        Ok(store)
+    }
+
+    /// Writes and removes a small file where downloads are written (`tmp/`):
+    /// whether the store can take objects now. A page of bytes, not an
+    /// empty file, so that a full file system fails it too.
+    pub fn probe(&self) -> io::Result<()> {
+        let probe = self
+            .root
+            .join("tmp")
+            .join(format!("probe.{}", std::process::id()));
+        std::fs::write(&probe, [0u8; 4096])?;
+        std::fs::remove_file(&probe)
     }
 
     pub fn root(&self) -> &Path {

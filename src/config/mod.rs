@@ -63,6 +63,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// Automatic certificates (`[acme]`); `None` without that table.
     pub acme: Option<AcmeConfig>,
+    /// Where `/metrics` is served (`metrics_listen`).
+    pub metrics: MetricsListen,
 }
 
 /// Where certificates come from: `[acme]` (RFC 8555).
@@ -112,6 +114,29 @@ impl AcmeChallenge {
         }
     }
 }
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A plain-HTTP listener of its own, answering `/metrics`, `/healthz`
+    /// and `/readyz` only. `configured`: named in the config, so failing to
+    /// bind it stops the start; the default address may be taken (a second
+    /// mirror on the machine), which is then logged and passed over.
+    Own { addr: SocketAddr, configured: bool },
+    /// On the public listeners, beside everything else.
+    Public,
+    /// Nowhere.
+    Off,
+}
+
+/// The default `metrics_listen`: loopback, so that a public mirror shows
+/// its traffic, cache and upstream state to no one but its host (and what
+/// a scraper there forwards); `localhost:5001` is what the distribution
+/// registry's documentation gives its debug server, which serves metrics.
+pub const DEFAULT_METRICS_LISTEN: MetricsListen = MetricsListen::Own {
+    addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5001),
+    configured: false,
+};
 
 /// The content cache's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,6 +373,7 @@ struct File {
     access_log: bool,
     #[serde(default)]
     access_log_format: AccessLogFormat,
+    metrics_listen: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     debug: bool,
@@ -606,6 +632,26 @@ impl Config {
             });
         }
 
+        let metrics = match &file.metrics_listen {
+            None => DEFAULT_METRICS_LISTEN,
+            Some(v) => match v.get_ref().trim() {
+                "public" => MetricsListen::Public,
+                "off" => MetricsListen::Off,
+                a => MetricsListen::Own {
+                    addr: a.parse().map_err(|_| {
+                        at(
+                            v.span(),
+                            format!(
+                                "metrics_listen {:?} is not host:port (IP literal), \"public\" or \"off\"",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+                    configured: true,
+                },
+            },
+        };
+
         let public_url = match &file.public_url {
             Some(u) => {
                 let parsed = Url::parse(u.get_ref())
@@ -765,6 +811,7 @@ impl Config {
         Ok(Config {
             acme,
             cache,
+            metrics,
             listen,
             proxy_protocol_listen,
             tls_listeners,
@@ -1355,6 +1402,27 @@ upstream = "https://registry-1.docker.io"
         )
         .unwrap_err();
         assert!(e.message.contains("debug"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_by_default_and_can_be_public_off_or_moved() {
+        let l = "listen = [\"127.0.0.1:1\"]\n";
+        assert_eq!(Config::parse(l).unwrap().metrics, DEFAULT_METRICS_LISTEN);
+        let c = Config::parse(&format!("metrics_listen = \"10.0.0.1:9100\"\n{l}")).unwrap();
+        assert_eq!(
+            c.metrics,
+            MetricsListen::Own {
+                addr: "10.0.0.1:9100".parse().unwrap(),
+                configured: true
+            }
+        );
+        let c = Config::parse(&format!("metrics_listen = \"public\"\n{l}")).unwrap();
+        assert_eq!(c.metrics, MetricsListen::Public);
+        let c = Config::parse(&format!("metrics_listen = \"off\"\n{l}")).unwrap();
+        assert_eq!(c.metrics, MetricsListen::Off);
+        let e = Config::parse(&format!("{l}\nmetrics_listen = \"loud\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("public"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! One client connection: read a request head under its deadlines, parse it
 //! (borrowed from the read buffer), route it, hand it to its handler
-//! (`pull`, `token`, `local`), finish it (one summary -> the access log and
-//! the event log), and go again (keep-alive, pipelining in order) until the
-//! client or a handler closes.
+//! (`pull`, `token`, `local`), finish it (one summary -> the access log,
+//! the metrics and the event log), and go again (keep-alive, pipelining in
+//! order) until the client or a handler closes.
 
 use std::mem::MaybeUninit;
 use std::rc::Rc;
@@ -11,10 +11,12 @@ use std::time::Instant;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
+use crate::config::MetricsListen;
 use crate::downstream::{ClientCtx, Metered, Outcome, PendingBody, Reply};
 use crate::ops::access_log::Asked;
 use crate::ops::log::Level;
-use crate::ops::summary::{CacheStatus, RequestSummary};
+use crate::ops::metrics::ListenerKind;
+use crate::ops::summary::RequestSummary;
 use crate::relay::ClientSink;
 use crate::route::classify::{self, Route};
 use crate::wire::http::{
@@ -112,8 +114,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             };
             let cx = cx.for_request(&w.cfg, &head);
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
-            // The clock is read only for a log line.
-            let started = w.access_log.as_ref().map(|_| Instant::now());
+            let started = Instant::now();
             io.begin();
             let mut summary = RequestSummary::default();
             let outcome =
@@ -148,27 +149,28 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
     }
 }
 
-/// The finish phase: the request's summary goes to the access log, and
-/// what ended it early (if anything) to the event log.
+/// The finish phase: the request's summary goes to the access log and the
+/// metrics, and what ended it early (if anything) to the event log.
 fn finish(
     w: &Worker,
     cx: &ClientCtx,
     head: &RequestHead<'_>,
     summary: &RequestSummary<'_>,
-    started: Option<Instant>,
+    started: Instant,
 ) {
-    if let (Some(log), Some(started)) = (&w.access_log, started) {
+    let took = started.elapsed();
+    if let Some(log) = &w.access_log {
         let asked = Asked {
             client: cx.client,
             method: head.method_text,
             target: head.target,
             user_agent: head.header("user-agent"),
         };
-        log.record(&asked, summary, started.elapsed());
+        let registry = summary.registry.map(|r| w.cfg.registry(r).name.as_str());
+        log.record(&asked, registry, summary, took);
     }
-    if let Some(cache) = &w.cache {
-        count_cache(cache, w.id, summary);
-    }
+    let reg = summary.registry.map(|r| w.reg_label(r));
+    w.metrics.request(summary, head.method, reg, took);
     if let Some(e) = &summary.error {
         crate::event!(
             Level::Warn,
@@ -177,23 +179,6 @@ fn finish(
             head.method_text,
             head.target
         );
-    }
-}
-
-/// Adds a request's cache outcome to this worker's counters.
-fn count_cache(cache: &crate::cache::Cache, worker: usize, s: &RequestSummary<'_>) {
-    let c = &cache.counters[worker % cache.counters.len()];
-    let (counter, served) = match s.cache {
-        CacheStatus::None => return,
-        CacheStatus::Miss => (&c.misses, false),
-        CacheStatus::Hit => (&c.hits, true),
-        CacheStatus::Coalesced => (&c.coalesced, true),
-        CacheStatus::Revalidated => (&c.revalidated, true),
-        CacheStatus::Stale => (&c.stale, true),
-    };
-    c.add(counter, 1);
-    if served {
-        c.add(&c.bytes_served, s.bytes);
     }
 }
 
@@ -209,12 +194,27 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
 ) -> Outcome {
     let (path, query) = classify::split_target(head.target);
     let route = classify::classify(head.method, path);
-    summary.route = route.label();
+    summary.route = route.kind();
     let head_only = head.method == Method::Head;
     // A request body other handlers do not read cannot be skipped safely:
     // the connection ends after the response.
     let will_close = !head.keep_alive || body.framing != BodyFraming::None;
     let mut reply = Reply::new(out, head_only, will_close, head.minor);
+    // The operator's listener answers what is the operator's, and nothing
+    // else: no pulls through it.
+    if cx.listener == ListenerKind::Ops {
+        let refusal = match route {
+            Route::Health => return local::health(io, &mut reply).await,
+            Route::Ready => return local::ready(w, io, &mut reply).await,
+            Route::Metrics => return local::metrics(w, io, &mut reply).await,
+            _ => ErrorReply::new(
+                404,
+                ErrorCode::NameUnknown,
+                "this listener serves /metrics, /healthz and /readyz only",
+            ),
+        };
+        return reply.error(io, &refusal).await;
+    }
     let refusal = match route {
         Route::Manifest { .. }
         | Route::Blob { .. }
@@ -235,6 +235,10 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         Route::AcmeChallenge { token } => {
             return local::acme_challenge(w, token, io, &mut reply).await
         }
+        Route::Ready => return local::ready(w, io, &mut reply).await,
+        Route::Metrics if w.cfg.metrics == MetricsListen::Public => {
+            return local::metrics(w, io, &mut reply).await
+        }
         Route::Push => ErrorReply::new(
             405,
             ErrorCode::Unsupported,
@@ -254,7 +258,9 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         Route::Invalid(NameError::Digest) => {
             ErrorReply::new(400, ErrorCode::DigestInvalid, "invalid digest")
         }
-        Route::NotFound => {
+        // `/metrics` is not served here (see `metrics_listen`): as unknown
+        // as any other path.
+        Route::NotFound | Route::Metrics => {
             ErrorReply::new(404, ErrorCode::NameUnknown, format!("no route for {path}"))
         }
     };

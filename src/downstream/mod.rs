@@ -16,13 +16,15 @@ pub use metered::Metered;
 pub use reply::Reply;
 
 use crate::config::Config;
+use crate::ops::metrics::ListenerKind;
 use crate::wire::addr::{forwarded_client, ClientAddr};
 use crate::wire::http::{name_eq, RequestHead};
 
 /// Where a client connection came in, and who the client is.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCtx {
-    pub tls: bool,
+    /// Which listener: a public one (plain or TLS) or the operator's.
+    pub listener: ListenerKind,
     /// The client socket, for an abortive close (see [`Outcome::Abort`]).
     pub fd: std::os::fd::RawFd,
     /// The client: the TCP peer, or whom a trusted proxy says it forwards
@@ -60,7 +62,11 @@ impl ClientCtx {
         if let Some(u) = &cfg.public_url {
             return u.origin.to_string();
         }
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.listener == ListenerKind::Https {
+            "https"
+        } else {
+            "http"
+        };
         match host {
             Some(h) => format!("{scheme}://{h}"),
             None => format!("{scheme}://{}", self.local),

@@ -47,12 +47,20 @@ impl AccessLog {
         }
     }
 
-    /// Records one finished request.
-    pub fn record(&self, asked: &Asked<'_>, s: &RequestSummary<'_>, took: Duration) {
+    /// Records one finished request; `registry`: the name of the
+    /// summary's registry.
+    pub fn record(
+        &self,
+        asked: &Asked<'_>,
+        registry: Option<&str>,
+        s: &RequestSummary<'_>,
+        took: Duration,
+    ) {
         let mut buf = self.buf.borrow_mut();
         let line = Line {
             now: SystemTime::now(),
             asked,
+            registry,
             s,
             took,
         };
@@ -79,6 +87,7 @@ impl AccessLog {
 struct Line<'a> {
     now: SystemTime,
     asked: &'a Asked<'a>,
+    registry: Option<&'a str>,
     s: &'a RequestSummary<'a>,
     took: Duration,
 }
@@ -92,6 +101,7 @@ impl Line<'_> {
         let Line {
             now,
             asked,
+            registry,
             s,
             took,
         } = self;
@@ -101,7 +111,7 @@ impl Line<'_> {
         buf.push(b' ');
         escape::text_field(buf, asked.target.as_bytes());
         let _ = write!(buf, " {} ", s.status);
-        escape::text_field(buf, s.registry.unwrap_or("-").as_bytes());
+        escape::text_field(buf, registry.unwrap_or("-").as_bytes());
         buf.push(b' ');
         escape::text_field(buf, s.repository.unwrap_or("-").as_bytes());
         buf.extend_from_slice(b" up=");
@@ -130,6 +140,7 @@ impl Line<'_> {
         let Line {
             now,
             asked,
+            registry,
             s,
             took,
         } = self;
@@ -155,7 +166,7 @@ impl Line<'_> {
         buf.extend_from_slice(b",\"target\":");
         escape::json_string(buf, asked.target.as_bytes());
         buf.extend_from_slice(b",\"registry\":");
-        str_or_null(buf, s.registry.map(str::as_bytes));
+        str_or_null(buf, registry.map(str::as_bytes));
         buf.extend_from_slice(b",\"repository\":");
         str_or_null(buf, s.repository.map(str::as_bytes));
         let _ = write!(
@@ -265,8 +276,7 @@ mod tests {
 
     fn summary() -> RequestSummary<'static> {
         RequestSummary {
-            route: "manifest",
-            registry: Some("docker.io"),
+            route: super::super::summary::RouteKind::Manifest,
             repository: Some("library/alpine"),
             status: 200,
             bytes: 1572,
@@ -282,14 +292,15 @@ mod tests {
         let mut buf = Vec::new();
         let took = Duration::from_micros(3_100);
         let (asked, s, empty) = (hostile(), summary(), RequestSummary::default());
-        let line = |s| Line {
+        let line = |registry, s| Line {
             now: UNIX_EPOCH,
             asked: &asked,
+            registry,
             s,
             took,
         };
-        line(&s).json(&mut buf);
-        line(&empty).json(&mut buf);
+        line(Some("docker.io"), &s).json(&mut buf);
+        line(None, &empty).json(&mut buf);
         let text = String::from_utf8(buf).expect("UTF-8 whatever the client sent");
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -337,6 +348,7 @@ mod tests {
         let line = Line {
             now: UNIX_EPOCH,
             asked: &asked,
+            registry: Some("docker.io"),
             s: &s,
             took: Duration::from_millis(3),
         };

@@ -61,6 +61,7 @@ pub async fn stream<S: ClientSink, T: BodyTap>(
                 summary.error = Some(e);
                 return Outcome::Abort;
             }
+            summary.pulled += n as u64;
             if head.keep_alive {
                 w.upstreams.release(conn);
             }
@@ -87,6 +88,7 @@ pub async fn stream<S: ClientSink, T: BodyTap>(
     w.bufs.give(buf);
     match result {
         Ok(done) => {
+            summary.pulled += done.bytes;
             if done.reusable && head.keep_alive {
                 w.upstreams.release(conn);
             }

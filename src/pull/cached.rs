@@ -165,7 +165,10 @@ async fn follow<S: ClientSink>(
     .await;
     w.bufs.give(buf);
     Looked::Answered(match r {
-        Ok(()) => reply.outcome(),
+        Ok(()) => {
+            summary.from_cache = n;
+            reply.outcome()
+        }
         Err(e) => {
             summary.error = Some(e.into());
             Outcome::Abort
@@ -302,7 +305,10 @@ async fn send_stored<S: ClientSink>(
     let r = serve::send_range(file, offset, n, client, &mut buf, limit).await;
     w.bufs.give(buf);
     match r {
-        Ok(()) => reply.outcome(),
+        Ok(()) => {
+            summary.from_cache = n;
+            reply.outcome()
+        }
         Err(e) => {
             summary.error = Some(Error::from(e));
             Outcome::Abort
@@ -371,6 +377,7 @@ pub async fn lookup_manifest<S: ClientSink>(
                     stale,
                     client,
                     reply,
+                    summary,
                 )
                 .await,
             );
@@ -450,6 +457,7 @@ pub async fn lookup_manifest<S: ClientSink>(
                         true,
                         client,
                         reply,
+                        summary,
                     )
                     .await,
                 );
@@ -470,6 +478,7 @@ pub async fn lookup_manifest<S: ClientSink>(
             stale,
             client,
             reply,
+            summary,
         )
         .await,
     )
@@ -551,6 +560,7 @@ async fn revalidate(w: &Worker, probe: &Fetch<'_>, recorded: &str) -> Revalidati
 }
 
 /// Answers a manifest from the cache.
+#[allow(clippy::too_many_arguments)]
 async fn send_manifest<S: ClientSink>(
     w: &Worker,
     digest: &str,
@@ -559,6 +569,7 @@ async fn send_manifest<S: ClientSink>(
     stale: bool,
     client: &mut S,
     reply: &mut Reply<'_>,
+    summary: &mut RequestSummary<'_>,
 ) -> Outcome {
     reply.status(200);
     reply.header("Content-Type", media_type.as_bytes());
@@ -574,7 +585,12 @@ async fn send_manifest<S: ClientSink>(
     reply.end_length(bytes.len() as u64);
     reply.body(bytes);
     match reply.send(client, w.cfg.timeouts.client_write).await {
-        true => reply.outcome(),
+        true => {
+            if !reply.head_only() {
+                summary.from_cache = bytes.len() as u64;
+            }
+            reply.outcome()
+        }
         false => Outcome::Close,
     }
 }

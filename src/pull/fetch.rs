@@ -1,10 +1,18 @@
 //! The fetch phase: one request upstream, redirects followed here (a CDN's
 //! 307 included), credentials only ever sent to the origin they were given
-//! for. Shared by registry requests and the token endpoint.
+//! for. Shared by registry requests and the token endpoint. Each exchange
+//! is counted here, for the registry it was made for: its status, the
+//! rate limit it announced, its failure, the redirects followed, the time
+//! to the final head; and whether the upstream answered, for `/readyz`.
 
+use std::time::Instant;
+
+use crate::config::RegistryId;
 use crate::error::UpstreamError;
-use crate::upstream::{Conn, Exchange, ResponseHead, TrustKey};
+use crate::ops::health::UpstreamFailure;
+use crate::upstream::{Conn, Exchange, ResponseHead};
 use crate::wire::method::Method;
+use crate::wire::oci::ratelimit_remaining;
 use crate::wire::url::{Origin, Scheme, Url};
 use crate::worker::Worker;
 
@@ -19,7 +27,9 @@ const MAX_DRAINED: u64 = 64 * 1024;
 pub struct Fetch<'a> {
     pub method: Method,
     pub url: Url,
-    pub trust: TrustKey,
+    /// The registry this is for: the trust its upstream (and its realm and
+    /// redirects) is verified with, and the label it is counted under.
+    pub registry: RegistryId,
     pub headers: Vec<(&'a str, &'a [u8])>,
     /// Sent only to `auth_origin`, never to a redirect target elsewhere.
     pub authorization: Option<&'a [u8]>,
@@ -50,7 +60,20 @@ impl Fetched {
 /// Sends `f`, following up to [`MAX_REDIRECTS`] redirects with the method,
 /// headers and query string kept, and credentials dropped whenever the
 /// target is not the origin they were given for.
-pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> {
+pub async fn fetch(w: &Worker, f: Fetch<'_>) -> Result<Fetched, UpstreamError> {
+    let reg = w.reg_label(f.registry);
+    let started = Instant::now();
+    let fetched = follow(w, f).await;
+    match &fetched {
+        Ok(_) => w.metrics.upstream_time(reg, started.elapsed()),
+        Err(e) => w.metrics.upstream_error(reg, UpstreamFailure::of(e)),
+    }
+    fetched
+}
+
+/// [`fetch`]'s exchanges, hop by hop.
+async fn follow(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> {
+    let reg = w.reg_label(f.registry);
     // The origin the credentials were given for, kept once a redirect
     // leaves it (until then it is `f.url`'s).
     let mut auth_origin: Option<Origin> = None;
@@ -66,11 +89,15 @@ pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamErro
         let ex = Exchange {
             method: f.method,
             url: &f.url,
-            trust: f.trust,
+            trust: w.trust(f.registry),
             headers: &f.headers,
             body: f.body,
         };
         let (conn, head) = w.upstreams.send(&ex).await?;
+        let remaining = head
+            .header(&conn, "ratelimit-remaining")
+            .and_then(ratelimit_remaining);
+        w.metrics.upstream_answer(reg, head.status, remaining);
         let first = *first_status.get_or_insert(head.status);
         let location = match head.status {
             301 | 302 | 303 | 307 | 308 => head.header(&conn, "location").map(<[u8]>::to_vec),
@@ -109,6 +136,7 @@ pub async fn fetch(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamErro
         if auth_origin.is_none() {
             auth_origin = Some(f.url.origin.clone());
         }
+        w.metrics.redirect(reg);
         f.url = next;
     }
     Err(UpstreamError::Redirect {

@@ -68,7 +68,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         Err(e) => return reply.error(client, &e).await,
     };
     let registry_name = w.cfg.registry(reg).name.as_str();
-    summary.registry = Some(registry_name);
+    summary.registry = Some(reg);
     summary.repository = target.as_ref().map(|t| t.client_repo);
     // ---- admit: nothing to refuse yet (access control lands in gate/) ----
     // ---- plan ----
@@ -285,12 +285,14 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                     summary.error = Some(e);
                     return reply.error(client, &r).await;
                 }
+                summary.pulled += n;
                 if let Ok(d) = Digest::parse(dcd) {
                     if cache.store_manifest(&d, ct, &buf) {
                         if cached::accepts_lists(req.headers_named("accept")) {
                             record_tag(cache, who, tag.as_str(), dcd, ct, buf.len());
                         }
                         summary.cache = CacheStatus::Miss;
+                        summary.stored = n;
                     }
                 }
                 reply.append_relayed(&buf);
@@ -310,7 +312,10 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     if let (Some(_), RespFraming::Length(n)) = (&tap, head.framing) {
         if n <= relay::RELAY_BUF as u64 {
             let body = match body::read_verified(w, &mut conn, n, &mut tap).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    summary.pulled += n;
+                    b
+                }
                 Err(e) => {
                     if let Some((l, tee, cache)) = store {
                         tee.finish(false, &l.dest, &cache.inflight, &l.key).await;
@@ -324,10 +329,14 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 tee.data(&body);
                 let stored = tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
                 learn_verified(cache, who, stored, plan.verify.as_ref());
+                if stored {
+                    summary.stored = n;
+                }
             }
             if let (Some(cache), Some((Reference::Digest(d), ct, _))) = (cache, &manifest) {
                 if cache.store_manifest(d, ct, &body) {
                     summary.cache = CacheStatus::Miss;
+                    summary.stored = n;
                 }
             }
             reply.append_relayed(&body);
@@ -358,6 +367,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             .finish(complete, &l.dest, &cache.inflight, &l.key)
             .await;
         learn_verified(cache, who, stored, plan.verify.as_ref());
+        if stored {
+            summary.stored = l.fill.total();
+        }
         return outcome;
     }
     if let (Some(cache), Some((Reference::Tag(tag), ct, Some(dcd))), Some(who)) =
@@ -375,6 +387,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                     record_tag(cache, who, tag.as_str(), dcd, ct, bytes.len());
                 }
                 summary.cache = CacheStatus::Miss;
+                summary.stored = bytes.len() as u64;
             }
         }
         return outcome;
@@ -474,7 +487,7 @@ fn plan<'a>(
                 origin: w.cfg.registry(reg).upstream.clone(),
                 path_and_query: path,
             },
-            trust: w.trust(reg),
+            registry: reg,
             headers,
             authorization,
             body: None,
@@ -546,6 +559,7 @@ async fn manifest_head_via_get<S: ClientSink>(
         }
     }
     let body = body.into_inner();
+    summary.pulled += body.len() as u64;
     reply.header("Docker-Content-Digest", sha256_digest(&body).as_bytes());
     reply.end_length(body.len() as u64);
     match reply.send(client, w.cfg.timeouts.client_write).await {

@@ -121,7 +121,7 @@ async fn operator_token(w: &Worker, reg: RegistryId, repo: &str) -> Option<Arc<[
     let f = Fetch {
         method: Method::Get,
         url,
-        trust: w.trust(reg),
+        registry: reg,
         headers: Vec::new(),
         authorization: Some(&basic),
         body: None,
@@ -187,7 +187,7 @@ pub async fn learn_realm(w: &Worker, reg: RegistryId) -> Result<Option<Realm>, U
             origin: w.cfg.registry(reg).upstream.clone(),
             path_and_query: "/v2/".into(),
         },
-        trust: w.trust(reg),
+        registry: reg,
         headers: Vec::new(),
         authorization: None,
         body: None,

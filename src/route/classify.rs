@@ -2,6 +2,7 @@
 //! head: no allocation, no copying. Which upstream registry serves it is
 //! decided later (see `registry.rs`); this only understands the URL shape.
 
+use crate::ops::summary::RouteKind;
 use crate::wire::method::Method;
 use crate::wire::names::{Digest, NameError, Reference, RepoName};
 
@@ -17,6 +18,10 @@ pub enum Route<'a> {
     AcmeChallenge {
         token: &'a str,
     },
+    /// `GET /readyz`: readiness (listeners, cache, certificates, upstreams).
+    Ready,
+    /// `GET /metrics`: Prometheus metrics, on the listener that serves them.
+    Metrics,
     /// `/v2/`: the API version check (and the first 401 challenge).
     Ping,
     /// ocirelay's own token endpoint: `/token` or `/token/<registry>`.
@@ -49,23 +54,30 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// What kind of route it is, for logs and metrics.
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Landing => RouteKind::Landing,
+            Route::Health => RouteKind::Health,
+            Route::AcmeChallenge { .. } => RouteKind::AcmeChallenge,
+            Route::Ready => RouteKind::Ready,
+            Route::Metrics => RouteKind::Metrics,
+            Route::Ping => RouteKind::Ping,
+            Route::Token { .. } => RouteKind::Token,
+            Route::Manifest { .. } => RouteKind::Manifest,
+            Route::Blob { .. } => RouteKind::Blob,
+            Route::Tags { .. } => RouteKind::Tags,
+            Route::Referrers { .. } => RouteKind::Referrers,
+            Route::Push => RouteKind::Push,
+            Route::Catalog => RouteKind::Catalog,
+            Route::Invalid(_) => RouteKind::Invalid,
+            Route::NotFound => RouteKind::NotFound,
+        }
+    }
+
     /// Short label for logs and metrics.
     pub fn label(&self) -> &'static str {
-        match self {
-            Route::Landing => "landing",
-            Route::Health => "health",
-            Route::AcmeChallenge { .. } => "acme_challenge",
-            Route::Ping => "ping",
-            Route::Token { .. } => "token",
-            Route::Manifest { .. } => "manifest",
-            Route::Blob { .. } => "blob",
-            Route::Tags { .. } => "tags",
-            Route::Referrers { .. } => "referrers",
-            Route::Push => "push",
-            Route::Catalog => "catalog",
-            Route::Invalid(_) => "invalid",
-            Route::NotFound => "not_found",
-        }
+        self.kind().as_str()
     }
 }
 
@@ -89,6 +101,14 @@ pub fn classify<'a>(method: Method, path: &'a str) -> Route<'a> {
             }
         }
         "/healthz" => return if read { Route::Health } else { Route::NotFound },
+        "/readyz" => return if read { Route::Ready } else { Route::NotFound },
+        "/metrics" => {
+            return if read {
+                Route::Metrics
+            } else {
+                Route::NotFound
+            }
+        }
         "/v2" | "/v2/" => return if read { Route::Ping } else { Route::Push },
         "/token" => {
             return match method {
@@ -269,6 +289,9 @@ mod tests {
     fn fixed_paths() {
         assert_eq!(classify(Method::parse("GET"), "/"), Route::Landing);
         assert_eq!(classify(Method::parse("GET"), "/v2/"), Route::Ping);
+        assert_eq!(classify(Method::parse("GET"), "/readyz"), Route::Ready);
+        assert_eq!(classify(Method::parse("HEAD"), "/metrics"), Route::Metrics);
+        assert_eq!(classify(Method::parse("POST"), "/metrics"), Route::NotFound);
         assert_eq!(classify(Method::parse("HEAD"), "/v2"), Route::Ping);
         assert_eq!(
             classify(Method::parse("GET"), "/token"),

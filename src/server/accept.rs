@@ -22,6 +22,7 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::conn;
 use crate::downstream::ClientCtx;
 use crate::ops::log::Level;
+use crate::ops::metrics::ListenerKind;
 use crate::tls;
 use crate::wire::addr::ClientAddr;
 use crate::wire::proxy_protocol::{self, Addresses, ProxyError, Scan};
@@ -34,6 +35,8 @@ pub(super) struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Behind a load balancer: trusted peers send a PROXY header first.
     pub proxy_protocol: bool,
+    /// Public (plain or TLS) or the operator's (metrics and health only).
+    pub kind: ListenerKind,
 }
 
 pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: Listener) {
@@ -52,12 +55,17 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: List
         };
         let _ = stream.set_nodelay(true);
         let cx = ClientCtx {
-            tls: kind.tls.is_some(),
+            listener: kind.kind,
             fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
             client: ClientAddr::from_socket(peer),
             local,
         };
-        monoio::spawn(connection(w.clone(), stream, cx, kind.clone()));
+        let (w, kind) = (w.clone(), kind.clone());
+        monoio::spawn(async move {
+            // Open from accept to close, handshake included.
+            let _open = w.metrics.connection(kind.kind);
+            connection(w.clone(), stream, cx, kind).await;
+        });
     }
 }
 

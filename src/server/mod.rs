@@ -17,8 +17,10 @@ use rustls::pki_types::CertificateDer;
 
 use crate::acme::{self, Acme};
 use crate::cache::Cache;
-use crate::config::{CertSource, Config, Driver};
+use crate::config::{CertSource, Config, Driver, MetricsListen};
+use crate::ops::health::CacheState;
 use crate::ops::log::Level;
+use crate::ops::metrics::{ListenerKind, Metrics};
 use crate::tls::{self, ServerCerts};
 use crate::upstream::{Trust, TrustKey, Upstreams};
 use crate::worker::Worker;
@@ -36,6 +38,8 @@ struct Shared {
     access: Option<Arc<crate::cache::access::Access>>,
     /// ACME's certificate store and challenge answers (with `[acme]`).
     acme: Option<Arc<acme::Shared>>,
+    /// Counters (a slot per worker) and health flags.
+    metrics: Arc<Metrics>,
 }
 
 /// Addresses actually bound (port 0 resolved), for the start-up message.
@@ -45,6 +49,8 @@ pub struct Bound {
     pub proxy_protocol: Vec<SocketAddr>,
     /// One per `tls_listeners` entry, in order.
     pub tls: Vec<SocketAddr>,
+    /// The metrics listener (`metrics_listen`), when it has one of its own.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Loads TLS material, starts the workers and blocks until they end.
@@ -90,27 +96,27 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if cfg.workers == 0 { cores } else { cfg.workers };
+    let metrics = Arc::new(Metrics::new(workers, cfg.registries.len()));
     // An unusable cache directory is not fatal: the mirror relays without
-    // storing, and says so.
-    let cache = cfg
-        .cache
-        .as_ref()
-        .and_then(|c| match Cache::open(c, workers) {
-            Ok(cache) => {
-                let cache = Arc::new(cache);
-                crate::cache::evict::start(cache.clone(), c.max_size);
-                Some(cache)
-            }
-            Err(e) => {
-                crate::event!(
-                    Level::Warn,
-                    None,
-                    "cache: cannot use {}: {e}; relaying without a cache",
-                    c.dir.display()
-                );
-                None
-            }
-        });
+    // storing, and says so (and `/readyz` with it).
+    let cache = cfg.cache.as_ref().and_then(|c| match Cache::open(c) {
+        Ok(cache) => {
+            let cache = Arc::new(cache);
+            metrics.health.set_cache(CacheState::Writable);
+            crate::cache::evict::start(cache.clone(), c.max_size, metrics.clone());
+            Some(cache)
+        }
+        Err(e) => {
+            crate::event!(
+                Level::Warn,
+                None,
+                "cache: cannot use {}: {e}; relaying without a cache",
+                c.dir.display()
+            );
+            metrics.health.set_cache(CacheState::Unusable);
+            None
+        }
+    });
     // Access knowledge is the cache's; without a cache, upstream
     // credentials still need it (whose token is anonymous, which repository
     // is public) and get a memory-only one.
@@ -129,6 +135,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
         cache,
         access,
         acme: acme_shared,
+        metrics,
     });
 
     // Worker 0 binds first so that port 0 resolves to one real port, which
@@ -157,11 +164,13 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
                 cache: shared.cache.clone(),
                 access: shared.access.clone(),
                 acme: shared.acme.clone(),
+                metrics: shared.metrics.clone(),
             });
             bound = Some(b);
         }
         handles.push(handle);
     }
+    shared.metrics.health.set_listening();
     if let Some(b) = &bound {
         ready(b);
     }
@@ -296,6 +305,7 @@ async fn start_worker(
         sh.cache.clone(),
         sh.access.clone(),
         sh.acme.clone(),
+        sh.metrics.recorder(id),
     ));
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -305,6 +315,7 @@ async fn start_worker(
         plain: Vec::new(),
         proxy_protocol: Vec::new(),
         tls: Vec::new(),
+        metrics: None,
     };
     let mut tasks = Vec::new();
     tasks.push(monoio::spawn(crate::worker::trim_memory()));
@@ -335,6 +346,7 @@ async fn start_worker(
             let kind = accept::Listener {
                 tls: None,
                 proxy_protocol,
+                kind: ListenerKind::Http,
             };
             tasks.push(monoio::spawn(accept::accept_loop(w.clone(), l, kind)));
         }
@@ -345,8 +357,44 @@ async fn start_worker(
         let kind = accept::Listener {
             tls: Some(tls::server_config(&sh.server_tls[i]).map_err(io::Error::other)?),
             proxy_protocol: t.proxy_protocol,
+            kind: ListenerKind::Https,
+        };
+        tasks.push(monoio::spawn(accept::accept_loop(w.clone(), l, kind)));
+    }
+    if let (0, Some(l)) = (id, metrics_listener(&cfg)?) {
+        bound.metrics = Some(l.local_addr()?);
+        let kind = accept::Listener {
+            tls: None,
+            proxy_protocol: false,
+            kind: ListenerKind::Ops,
         };
         tasks.push(monoio::spawn(accept::accept_loop(w.clone(), l, kind)));
     }
     Ok((bound, tasks))
+}
+
+/// The metrics listener, bound by worker 0 alone and without SO_REUSEPORT:
+/// scrapes are few, and a second process on the same address must fail to
+/// bind rather than share it (a scraper would see either process's
+/// numbers). A taken default address is passed over with a warning.
+fn metrics_listener(cfg: &Config) -> io::Result<Option<TcpListener>> {
+    let MetricsListen::Own { addr, configured } = cfg.metrics else {
+        return Ok(None);
+    };
+    let opts = ListenerOpts::new().reuse_addr(true).backlog(64);
+    match TcpListener::bind_with_config(addr, &opts) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !configured => {
+            crate::event!(
+                Level::Warn,
+                Some(0),
+                "metrics: cannot listen on {addr} ({e}); starting without a metrics listener (set metrics_listen)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (metrics_listen): {e}"),
+        )),
+    }
 }

@@ -44,7 +44,7 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
         Err(e) => return refuse(client, reply, &e.reply(cfg)).await,
     };
     let registry = cfg.registry(reg);
-    summary.registry = Some(registry.name.as_str());
+    summary.registry = Some(reg);
     let map_name = |name: &str| Some(registry::scope_name(registry, name));
 
     let realm = match w.realm(reg) {
@@ -142,7 +142,7 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     let f = Fetch {
         method: if post { Method::Post } else { Method::Get },
         url,
-        trust: w.trust(reg),
+        registry: reg,
         headers,
         authorization,
         body: post.then_some(form.as_slice()),
