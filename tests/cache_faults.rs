@@ -162,36 +162,11 @@ fn kill_9_during_a_miss_leaves_nothing_served_after_a_restart() {
     assert_eq!(cdn_downloads(&hub, &digest), 2);
 }
 
-/// A 1 MiB tmpfs, unmounted on drop.
-struct Tmpfs(tempdir::Dir);
-
-impl Tmpfs {
-    fn mount() -> Tmpfs {
-        let d = tempdir::Dir::new("tmpfs");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(d.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "mounting a tmpfs failed: this test needs root (the test command runs as root in CI)"
-        );
-        Tmpfs(d)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_full_disk_leaves_the_pull_whole_and_nothing_half_written() {
     let hub = hub();
-    let fs = Tmpfs::mount();
-    let relay = Relay::start_with(&config_with_cache(&hub, fs.0.path()));
+    let fs = Tmpfs::mount("1m");
+    let relay = Relay::start_with(&config_with_cache(&hub, fs.path()));
     let mut c = relay.client();
     let tok = anonymous_token(&relay, &mut c, "library/alpine");
     let digest = hub.add_random_blob("library/alpine", 3 << 20, 0xf011);
@@ -208,7 +183,7 @@ fn a_full_disk_leaves_the_pull_whole_and_nothing_half_written() {
         );
     }
     assert!(wait_until(Duration::from_secs(5), || {
-        stored_or_partial(fs.0.path()).is_empty()
+        stored_or_partial(fs.path()).is_empty()
     }));
     assert!(
         relay.stderr().contains("cache: not storing"),

@@ -14,6 +14,7 @@ PKGS=(
   skopeo podman containerd  # real clients in the e2e suite
   chromium fonts-noto-cjk   # the landing page screenshot test
   pebble                    # the ACME test CA and its DNS (tests/acme.rs)
+  prometheus                # promtool check metrics, in tests/metrics.rs
   ca-certificates curl jq tar gzip coreutils iproute2 openssl
 )
 
@@ -24,7 +25,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
   done
 else
   # Not Debian: check for the commands instead and let the operator install.
-  for c in docker-registry nginx haproxy skopeo podman ctr chromium pebble curl jq openssl; do
+  for c in docker-registry nginx haproxy skopeo podman ctr chromium pebble promtool curl jq openssl; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
   done
 fi

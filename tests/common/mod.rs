@@ -13,6 +13,8 @@
 //! - [`process`]: a process's memory, read from /proc.
 //! - [`pebble`]: Let's Encrypt's test CA (Debian's `pebble`) for the ACME
 //!   tests.
+//! - [`scrape`]: `/metrics` parsed, and `promtool` to check it.
+//! - [`tmpfs`]: a small tmpfs to fill or make read-only (needs root).
 //!
 //! Not every test crate uses every helper, hence the module-wide allows.
 #![allow(dead_code, unused_imports)]
@@ -23,6 +25,8 @@ pub mod pebble;
 pub mod process;
 pub mod raw;
 pub mod relay;
+pub mod scrape;
+pub mod tmpfs;
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,8 @@ pub use pebble::*;
 pub use process::*;
 pub use raw::*;
 pub use relay::*;
+pub use scrape::*;
+pub use tmpfs::*;
 
 /// A Docker Hub double with the default options.
 pub fn hub() -> HubDouble {

@@ -26,6 +26,21 @@ pub fn relay_with_alpine_token(hub: &HubDouble) -> (Relay, Client, String) {
     (relay, c, tok)
 }
 
+/// Pulls `hub`'s first `library/alpine` layer through `relay` `times` times
+/// with an anonymous token, each a 200 with the layer's bytes; its digest.
+pub fn pull_alpine_layer(hub: &HubDouble, relay: &Relay, times: usize) -> String {
+    let mut c = relay.client();
+    let tok = anonymous_token(relay, &mut c, "library/alpine");
+    let layer = hub.seeded().alpine.layers[0].digest.clone();
+    let path = format!("/v2/library/alpine/blobs/{layer}");
+    for _ in 0..times {
+        let r = get_auth(&mut c, &path, &tok);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(hubdouble::sha256_digest(&r.body), layer);
+    }
+    layer
+}
+
 /// Gets an anonymous pull token for `repo` the way a client does: ping,
 /// follow the challenge's realm (which must point at the relay), get the token.
 pub fn anonymous_token(relay: &Relay, c: &mut Client, scope_repo: &str) -> String {

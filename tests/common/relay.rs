@@ -22,6 +22,8 @@ pub struct Relay {
     /// `[[tls_listener]]` with `proxy_protocol = true`).
     pub proxied_http: Option<SocketAddr>,
     pub proxied_https: Option<SocketAddr>,
+    /// The metrics listener (`metrics_listen`), when it has one.
+    pub metrics: Option<SocketAddr>,
     pub dir: tempdir::Dir,
     kept: Vec<tempdir::Dir>,
     stderr: Arc<Mutex<String>>,
@@ -166,18 +168,23 @@ impl Relay {
         Relay::start_with(&config_for(hub, ""))
     }
 
-    /// Starts ocirelay with the given config text.
     /// Starts ocirelay with `config`. A config without a `[cache]` table
     /// runs without the cache (these tests are about the relay); one with
-    /// `[cache]` and no `dir` gets a cache directory of its own.
+    /// `[cache]` and no `dir` gets a cache directory of its own. A config
+    /// that does not mention `metrics_listen` gets a metrics listener on a
+    /// port of its own (the default address is one for the whole machine).
     pub fn start_with(config: &str) -> Relay {
         let dir = tempdir::Dir::new("relay");
         let path = dir.path().join("ocirelay.toml");
-        let config = if config.contains("[cache]") {
+        let mut config = if config.contains("[cache]") {
             config.to_string()
         } else {
             format!("{config}\n[cache]\nenabled = false\n")
         };
+        if !config.contains("metrics_listen") {
+            // Top-level keys go before the first table.
+            config.insert_str(0, "metrics_listen = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&path, config).unwrap();
         Relay::start_file(path, dir)
     }
@@ -208,7 +215,7 @@ impl Relay {
             }
         });
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (mut http, mut https) = (None, None);
+        let (mut http, mut https, mut metrics) = (None, None, None);
         let (mut proxied_http, mut proxied_https) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut line = String::new();
@@ -233,6 +240,8 @@ impl Relay {
                 http = Some(a.parse().unwrap());
             } else if let Some(a) = l.strip_prefix("ocirelay listening on https://") {
                 https = Some(a.parse().unwrap());
+            } else if let Some(a) = l.strip_prefix("ocirelay metrics on http://") {
+                metrics = Some(a.trim_end_matches("/metrics").parse().unwrap());
             } else if l == "ocirelay ready" {
                 break;
             }
@@ -248,6 +257,7 @@ impl Relay {
             https,
             proxied_http,
             proxied_https,
+            metrics,
             dir,
             kept: Vec::new(),
             stderr,
@@ -257,6 +267,14 @@ impl Relay {
     /// A plain-HTTP client to the relay.
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.http, None).unwrap();
+        c.set_timeout(Duration::from_secs(15));
+        c
+    }
+
+    /// A client to the relay's metrics listener.
+    pub fn metrics_client(&self) -> Client {
+        let addr = self.metrics.expect("a metrics listener");
+        let mut c = Client::new(addr, None).unwrap();
         c.set_timeout(Duration::from_secs(15));
         c
     }
