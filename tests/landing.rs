@@ -230,6 +230,59 @@ fn request_values_are_escaped() {
     assert!(!r.text().contains("onmouseover"));
 }
 
+/// The table row of `registry` in the page's HTML.
+fn registry_row<'a>(html: &'a str, registry: &str) -> &'a str {
+    let start = html
+        .find(&format!("<td class=\"reg\"><code>{registry}</code>"))
+        .unwrap_or_else(|| panic!("no row for {registry}"));
+    let len = html[start..].find("</tr>").unwrap();
+    &html[start..start + len]
+}
+
+#[test]
+fn the_page_shows_the_cache_and_each_upstream_as_they_are() {
+    let hub = hub();
+    let relay = Relay::start_with(&config_for(&hub, "[cache]\nenabled = true\n"));
+    let page = |lang: &str| get(&relay, &format!("/?lang={lang}"), &[]).text();
+    let html = page("en");
+    assert!(html.contains("<dt>Hit ratio since start</dt><dd>no requests yet</dd>"));
+    assert!(registry_row(&html, "docker.io").contains("not asked yet"));
+
+    pull_alpine_layer(&hub, &relay, 2);
+    // A miss, then a hit (counted as each request finishes).
+    let mut html = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            html = page("en");
+            html.contains("<dt>Hit ratio since start</dt><dd>50% (1 of 2)</dd>")
+        }),
+        "{html}"
+    );
+    assert!(html.contains("<dt>Cache</dt><dd>"));
+    assert!(html.contains(" of 10.0 GiB</dd>") || html.contains("measuring…"));
+    let row = registry_row(&html, "docker.io");
+    assert!(row.contains("<span class=\"up ok\">"), "{row}");
+    assert!(row.contains("upstream answering · "), "{row}");
+    assert!(registry_row(&html, "ghcr.io").contains("not asked yet"));
+    let zh = page("zh");
+    assert!(zh.contains("50%（2 次中 1 次）"));
+    assert!(registry_row(&zh, "docker.io").contains("上游正常 · "));
+
+    hub.set_down(Host::Registry, true).unwrap();
+    let r = relay
+        .client()
+        .get_with(
+            "/v2/library/alpine/tags/list",
+            &[("Authorization", "Bearer x")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    let html = page("en");
+    let row = registry_row(&html, "docker.io");
+    assert!(row.contains("<span class=\"up failing\">"), "{row}");
+    assert!(row.contains("upstream failing (connect error) · "), "{row}");
+}
+
 // ---- headless Chromium ----
 
 /// The Chromium binary, or a failure that says how to get one.
@@ -408,10 +461,29 @@ fn chromium_renders_the_page_in_both_languages() {
 
 #[test]
 fn chromium_screenshots() {
-    // The README's pictures: an https mirror with the built-in registries.
+    // The README's pictures: an https mirror with the built-in registries,
+    // docker.io served by the double, after a miss and a hit.
+    let hub = hub();
     let relay = Relay::start_with(&format!(
-        "{DOMAIN_CONFIG}public_url = \"https://mirror.example.com\"\n"
+        "{DOMAIN_CONFIG}public_url = \"https://mirror.example.com\"\n[cache]\nenabled = true\n{}",
+        registry_block(&hub, "docker.io")
     ));
+    let mut c = relay.client();
+    // The realm is public_url's: its path asked of the relay.
+    let challenge = c.get("/v2/library/alpine/manifests/latest").unwrap();
+    let tok = token_from_challenge(&mut c, &challenge, None);
+    let layer = hub.seeded().alpine.layers[0].digest.clone();
+    for _ in 0..2 {
+        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{layer}"), &tok);
+        assert_eq!(r.status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(10), || get(
+        &relay,
+        "/",
+        &[]
+    )
+    .text()
+    .contains("50% (1 of 2)")));
     let tmp = tempdir::Dir::new("screenshots");
     let blank = screenshot(&relay, "about:blank", "en", &tmp.path().join("blank.png"));
     let update = std::env::var_os("OCIRELAY_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");

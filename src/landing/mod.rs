@@ -1,6 +1,7 @@
 //! The landing page at `/`: tells a person how to use this very mirror — its
 //! address, the registries it serves, and client settings to copy — in
-//! English or Chinese.
+//! English or Chinese, and shows its state at a glance: the cache's size and
+//! hit ratio since start, and how each registry's upstream answered last.
 //!
 //! One self-contained document: inline CSS, system fonts, no external
 //! fonts, scripts or images, so it renders offline. A few lines of inline
@@ -17,11 +18,14 @@
 
 use std::fmt::Write;
 use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::config::{Config, Registry};
+use crate::config::{human_size, Config, Registry};
 use crate::downstream::ClientCtx;
+use crate::ops::health::{CacheState, UpstreamState};
+use crate::ops::metrics::CacheCounts;
 use crate::route::classify::split_target;
 use crate::wire::http::RequestHead;
 use crate::worker::Worker;
@@ -62,13 +66,53 @@ impl Lang {
     }
 }
 
+/// What the page shows of the mirror's state.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// None: the cache is off.
+    pub cache: Option<CacheView>,
+    /// Each registry's upstream, in config order.
+    pub upstreams: Vec<UpstreamState>,
+}
+
+/// The cache, as the page shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheView {
+    pub state: CacheState,
+    /// Bytes in the store (see `Metrics::disk_usage`); None before the
+    /// first walk.
+    pub bytes: Option<u64>,
+    pub max: u64,
+    /// The counters since start (the hit ratio's).
+    pub counts: CacheCounts,
+}
+
 /// Renders the page for the host the client used, in the language it asked
 /// for (`?lang=` wins over `Accept-Language`).
 pub fn render(w: &Worker, req: &RequestHead<'_>, cx: &ClientCtx) -> String {
     let base = cx.base_url(&w.cfg, req.host());
     let (_, query) = split_target(req.target);
     let lang = pick_lang(query, req.header("accept-language"));
-    page(&w.cfg, &base, lang)
+    page(&w.cfg, &base, lang, &status(w))
+}
+
+/// The mirror's state, from the metrics and health state (reads only).
+fn status(w: &Worker) -> Status {
+    let m = w.metrics.shared();
+    let cache = w.cfg.cache.as_ref().map(|c| CacheView {
+        state: m.health.cache(),
+        bytes: m.disk_usage().map(|(_, bytes)| bytes),
+        max: c.max_size,
+        counts: m.cache_counts(),
+    });
+    let seen = m.upstreams();
+    let now = SystemTime::now();
+    let upstreams = w
+        .cfg
+        .registry_ids()
+        .map(|(id, _)| UpstreamState::of(seen.get(&w.reg_label(id)), now))
+        .collect();
+    Status { cache, upstreams }
 }
 
 /// `?lang=zh` / `?lang=en` if given, else the preferred language of
@@ -116,8 +160,9 @@ pub fn pick_lang(query: Option<&str>, accept_language: Option<&[u8]>) -> Lang {
     }
 }
 
-/// The page for a mirror reached at `base` (`scheme://host[:port]`).
-pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
+/// The page for a mirror reached at `base` (`scheme://host[:port]`), in
+/// state `status`.
+pub fn page(cfg: &Config, base: &str, lang: Lang, status: &Status) -> String {
     let t = lang.text();
     let base = base.trim_end_matches('/');
     let (scheme, host) = base.split_once("://").unwrap_or(("http", base));
@@ -234,6 +279,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
             } else {
                 String::new()
             };
+            let upstream = upstream_cell(t, status.upstreams.get(i).copied());
             fill(
                 part("row"),
                 &[
@@ -242,6 +288,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
                     ("root", &root),
                     ("hosts", &hosts),
                     ("host", host),
+                    ("upstream", &upstream),
                 ],
             )
         })
@@ -358,6 +405,37 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
         ),
         None => String::new(),
     };
+    let fact =
+        |label: &str, value: &str| fill(part("fact"), &[("label", &say(label)), ("value", value)]);
+    let fact_status = match &status.cache {
+        None => fact(&t.fact_cache, &t.cache_off),
+        Some(c) => {
+            let size = match (c.state, c.bytes) {
+                (CacheState::Unusable, _) => t.cache_unusable.clone(),
+                (CacheState::Unwritable, _) => t.cache_unwritable.clone(),
+                (_, None) => t.cache_measuring.clone(),
+                (_, Some(b)) => fill(
+                    &t.cache_size,
+                    &[("size", &human_size(b)), ("max", &human_size(c.max))],
+                ),
+            };
+            let all = c.counts.served() + c.counts.misses;
+            let hits = if all == 0 {
+                t.hits_none.clone()
+            } else {
+                let ratio = format!("{:.0}%", c.counts.hit_ratio() * 100.0);
+                fill(
+                    &t.hits_ratio,
+                    &[
+                        ("ratio", &ratio),
+                        ("served", &c.counts.served().to_string()),
+                        ("requests", &all.to_string()),
+                    ],
+                )
+            };
+            fact(&t.fact_cache, &size) + &fact(&t.fact_hits, &hits)
+        }
+    };
     let th_host = if with_hosts {
         fill(part("th_host"), &[("label", &say(&t.th_host))])
     } else {
@@ -394,6 +472,7 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
             ("fact_count", &say(&t.fact_count)),
             ("count", &count),
             ("fact_hosts", &fact_hosts),
+            ("fact_status", &fact_status),
             ("toc", &say(&t.toc)),
             ("h_quick", &say(&t.h_quick)),
             ("h_registries", &say(&t.h_registries)),
@@ -425,6 +504,33 @@ pub fn page(cfg: &Config, base: &str, lang: Lang) -> String {
             ("script", &script),
         ],
     )
+}
+
+/// A registry's upstream, under its name in the table: a dot and a few
+/// words.
+fn upstream_cell(t: &Text, state: Option<UpstreamState>) -> String {
+    let ago = |d: Duration| {
+        let s = d.as_secs();
+        let (text, n) = match s {
+            0..60 => (&t.ago_s, s),
+            60..3600 => (&t.ago_min, s / 60),
+            3600..86_400 => (&t.ago_h, s / 3600),
+            _ => (&t.ago_d, s / 86_400),
+        };
+        fill(text, &[("n", &n.to_string())])
+    };
+    let (class, text) = match state.unwrap_or(UpstreamState::Unknown) {
+        UpstreamState::Unknown => ("unknown", t.up_unknown.clone()),
+        UpstreamState::Answering { ago: d } => ("ok", fill(&t.up_answering, &[("ago", &ago(d))])),
+        UpstreamState::Failing { ago: d, failure } => {
+            let why = failure.map_or_else(|| "error".to_string(), |f| f.to_string());
+            (
+                "failing",
+                fill(&t.up_failing, &[("ago", &ago(d)), ("why", &why)]),
+            )
+        }
+    };
+    fill(part("upstream"), &[("state", class), ("text", &text)])
 }
 
 /// `:port` of an authority (`host:port`, `[v6]:port`), or "".
@@ -623,11 +729,28 @@ struct Text {
     footer: String,
     copy: String,
     copied: String,
+    fact_cache: String,
+    fact_hits: String,
+    cache_size: String,
+    cache_off: String,
+    cache_measuring: String,
+    cache_unwritable: String,
+    cache_unusable: String,
+    hits_ratio: String,
+    hits_none: String,
+    up_answering: String,
+    up_failing: String,
+    up_unknown: String,
+    ago_s: String,
+    ago_min: String,
+    ago_h: String,
+    ago_d: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::health::UpstreamFailure;
 
     fn cfg(extra: &str) -> Config {
         Config::parse(&format!("listen = [\"127.0.0.1:1\"]\n{extra}")).unwrap()
@@ -662,7 +785,12 @@ mod tests {
     #[test]
     fn page_names_the_host_every_registry_and_the_snippets() {
         let c = cfg("domain = \"mirror.example.com\"\n");
-        let p = page(&c, "https://mirror.example.com", Lang::En);
+        let p = page(
+            &c,
+            "https://mirror.example.com",
+            Lang::En,
+            &Status::default(),
+        );
         assert!(p.starts_with("<!doctype html>\n<html lang=\"en\">"));
         for r in &c.registries {
             assert!(
@@ -694,14 +822,19 @@ mod tests {
             !p.contains("insecure"),
             "https mirror needs no insecure flags"
         );
-        let zh = page(&c, "https://mirror.example.com", Lang::Zh);
+        let zh = page(
+            &c,
+            "https://mirror.example.com",
+            Lang::Zh,
+            &Status::default(),
+        );
         assert!(zh.contains("<html lang=\"zh-CN\">") && zh.contains("快速开始"));
     }
 
     #[test]
     fn plain_http_mirror_gets_insecure_flags_and_ports_on_host_routes() {
         let c = cfg("domain = \"m.test\"\n");
-        let p = page(&c, "http://m.test:5000", Lang::En);
+        let p = page(&c, "http://m.test:5000", Lang::En, &Status::default());
         assert!(p.contains("&quot;insecure-registries&quot;: [&quot;m.test:5000&quot;]"));
         assert!(p.contains("insecure = true"));
         assert!(p.contains("docker pull ghcr.m.test:5000/owner/img"));
@@ -712,7 +845,7 @@ mod tests {
         let c = cfg(
             "builtin_registries = false\n[[registry]]\nname = \"r.example\"\nupstream = \"https://r.example\"\n",
         );
-        let p = page(&c, "https://m.example", Lang::En);
+        let p = page(&c, "https://m.example", Lang::En, &Status::default());
         assert!(p.contains("docker pull m.example/owner/img"));
         assert!(!p.contains("/etc/docker/daemon.json"));
         assert!(!p.contains("ghcr.io"));
@@ -748,13 +881,95 @@ mod tests {
         for c in &configs {
             for base in ["http://m.test:5000", "https://m.test"] {
                 for lang in [Lang::En, Lang::Zh] {
-                    // Debug builds also stop inside `fill` at a name
-                    // without a value; this catches it in release tests.
-                    let p = page(c, base, lang);
-                    assert!(!p.contains("{{"), "{base} {lang:?}: {p}");
-                    assert!(p.ends_with("</html>\n"));
+                    for status in statuses() {
+                        // Debug builds also stop inside `fill` at a name
+                        // without a value; this catches it in release tests.
+                        let p = page(c, base, lang, &status);
+                        assert!(!p.contains("{{"), "{base} {lang:?}: {p}");
+                        assert!(p.ends_with("</html>\n"));
+                    }
                 }
             }
+        }
+    }
+
+    /// A state of each kind: cache off, measuring, sized with and without
+    /// requests, unwritable, unusable; upstreams in every state.
+    fn statuses() -> Vec<Status> {
+        let view = |state, bytes, hits, misses| CacheView {
+            state,
+            bytes,
+            max: 10 << 30,
+            counts: CacheCounts {
+                hits,
+                misses,
+                ..CacheCounts::default()
+            },
+        };
+        let upstreams = vec![
+            UpstreamState::Answering {
+                ago: Duration::from_secs(5),
+            },
+            UpstreamState::Failing {
+                ago: Duration::from_secs(125),
+                failure: Some(UpstreamFailure::Connect),
+            },
+            UpstreamState::Unknown,
+            UpstreamState::Failing {
+                ago: Duration::from_secs(90_000),
+                failure: None,
+            },
+        ];
+        [
+            None,
+            Some(view(CacheState::Writable, None, 0, 0)),
+            Some(view(CacheState::Writable, Some(3 << 29), 0, 0)),
+            Some(view(CacheState::Writable, Some(1 << 20), 5, 1)),
+            Some(view(CacheState::Unwritable, Some(1 << 20), 5, 1)),
+            Some(view(CacheState::Unusable, None, 0, 0)),
+        ]
+        .into_iter()
+        .map(|cache| Status {
+            cache,
+            upstreams: upstreams.clone(),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_state_shows_cache_size_hit_ratio_and_each_upstream() {
+        let c = cfg("");
+        let all = statuses();
+        let p = page(&c, "https://m.test", Lang::En, &all[3]);
+        for s in [
+            "<dt>Cache</dt><dd>1.0 MiB of 10.0 GiB</dd>",
+            "<dt>Hit ratio since start</dt><dd>83% (5 of 6)</dd>",
+            "<span class=\"up ok\"><span class=\"dot\"></span>upstream answering · 5 s ago</span>",
+            "<span class=\"up failing\"><span class=\"dot\"></span>upstream failing (connect error) · 2 min ago</span>",
+            "<span class=\"up unknown\"><span class=\"dot\"></span>upstream not asked yet</span>",
+            "upstream failing (error) · 1 d ago",
+        ] {
+            assert!(p.contains(s), "missing {s}");
+        }
+        // One upstream cell per registry, in config order.
+        assert_eq!(p.matches("<span class=\"up ").count(), c.registries.len());
+        let off = page(&c, "https://m.test", Lang::En, &all[0]);
+        assert!(off.contains("<dt>Cache</dt><dd>off</dd>"));
+        assert!(!off.contains("Hit ratio"));
+        let none = page(&c, "https://m.test", Lang::En, &all[2]);
+        assert!(none.contains("<dd>1.5 GiB of 10.0 GiB</dd>"));
+        assert!(none.contains("<dd>no requests yet</dd>"));
+        let broken = page(&c, "https://m.test", Lang::En, &all[4]);
+        assert!(broken.contains("<dd>directory not writable</dd>"));
+        let zh = page(&c, "https://m.test", Lang::Zh, &all[3]);
+        for s in [
+            "<dt>缓存</dt><dd>1.0 MiB / 10.0 GiB</dd>",
+            "<dd>83%（6 次中 5 次）</dd>",
+            "上游正常 · 5 秒前",
+            "上游故障（connect error）· 2 分钟前",
+            "上游尚未访问",
+        ] {
+            assert!(zh.contains(s), "missing {s}");
         }
     }
 
@@ -782,7 +997,12 @@ mod tests {
     #[test]
     fn inserted_values_are_escaped() {
         let c = cfg("");
-        let p = page(&c, "http://<script>alert(1)</script>\"'&", Lang::En);
+        let p = page(
+            &c,
+            "http://<script>alert(1)</script>\"'&",
+            Lang::En,
+            &Status::default(),
+        );
         assert!(!p.contains("<script>alert"), "unescaped");
         assert!(!p.contains("alert(1)</script>\"'&"));
         assert!(p.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
