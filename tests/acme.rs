@@ -297,6 +297,15 @@ fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
     assert_eq!(r.status, 404);
     assert_eq!(error_code(&r.body), "UNKNOWN");
     assert!(tls_hello_refused(w.tls_addr()));
+    // Not ready until the TLS listener has its certificate.
+    let r = c.get("/readyz").unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("certificates: failing (a TLS listener has no certificate yet)"),
+        "{}",
+        r.text()
+    );
     assert!(
         wait_until(Duration::from_secs(20), || relay
             .stderr()
@@ -316,6 +325,12 @@ fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
         relay.stderr().contains("(http-01, attempt 2)"),
         "{}",
         relay.stderr()
+    );
+    let r = c.get("/readyz").unwrap();
+    assert!(
+        r.text().contains("certificates: ok (loaded)"),
+        "{}",
+        r.text()
     );
     assert_eq!(
         c.get("/v2/").unwrap().status,
