@@ -50,6 +50,12 @@ pub struct Config {
     /// One line per request on stderr.
     pub access_log: bool,
     pub access_log_format: AccessLogFormat,
+    /// The event log's threshold (`OCIRELAY_LOG`, when set, wins).
+    pub log_level: LogLevel,
+    /// Where this process hands its listening sockets to a successor and
+    /// asks a predecessor for its own (zero-downtime upgrades); `None`: no
+    /// handover, listeners are bound afresh.
+    pub handover_socket: Option<HandoverSocket>,
     pub public_url: Option<Url>,
     pub debug: bool,
     pub timeouts: Timeouts,
@@ -234,6 +240,113 @@ fn user_dir(xdg: &str, under_home: &str) -> Option<PathBuf> {
         .map(|d| d.join("ocirelay"))
 }
 
+/// How much the event log says: events at this level and the ones above
+/// it are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+
+    /// A level as `OCIRELAY_LOG` spells it (any case; `warning` too).
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            _ => return None,
+        })
+    }
+}
+
+/// The Unix socket a running ocirelay hands its listening sockets over on:
+/// a file (`/run/ocirelay/handover.sock`) or, written `@name`, a name in
+/// Linux's abstract namespace (no file whose directory could vanish with a
+/// systemd unit; scoped to the network namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoverSocket {
+    Path(PathBuf),
+    Abstract(String),
+}
+
+impl HandoverSocket {
+    fn parse(s: &str) -> Option<HandoverSocket> {
+        match s.strip_prefix('@') {
+            Some(name) if !name.is_empty() && name.len() < 100 => {
+                Some(HandoverSocket::Abstract(name.to_string()))
+            }
+            Some(_) => None,
+            // sun_path holds 108 bytes with its NUL.
+            None if s.starts_with('/') && s.len() < 108 => Some(HandoverSocket::Path(s.into())),
+            None => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSource {
+    /// The file's path, or what stands for the embedded default.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "{}", p.display()),
+            None => f.write_str("(embedded default config)"),
+        }
+    }
+}
+
+impl std::fmt::Display for HandoverSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandoverSocket::Path(p) => write!(f, "{}", p.display()),
+            HandoverSocket::Abstract(n) => write!(f, "@{n}"),
+        }
+    }
+}
+
+/// Where the running config comes from, so that a reload (SIGHUP) reads it
+/// the way start-up did: the file (or the embedded default) with the
+/// command line's overrides on top.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    /// `--listen`, replacing the file's `listen` when not empty.
+    pub listen: Vec<SocketAddr>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+}
+
+impl ConfigSource {
+    /// Reads the config (the file, else the embedded default) and applies
+    /// the command line's overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.path {
+            Some(p) => Config::load(p)?,
+            None => Config::default_config(),
+        };
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen.clone();
+        }
+        if let Some(n) = self.workers {
+            cfg.workers = n;
+        }
+        Ok(cfg)
+    }
+}
+
 /// Which monoio driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -284,7 +397,16 @@ pub struct Timeouts {
     pub client_header: Duration,
     pub client_idle: Duration,
     pub client_write: Duration,
+    /// How long a drain (SIGTERM) waits for requests in flight before the
+    /// process exits anyway.
+    pub drain: Duration,
 }
+
+/// The default drain: 5 minutes. A public mirror serves multi-GB layers
+/// (CUDA and ML images) to clients on slow links: a 1 GiB layer at 30
+/// Mbit/s takes about 4.5 minutes, and a pull cut at the end of an upgrade
+/// starts that layer over.
+pub const DEFAULT_DRAIN_SECS: f64 = 300.0;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -374,6 +496,9 @@ struct File {
     #[serde(default)]
     access_log_format: AccessLogFormat,
     metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    log_level: LogLevel,
+    handover_socket: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     debug: bool,
@@ -456,6 +581,7 @@ struct FileTimeouts {
     client_header_secs: f64,
     client_idle_secs: f64,
     client_write_secs: f64,
+    drain_secs: f64,
 }
 
 impl Default for FileTimeouts {
@@ -466,6 +592,7 @@ impl Default for FileTimeouts {
             client_header_secs: 20.0,
             client_idle_secs: 75.0,
             client_write_secs: 120.0,
+            drain_secs: DEFAULT_DRAIN_SECS,
         }
     }
 }
@@ -652,6 +779,19 @@ impl Config {
             },
         };
 
+        let handover_socket = match &file.handover_socket {
+            Some(h) => Some(HandoverSocket::parse(h.get_ref()).ok_or_else(|| {
+                at(
+                    h.span(),
+                    format!(
+                        "handover_socket {:?} is neither an absolute path (< 108 bytes) nor @name",
+                        h.get_ref()
+                    ),
+                )
+            })?),
+            None => None,
+        };
+
         let public_url = match &file.public_url {
             Some(u) => {
                 let parsed = Url::parse(u.get_ref())
@@ -681,6 +821,7 @@ impl Config {
             client_header: secs("client_header_secs", t.client_header_secs)?,
             client_idle: secs("client_idle_secs", t.client_idle_secs)?,
             client_write: secs("client_write_secs", t.client_write_secs)?,
+            drain: secs("drain_secs", t.drain_secs)?,
         };
         let l = &file.limits;
         if !(1024..=1 << 20).contains(&l.max_header_bytes) {
@@ -820,6 +961,8 @@ impl Config {
             driver: file.driver,
             access_log: file.access_log,
             access_log_format: file.access_log_format,
+            log_level: file.log_level,
+            handover_socket,
             public_url,
             debug: file.debug,
             timeouts,
@@ -1449,6 +1592,60 @@ upstream = "https://registry-1.docker.io"
         assert_eq!(e.line, Some(4));
         let off = Config::parse(&format!("{l}[cache]\nenabled = false\n")).unwrap();
         assert!(off.cache.is_none());
+    }
+
+    #[test]
+    fn lifecycle_settings_parse_and_bad_ones_name_their_line() {
+        let l = "listen = [\"127.0.0.1:1\"]\n";
+        let c = Config::parse(l).unwrap();
+        assert_eq!(c.timeouts.drain, Duration::from_secs(300));
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.handover_socket, None);
+        let c = Config::parse(&format!(
+            "{l}log_level = \"debug\"\nhandover_socket = \"@ocirelay\"\n[timeouts]\ndrain_secs = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(c.timeouts.drain, Duration::from_secs(30));
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(
+            c.handover_socket,
+            Some(HandoverSocket::Abstract("ocirelay".into()))
+        );
+        let c = Config::parse(&format!("{l}handover_socket = \"/run/ocirelay/h.sock\"\n")).unwrap();
+        assert_eq!(
+            c.handover_socket,
+            Some(HandoverSocket::Path("/run/ocirelay/h.sock".into()))
+        );
+        for (bad, says) in [
+            ("handover_socket = \"h.sock\"", "handover_socket"),
+            ("handover_socket = \"@\"", "handover_socket"),
+            ("log_level = \"loud\"", "unknown variant"),
+            ("[timeouts]\ndrain_secs = 0", "drain_secs"),
+        ] {
+            let e = Config::parse(&format!("{l}{bad}\n")).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {e}");
+            assert!(e.line.is_some_and(|n| n >= 2), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_config_source_applies_the_command_line_over_the_file() {
+        let path = std::env::temp_dir().join(format!("ocirelay-src-{}.toml", std::process::id()));
+        std::fs::write(&path, "listen = [\"127.0.0.1:1\"]\nworkers = 3\n").unwrap();
+        let mut source = ConfigSource {
+            path: Some(path.clone()),
+            ..ConfigSource::default()
+        };
+        let c = source.load().unwrap();
+        assert_eq!((c.listen[0].port(), c.workers), (1, 3));
+        source.listen = vec!["127.0.0.1:2".parse().unwrap()];
+        source.workers = Some(1);
+        let c = source.load().unwrap();
+        assert_eq!((c.listen[0].port(), c.workers), (2, 1));
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.load().unwrap_err().message.contains("cannot read"));
+        let default = ConfigSource::default().load().unwrap();
+        assert_eq!(default.listen, Config::default_config().listen);
     }
 
     #[test]

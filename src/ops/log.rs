@@ -1,53 +1,51 @@
 //! The event log: levelled lines on stderr, one format for every part of
-//! ocirelay (`ocirelay[<worker>] <level>: <message>`). The level threshold
-//! is read once from `OCIRELAY_LOG` (`error`, `warn`, `info`, `debug`;
-//! default `info`). Events are rare (failures, start-up), so each is one
-//! unbuffered write: it reaches the terminal even if the process dies next.
-//! Control characters and line separators in a message are escaped.
+//! ocirelay (`ocirelay[<worker>] <level>: <message>`). The threshold is the
+//! config's `log_level` (applied again on every reload), unless
+//! `OCIRELAY_LOG` (`error`, `warn`, `info`, `debug`) is set: the
+//! environment wins, as it did before the config had a say. Events are rare
+//! (failures, start-up, reloads), so each is one unbuffered write: it
+//! reaches the terminal even if the process dies next. Control characters
+//! and line separators in a message are escaped.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-/// How much an event matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error,
-    Warn,
-    Info,
-    Debug,
+pub use crate::config::LogLevel as Level;
+
+/// The threshold as a number (see [`Level`]'s order); `info` until a
+/// config says otherwise.
+static THRESHOLD: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// The level `OCIRELAY_LOG` names, read once.
+fn from_env() -> Option<Level> {
+    static ENV: OnceLock<Option<Level>> = OnceLock::new();
+    *ENV.get_or_init(|| {
+        std::env::var("OCIRELAY_LOG")
+            .ok()
+            .and_then(|v| Level::parse(&v))
+    })
 }
 
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Level> {
-        Some(match s.trim().to_ascii_lowercase().as_str() {
-            "error" => Level::Error,
-            "warn" | "warning" => Level::Warn,
-            "info" => Level::Info,
-            "debug" => Level::Debug,
-            _ => return None,
-        })
-    }
+/// Sets the threshold from a config's `log_level` (at start and on each
+/// reload); `OCIRELAY_LOG`, when set, wins.
+pub fn set_threshold(configured: Level) {
+    let level = from_env().unwrap_or(configured);
+    THRESHOLD.store(level as u8, Ordering::Relaxed);
 }
 
 /// The most detailed level written.
 pub fn threshold() -> Level {
-    static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        std::env::var("OCIRELAY_LOG")
-            .ok()
-            .and_then(|v| Level::parse(&v))
-            .unwrap_or(Level::Info)
-    })
+    if let Some(l) = from_env() {
+        return l;
+    }
+    match THRESHOLD.load(Ordering::Relaxed) {
+        0 => Level::Error,
+        1 => Level::Warn,
+        2 => Level::Info,
+        _ => Level::Debug,
+    }
 }
 
 /// Whether events at `level` are written (check before building costly text).
