@@ -1,6 +1,9 @@
 //! The few raw system calls and buffer views ocirelay needs beyond monoio
 //! and std: the only `unsafe` outside the TLS record layer's buffer handling.
 
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
 use monoio::buf::IoBuf;
 
 /// Writes all of `bytes` to stderr with plain `write(2)` calls: no lock
@@ -252,4 +255,229 @@ fn page_size() -> usize {
     // SAFETY: no arguments; sysconf only reads.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096).max(1)
+}
+
+// ---- the lifecycle: signals and the listener handover ----
+
+/// The signals ocirelay acts on (see `server::lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the config.
+    Hangup,
+    /// SIGTERM: drain and exit.
+    Terminate,
+    /// SIGINT (Ctrl-C): as SIGTERM.
+    Interrupt,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hangup => "SIGHUP",
+            Signal::Terminate => "SIGTERM",
+            Signal::Interrupt => "SIGINT",
+        }
+    }
+
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Hangup => libc::SIGHUP,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Interrupt => libc::SIGINT,
+        }
+    }
+}
+
+fn lifecycle_signals() -> libc::sigset_t {
+    // SAFETY: `set` is initialised by sigemptyset before any other use, and
+    // the signal numbers are valid.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGHUP, SIGTERM and SIGINT in the calling thread and in every
+/// thread it starts afterwards: they stay pending until [`wait_signal`]
+/// takes them on the lifecycle thread, instead of interrupting a worker's
+/// system call (or ending the process: SIGHUP's default action).
+pub fn block_lifecycle_signals() -> std::io::Result<()> {
+    let set = lifecycle_signals();
+    // SAFETY: `set` is a valid signal set; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Waits up to `limit` for one of the signals [`block_lifecycle_signals`]
+/// blocked; `None` when none came.
+pub fn wait_signal(limit: Duration) -> Option<Signal> {
+    let set = lifecycle_signals();
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are valid for the call; no siginfo is asked for.
+    let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    match r {
+        libc::SIGHUP => Some(Signal::Hangup),
+        libc::SIGTERM => Some(Signal::Terminate),
+        libc::SIGINT => Some(Signal::Interrupt),
+        _ => None, // EAGAIN (the time ran out) or EINTR
+    }
+}
+
+/// Most descriptors one handover message carries (the kernel's limit per
+/// message is 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 64;
+
+/// Room for the control message of [`MAX_FDS_PER_MESSAGE`] descriptors.
+const FDS_CMSG_SPACE: usize = 512;
+
+/// Sends one byte, `tag`, with the descriptors `fds` (at most
+/// [`MAX_FDS_PER_MESSAGE`]) over the connected Unix stream socket `sock`.
+/// The receiver gets its own descriptors for the same open files.
+pub fn send_fds(sock: RawFd, tag: u8, fds: &[RawFd]) -> std::io::Result<()> {
+    assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "too many descriptors");
+    let mut data = [tag];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64 elements: the control buffer must be aligned for `cmsghdr`.
+    let mut control = [0u64; FDS_CMSG_SPACE / 8];
+    let fd_bytes = std::mem::size_of_val(fds) as libc::c_uint;
+    // SAFETY: an all-zero msghdr is valid; every pointer set below points
+    // at a live local for the duration of the call, and the control
+    // message (written through CMSG_FIRSTHDR/CMSG_DATA of a buffer of
+    // CMSG_SPACE(fd_bytes) <= FDS_CMSG_SPACE bytes) stays inside it.
+    unsafe {
+        let mut msg = std::mem::zeroed::<libc::msghdr>();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            let space = libc::CMSG_SPACE(fd_bytes) as usize;
+            debug_assert!(space <= FDS_CMSG_SPACE);
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes as usize,
+            );
+        }
+        loop {
+            let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+            if n == 1 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if n < 0 && e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(if n < 0 {
+                e
+            } else {
+                std::io::ErrorKind::WriteZero.into()
+            });
+        }
+    }
+}
+
+/// Receives one message sent by [`send_fds`]: its byte and the descriptors
+/// that came with it (owned, close-on-exec). `None` at the end of the
+/// stream.
+pub fn recv_fds(sock: RawFd) -> std::io::Result<Option<(u8, Vec<OwnedFd>)>> {
+    let mut data = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; FDS_CMSG_SPACE / 8];
+    // SAFETY: as in `send_fds`: the msghdr points at live locals; the
+    // control messages are walked with CMSG_FIRSTHDR/CMSG_NXTHDR within the
+    // length the kernel reported, and each descriptor the kernel installed
+    // is taken into an OwnedFd exactly once.
+    unsafe {
+        let mut msg = std::mem::zeroed::<libc::msghdr>();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = FDS_CMSG_SPACE as _;
+        let n = loop {
+            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break n;
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(first.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "descriptors cut short (more than one message's worth)",
+            ));
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((data[0], fds)))
+    }
+}
+
+/// The user id of the process at the other end of the Unix socket `sock`
+/// (as it was when it connected).
+pub fn peer_uid(sock: RawFd) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// This process's user id.
+pub fn own_uid() -> u32 {
+    // SAFETY: getuid has no arguments and cannot fail.
+    unsafe { libc::getuid() }
 }
