@@ -86,8 +86,9 @@ pub fn evict_to(root: &Path, max: u64, target: u64) -> Walk {
 
 /// Starts the eviction thread for `cache` (runs for the life of the process);
 /// it also probes the directory for writes, measures the store and writes
-/// the process's counters for `ocirelay cache stats`.
-pub fn start(cache: Arc<Cache>, max: u64, metrics: Arc<Metrics>) {
+/// the process's counters for `ocirelay cache stats`. The cap is read
+/// before each walk (a reload may change it).
+pub fn start(cache: Arc<Cache>, metrics: Arc<Metrics>) {
     let started = SystemTime::now();
     let spawned = std::thread::Builder::new()
         .name("ocirelay-evict".into())
@@ -99,6 +100,7 @@ pub fn start(cache: Arc<Cache>, max: u64, metrics: Arc<Metrics>) {
                 super::admin::write_stats(cache.store.root(), &totals, started);
                 if last_walk.is_none_or(|t| t.elapsed() >= EVERY) {
                     last_walk = Some(std::time::Instant::now());
+                    let max = cache.max_size();
                     let stored_before = metrics.stored();
                     let walk = evict_once(cache.store.root(), max);
                     metrics.walked(walk, stored_before);

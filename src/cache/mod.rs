@@ -32,7 +32,9 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::CacheConfig;
 use crate::wire::names::Digest;
@@ -66,10 +68,35 @@ pub struct Cache {
     /// Shared with `Worker::access` (which exists without a cache too).
     pub access: Arc<Access>,
     pub tags: Tags,
-    /// How long a tag record is trusted before a HEAD revalidates it.
-    pub tag_ttl: std::time::Duration,
-    /// Serve a tag's last known manifest when the upstream is down.
-    pub serve_stale: bool,
+    /// The settings a reload may change: atomics, read once per use (a
+    /// relaxed load), so that no worker needs a new `Cache` for them.
+    policy: Policy,
+}
+
+/// See [`Cache::set_policy`].
+struct Policy {
+    tag_ttl_ms: AtomicU64,
+    max_size: AtomicU64,
+    serve_stale: AtomicBool,
+}
+
+impl Policy {
+    fn of(cfg: &CacheConfig) -> Policy {
+        let p = Policy {
+            tag_ttl_ms: AtomicU64::new(0),
+            max_size: AtomicU64::new(0),
+            serve_stale: AtomicBool::new(false),
+        };
+        p.set(cfg);
+        p
+    }
+
+    fn set(&self, cfg: &CacheConfig) {
+        let ttl = u64::try_from(cfg.tag_ttl.as_millis()).unwrap_or(u64::MAX);
+        self.tag_ttl_ms.store(ttl, Ordering::Relaxed);
+        self.max_size.store(cfg.max_size, Ordering::Relaxed);
+        self.serve_stale.store(cfg.serve_stale, Ordering::Relaxed);
+    }
 }
 
 /// What the cache has for a digest.
@@ -104,9 +131,31 @@ impl Cache {
             inflight: InFlight::default(),
             access: Arc::new(Access::open(&cfg.dir)?),
             tags: Tags::open(&cfg.dir)?,
-            tag_ttl: cfg.tag_ttl,
-            serve_stale: cfg.serve_stale,
+            policy: Policy::of(cfg),
         })
+    }
+
+    /// How long a tag record is trusted before a HEAD revalidates it.
+    pub fn tag_ttl(&self) -> Duration {
+        Duration::from_millis(self.policy.tag_ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether a tag's last known manifest is served when the upstream is
+    /// down.
+    pub fn serve_stale(&self) -> bool {
+        self.policy.serve_stale.load(Ordering::Relaxed)
+    }
+
+    /// The store is kept under this many bytes (read by the eviction
+    /// thread before each walk).
+    pub fn max_size(&self) -> u64 {
+        self.policy.max_size.load(Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded config's `max_size`, `tag_ttl` and `serve_stale`
+    /// (its `dir` needs a restart: see `server::lifecycle`).
+    pub fn set_policy(&self, cfg: &CacheConfig) {
+        self.policy.set(cfg);
     }
 
     /// Where `digest` stands. The store is looked at with one `statx`

@@ -243,7 +243,7 @@ async fn allowed(
             cache.access.learn_refused(who);
             None
         }
-        None | Some(429 | 500..=599) => (cache.serve_stale
+        None | Some(429 | 500..=599) => (cache.serve_stale()
             && cache.access.allowed_stale(who, digest.as_str()))
         .then_some(Admitted::Stale),
         Some(_) => None,
@@ -413,7 +413,7 @@ pub async fn lookup_manifest<S: ClientSink>(
     }
     // Another request revalidating this tag right now: serve what is known
     // rather than send a second HEAD (concurrent revalidations coalesce).
-    if rec.age() >= cache.tag_ttl && cache.tags.begin_revalidation(&name) {
+    if rec.age() >= cache.tag_ttl() && cache.tags.begin_revalidation(&name) {
         let answer = revalidate(w, probe, &rec.digest).await;
         cache.tags.end_revalidation(&name);
         match answer {
@@ -433,7 +433,7 @@ pub async fn lookup_manifest<S: ClientSink>(
                 // The upstream cannot be asked: anonymous knowledge only
                 // (credentials are never taken on trust), and a failed HEAD
                 // never turns into a GET (which would count as a pull).
-                if !cache.serve_stale || !cache.access.allowed_stale(who, digest.as_str()) {
+                if !cache.serve_stale() || !cache.access.allowed_stale(who, digest.as_str()) {
                     let e = ErrorReply::new(
                         503,
                         ErrorCode::Unavailable,

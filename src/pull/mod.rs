@@ -599,7 +599,7 @@ async fn offline_challenge<S: ClientSink>(
     client: &mut S,
     reply: &mut Reply<'_>,
 ) -> Option<Outcome> {
-    w.cache.as_ref().filter(|c| c.serve_stale)?;
+    w.cache.as_ref().filter(|c| c.serve_stale())?;
     if req.header("authorization").is_some() {
         if !matches!(route, Route::Ping) {
             return None;

@@ -103,7 +103,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(&Bound)) -> io::Result<()> {
         Ok(cache) => {
             let cache = Arc::new(cache);
             metrics.health.set_cache(CacheState::Writable);
-            crate::cache::evict::start(cache.clone(), c.max_size, metrics.clone());
+            crate::cache::evict::start(cache.clone(), metrics.clone());
             Some(cache)
         }
         Err(e) => {

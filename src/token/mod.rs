@@ -227,7 +227,7 @@ async fn offline_token<S: ClientSink>(
     client: &mut S,
     reply: &mut Reply<'_>,
 ) -> Option<Outcome> {
-    let cache = w.cache.as_ref().filter(|c| c.serve_stale && anonymous)?;
+    let cache = w.cache.as_ref().filter(|c| c.serve_stale() && anonymous)?;
     let mut raw = [0u8; 24];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).ok()?;
     let token = format!("ocirelay-offline.{}", crate::wire::digest::sha256_hex(&raw));
