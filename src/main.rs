@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ocirelay::config::{Config, DEFAULT_CONFIG};
+use ocirelay::config::{Config, ConfigSource, DEFAULT_CONFIG};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -153,24 +153,20 @@ fn main() -> ExitCode {
         Some(Command::Cache { dir, action }) => return cache_command(&cli.config, dir, action),
         None => {}
     }
-    let mut cfg = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("ocirelay: {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default_config(),
+    let source = ConfigSource {
+        path: cli.config.clone(),
+        listen: cli.listen.clone(),
+        workers: cli.workers,
     };
-    if !cli.listen.is_empty() {
-        cfg.listen = cli.listen.clone();
-    }
-    if let Some(n) = cli.workers {
-        cfg.workers = n;
-    }
+    let cfg = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ocirelay: {source}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let tls_proxied: Vec<bool> = cfg.tls_listeners.iter().map(|l| l.proxy_protocol).collect();
-    let result = ocirelay::server::run(cfg, |bound| {
+    let result = ocirelay::server::run(source, cfg, |bound| {
         for a in &bound.plain {
             println!("ocirelay listening on http://{a}");
         }

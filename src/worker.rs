@@ -3,10 +3,20 @@
 //! the config, the upstream pools, trust keys, learned realms, relay
 //! buffers, the access log, this worker's metrics slot, and the state
 //! shared with background threads (cache, access knowledge, ACME).
+//!
+//! A [`Worker`] is one config generation's state; a [`Core`] is the
+//! thread's serving state across generations: the current `Worker`
+//! (replaced on a reload, while requests under way keep the one they
+//! started with), whether the process is draining, and how many client
+//! connections are open.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::acme;
@@ -37,8 +47,13 @@ pub struct Worker {
     pub cfg: Arc<Config>,
     pub upstreams: Upstreams,
     /// Access log lines, buffered (None when `access_log = false`).
-    pub access_log: Option<AccessLog>,
-    pub bufs: BufPool,
+    pub access_log: Option<Rc<AccessLog>>,
+    /// The thread's access log buffer, whether this generation writes to
+    /// it or not (a reload may turn the log on; one buffer keeps the lines
+    /// of old and new generations in order).
+    log_buf: Rc<AccessLog>,
+    /// Relay buffers, kept across generations.
+    pub bufs: Rc<BufPool>,
     /// The content cache, shared by all workers (None when disabled or
     /// when its directory could not be used).
     pub cache: Option<Arc<Cache>>,
@@ -87,16 +102,16 @@ impl Worker {
         let reg_labels = metrics
             .shared()
             .registry_labels(cfg.registries.iter().map(|r| r.name.as_str()));
+        let log_buf = Rc::new(AccessLog::new(cfg.access_log_format));
         Worker {
             metrics,
             reg_labels,
             id,
-            access_log: cfg
-                .access_log
-                .then(|| AccessLog::new(cfg.access_log_format)),
+            access_log: cfg.access_log.then(|| log_buf.clone()),
+            log_buf,
             cfg,
             upstreams,
-            bufs: BufPool::default(),
+            bufs: Rc::default(),
             cache,
             access,
             acme,
@@ -110,6 +125,66 @@ impl Worker {
     /// files are loaded before the listeners open; ACME's arrives later.
     pub fn certificates_loaded(&self) -> bool {
         self.acme.as_ref().is_none_or(|a| a.certs.loaded())
+    }
+
+    /// The next generation, from a reloaded `cfg` (`upstreams` and `trust`
+    /// built for it, see [`Upstreams::reconfigured`]): it keeps this one's
+    /// relay buffers, access log buffer and metrics slot (registries keep
+    /// their labels by name), and the token realm of every
+    /// registry whose name, upstream and trust did not change. The
+    /// operator's upstream tokens are not kept: they are keyed by registry
+    /// position, and the account may have changed (one token request per
+    /// repository and worker fetches them again).
+    pub fn reloaded(
+        &self,
+        cfg: Arc<Config>,
+        upstreams: Upstreams,
+        trust: Vec<TrustKey>,
+        access: Option<Arc<Access>>,
+    ) -> Worker {
+        let n = cfg.registries.len();
+        assert_eq!(trust.len(), n, "one trust key per registry");
+        self.log_buf.set_format(cfg.access_log_format);
+        let old = self.realms.borrow();
+        let realms = cfg
+            .registries
+            .iter()
+            .zip(&trust)
+            .map(|(r, key)| {
+                let same = self
+                    .cfg
+                    .registries
+                    .iter()
+                    .zip(&self.trust)
+                    .position(|(o, k)| o.name == r.name && o.upstream == r.upstream && k == key)?;
+                old[same].clone()
+            })
+            .collect();
+        let metrics = self.metrics.shared().recorder(self.id);
+        let reg_labels = metrics
+            .shared()
+            .registry_labels(cfg.registries.iter().map(|r| r.name.as_str()));
+        Worker {
+            metrics,
+            reg_labels,
+            id: self.id,
+            access_log: cfg.access_log.then(|| self.log_buf.clone()),
+            log_buf: self.log_buf.clone(),
+            cfg,
+            upstreams,
+            bufs: self.bufs.clone(),
+            cache: self.cache.clone(),
+            access,
+            acme: self.acme.clone(),
+            trust,
+            realms: RefCell::new(realms),
+            operator_tokens: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Writes out the access log lines buffered on this thread.
+    pub fn flush_access_log(&self) {
+        self.log_buf.flush();
     }
 
     /// The operator's `Authorization` for `repo` at `reg`, if one is held
@@ -185,5 +260,125 @@ pub async fn trim_memory() {
     loop {
         monoio::time::sleep(TRIM_EVERY).await;
         crate::sys::trim_thread_heap();
+    }
+}
+
+/// One core's serving state across config generations (see the module
+/// comment). Only its own thread touches it.
+pub struct Core {
+    current: RefCell<Rc<Worker>>,
+    draining: Cell<bool>,
+    /// Connections waiting idle between requests, woken when a drain
+    /// starts (by key, so that a wait that ends removes only its own).
+    idle: RefCell<IdleWaiters>,
+    open: Cell<usize>,
+}
+
+#[derive(Default)]
+struct IdleWaiters {
+    next: u64,
+    wakers: HashMap<u64, Waker>,
+}
+
+impl Core {
+    pub fn new(first: Worker) -> Rc<Core> {
+        Rc::new(Core {
+            current: RefCell::new(Rc::new(first)),
+            draining: Cell::new(false),
+            idle: RefCell::default(),
+            open: Cell::new(0),
+        })
+    }
+
+    /// The current generation: what a request starting now runs with.
+    pub fn worker(&self) -> Rc<Worker> {
+        self.current.borrow().clone()
+    }
+
+    /// Makes `next` the generation new requests run with; requests under
+    /// way keep theirs until they end.
+    pub fn install(&self, next: Worker) {
+        let old = std::mem::replace(&mut *self.current.borrow_mut(), Rc::new(next));
+        // Lines an old generation buffered go out before the new one's.
+        old.flush_access_log();
+    }
+
+    /// Whether the process is draining: no new connections; a connection
+    /// ends after the response under way (or at once when idle).
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Starts the drain on this core and wakes every idle connection.
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        let wakers = std::mem::take(&mut self.idle.borrow_mut().wakers);
+        for w in wakers.into_values() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once a drain has started.
+    pub fn drain_started(&self) -> DrainStarted<'_> {
+        DrainStarted {
+            core: self,
+            key: None,
+        }
+    }
+
+    /// Counts a client connection as open until the guard is dropped.
+    pub fn open_connection(self: &Rc<Self>) -> OpenConnection {
+        self.open.set(self.open.get() + 1);
+        OpenConnection(self.clone())
+    }
+
+    /// Client connections open on this core (handshakes included).
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
+    }
+}
+
+/// A client connection counted by [`Core::open_connection`].
+pub struct OpenConnection(Rc<Core>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+/// See [`Core::drain_started`].
+pub struct DrainStarted<'a> {
+    core: &'a Core,
+    key: Option<u64>,
+}
+
+impl Future for DrainStarted<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.core.draining.get() {
+            return Poll::Ready(());
+        }
+        let mut idle = self.core.idle.borrow_mut();
+        let key = match self.key {
+            Some(k) => k,
+            None => {
+                idle.next += 1;
+                idle.next
+            }
+        };
+        idle.wakers.insert(key, cx.waker().clone());
+        drop(idle);
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainStarted<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.core.idle.borrow_mut().wakers.remove(&k);
+        }
     }
 }

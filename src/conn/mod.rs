@@ -3,6 +3,15 @@
 //! (`pull`, `token`, `local`), finish it (one summary -> the access log,
 //! the metrics and the event log), and go again (keep-alive, pipelining in
 //! order) until the client or a handler closes.
+//!
+//! Each request runs with the config generation current when its head
+//! arrived (a reload in between applies to the next one). While the
+//! process drains, the response under way ends the connection (with
+//! `Connection: close` if its head is still to be written), and an idle
+//! keep-alive connection is closed at once: a client retries a request on
+//! a kept-alive connection that closes without answering (RFC 9112,
+//! 9.3.1). A connection that has not sent its first request yet is not
+//! closed: its client would not retry.
 
 use std::mem::MaybeUninit;
 use std::rc::Rc;
@@ -25,24 +34,27 @@ use crate::wire::http::{
 use crate::wire::method::Method;
 use crate::wire::names::NameError;
 use crate::wire::oci::{ErrorCode, ErrorReply};
-use crate::worker::Worker;
+use crate::worker::{Core, Worker};
 use crate::{local, pull, token};
 
 /// Serves one client connection to the end. `inbuf` holds what was read
 /// from it already (the bytes behind a PROXY header), usually nothing.
 pub async fn serve<S: AsyncReadRent + ClientSink>(
-    w: Rc<Worker>,
+    core: Rc<Core>,
     io: S,
     cx: ClientCtx,
     mut inbuf: Vec<u8>,
 ) {
     let mut io = Metered::new(io);
-    let limits = w.cfg.limits;
-    let timeouts = w.cfg.timeouts;
-    // Room for a maximal head plus some pipelined bytes behind it.
-    inbuf.reserve((limits.max_header_bytes + 4096).saturating_sub(inbuf.len()));
     let mut out: Vec<u8> = Vec::with_capacity(2048);
+    let mut served = 0u64;
     loop {
+        let w = core.worker();
+        let limits = w.cfg.limits;
+        let timeouts = w.cfg.timeouts;
+        // Room for a maximal head plus some pipelined bytes behind it (the
+        // limit is this generation's).
+        inbuf.reserve((limits.max_header_bytes + 4096).saturating_sub(inbuf.len()));
         // ---- read a request head ----
         let mut scanned = 0;
         let mut header_deadline: Option<Instant> = None;
@@ -67,8 +79,16 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 return;
             }
             scanned = inbuf.len();
-            let wait = if inbuf.is_empty() {
+            let idle = inbuf.is_empty();
+            if idle && served > 0 && core.draining() {
+                let _ = io.shutdown().await;
+                return;
+            }
+            let wait = if idle && !core.draining() {
                 timeouts.client_idle
+            } else if idle {
+                // Draining, and the first request is still to come.
+                timeouts.client_header
             } else {
                 let d =
                     *header_deadline.get_or_insert_with(|| Instant::now() + timeouts.client_header);
@@ -77,7 +97,21 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             let len = inbuf.len();
             let cap = inbuf.capacity();
             let buf = std::mem::take(&mut inbuf);
-            match monoio::time::timeout(wait, io.read(buf.slice_mut(len..cap))).await {
+            let read = monoio::time::timeout(wait, io.read(buf.slice_mut(len..cap)));
+            let read = if idle && served > 0 {
+                monoio::select! {
+                    r = read => r,
+                    _ = core.drain_started() => {
+                        // The read went with its future (and its buffer):
+                        // the connection ends here.
+                        let _ = io.shutdown().await;
+                        return;
+                    }
+                }
+            } else {
+                read.await
+            };
+            match read {
                 Ok((Ok(n), b)) => {
                     inbuf = b.into_inner();
                     if n == 0 {
@@ -117,8 +151,18 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             let started = Instant::now();
             io.begin();
             let mut summary = RequestSummary::default();
-            let outcome =
-                dispatch(&w, &head, &mut body, &mut io, &mut out, &cx, &mut summary).await;
+            let draining = core.draining();
+            let outcome = dispatch(
+                &w,
+                &head,
+                &mut body,
+                &mut io,
+                &mut out,
+                &cx,
+                &mut summary,
+                draining,
+            )
+            .await;
             (summary.status, summary.bytes) = io.served();
             finish(&w, &cx, &head, &summary, started);
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
@@ -146,6 +190,12 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
         }
         inbuf.drain(..consumed);
         inbuf.extend_from_slice(&overflow);
+        served += 1;
+        if core.draining() && inbuf.is_empty() {
+            // A request already received (pipelined) is still answered.
+            let _ = io.shutdown().await;
+            return;
+        }
     }
 }
 
@@ -182,7 +232,9 @@ fn finish(
     }
 }
 
-/// Routes a request to its handler.
+/// Routes a request to its handler. `draining`: the connection ends after
+/// this response (the process is draining), and the head says so.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     w: &'a Worker,
     head: &RequestHead<'a>,
@@ -191,6 +243,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     out: &mut Vec<u8>,
     cx: &ClientCtx,
     summary: &mut RequestSummary<'a>,
+    draining: bool,
 ) -> Outcome {
     let (path, query) = classify::split_target(head.target);
     let route = classify::classify(head.method, path);
@@ -198,7 +251,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     let head_only = head.method == Method::Head;
     // A request body other handlers do not read cannot be skipped safely:
     // the connection ends after the response.
-    let will_close = !head.keep_alive || body.framing != BodyFraming::None;
+    let will_close = draining || !head.keep_alive || body.framing != BodyFraming::None;
     let mut reply = Reply::new(out, head_only, will_close, head.minor);
     // The operator's listener answers what is the operator's, and nothing
     // else: no pulls through it.
@@ -226,7 +279,8 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         }
         Route::Token { registry } => {
             // The token handler reads its body: keep-alive is the client's.
-            let mut reply = Reply::new(reply.into_out(), false, !head.keep_alive, head.minor);
+            let close = draining || !head.keep_alive;
+            let mut reply = Reply::new(reply.into_out(), false, close, head.minor);
             return token::token_request(w, head, registry, query, body, io, &mut reply, summary)
                 .await;
         }

@@ -10,7 +10,7 @@
 //! What a client sent (target, user agent, method, repository) is escaped
 //! on the way in ([`super::escape`]): a line always is one request.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,8 @@ const FLUSH_AT: usize = 32 * 1024;
 
 /// A worker's buffered access log.
 pub struct AccessLog {
-    format: AccessLogFormat,
+    /// A reload may change it (see `Worker::reloaded`).
+    format: Cell<AccessLogFormat>,
     buf: RefCell<Vec<u8>>,
 }
 
@@ -42,9 +43,14 @@ pub struct Asked<'a> {
 impl AccessLog {
     pub fn new(format: AccessLogFormat) -> AccessLog {
         AccessLog {
-            format,
+            format: Cell::new(format),
             buf: RefCell::default(),
         }
+    }
+
+    /// The format of the lines recorded from now on.
+    pub fn set_format(&self, format: AccessLogFormat) {
+        self.format.set(format);
     }
 
     /// Records one finished request; `registry`: the name of the
@@ -64,7 +70,7 @@ impl AccessLog {
             s,
             took,
         };
-        match self.format {
+        match self.format.get() {
             AccessLogFormat::Text => line.text(&mut buf),
             AccessLogFormat::Json => line.json(&mut buf),
         }

@@ -7,8 +7,13 @@
 //! serve   conn::serve: HTTP until the connection ends
 //! ```
 //!
-//! The first two share one deadline (`client_header_secs`).
+//! The first two share one deadline (`client_header_secs`). Each
+//! connection counts as open on its core from accept to end (the drain
+//! waits for them). A drain cancels the pending accept (a connection the
+//! kernel completed anyway is still served) and closes the socket by
+//! dropping it.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, CancelHandle};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn;
@@ -26,29 +31,46 @@ use crate::ops::metrics::ListenerKind;
 use crate::tls;
 use crate::wire::addr::ClientAddr;
 use crate::wire::proxy_protocol::{self, Addresses, ProxyError, Scan};
-use crate::worker::Worker;
+use crate::worker::{Core, OpenConnection};
+
+/// This core's TLS server configs, one per `tls_listeners` entry; replaced
+/// on a reload (new certificates apply to new connections).
+pub(super) type Acceptors = Rc<RefCell<Vec<Arc<rustls::ServerConfig>>>>;
 
 /// What a listener expects at the start of each connection.
-#[derive(Clone)]
 pub(super) struct Listener {
-    /// TLS listeners: the server config to hand the handshake.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS listeners: which `tls_listeners` entry, and this core's configs.
+    pub tls: Option<(usize, Acceptors)>,
     /// Behind a load balancer: trusted peers send a PROXY header first.
     pub proxy_protocol: bool,
     /// Public (plain or TLS) or the operator's (metrics and health only).
     pub kind: ListenerKind,
 }
 
-pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: Listener) {
+/// What one connection expects, fixed when it is accepted.
+struct Opening {
+    /// The server config (of the generation current at accept).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    proxy_protocol: bool,
+}
+
+pub(super) async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    kind: Listener,
+    stop: CancelHandle,
+) {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.cancelable_accept(stop.clone()).await {
             Ok(s) => s,
+            // Cancelled by the drain: `listener` closes as this returns.
+            Err(_) if core.draining() => return,
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
-                crate::event!(Level::Warn, Some(w.id), "accept failed: {e}");
+                crate::event!(Level::Warn, Some(core.worker().id), "accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -60,21 +82,36 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, kind: List
             client: ClientAddr::from_socket(peer),
             local,
         };
-        let (w, kind) = (w.clone(), kind.clone());
+        let opening = Opening {
+            tls: kind.tls.as_ref().map(|(i, a)| a.borrow()[*i].clone()),
+            proxy_protocol: kind.proxy_protocol,
+        };
+        let open = core.open_connection();
+        let (core, listener) = (core.clone(), kind.kind);
         monoio::spawn(async move {
-            // Open from accept to close, handshake included.
-            let _open = w.metrics.connection(kind.kind);
-            connection(w.clone(), stream, cx, kind).await;
+            // Open from accept to close, handshake included, in the
+            // metrics of the generation it was accepted under.
+            let w = core.worker();
+            let _counted = w.metrics.connection(listener);
+            connection(core.clone(), open, stream, cx, opening).await;
         });
     }
 }
 
-/// One connection's opening phases, then HTTP.
-async fn connection(w: Rc<Worker>, mut stream: TcpStream, mut cx: ClientCtx, kind: Listener) {
+/// One connection's opening phases, then HTTP. `_open` counts it as open
+/// until it ends.
+async fn connection(
+    core: Rc<Core>,
+    _open: OpenConnection,
+    mut stream: TcpStream,
+    mut cx: ClientCtx,
+    kind: Opening,
+) {
     if kind.tls.is_none() && !kind.proxy_protocol {
         // Nothing to open: HTTP at once, without arming a timer.
-        return conn::serve(w, stream, cx, Vec::new()).await;
+        return conn::serve(core, stream, cx, Vec::new()).await;
     }
+    let w = core.worker();
     let opening = async {
         // ---- proxy: who the client is ----
         let mut read = Vec::new();
@@ -108,9 +145,12 @@ async fn connection(w: Rc<Worker>, mut stream: TcpStream, mut cx: ClientCtx, kin
         Err(_) => return, // too slow to open: closed, as a slow head would be
     };
     // ---- serve ----
+    // The connection's requests each take the generation current when
+    // they arrive, not this one.
+    drop(w);
     match opened {
-        Opened::Plain(s, read) => conn::serve(w, s, cx, read).await,
-        Opened::Tls(s) => conn::serve(w, *s, cx, Vec::new()).await,
+        Opened::Plain(s, read) => conn::serve(core, s, cx, read).await,
+        Opened::Tls(s) => conn::serve(core, *s, cx, Vec::new()).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -142,15 +143,19 @@ impl Conn {
     }
 }
 
+/// Idle connections by key. A worker talks to a handful of origins, so a
+/// short list scanned in place beats hashing a key per request.
+type IdlePool = RefCell<Vec<(PoolKey, Vec<Conn>)>>;
+
 /// A worker's upstream machinery: resolver, TLS connectors, idle pool.
+/// The resolver cache and the idle pool outlive a config generation (see
+/// [`Upstreams::reconfigured`]).
 pub struct Upstreams {
-    pub(crate) resolver: Resolver,
+    pub(crate) resolver: Rc<Resolver>,
     /// One client config per distinct trust (a handful: scanned in place).
     pub(crate) tls: Vec<Trust>,
     pub(crate) timeouts: Timeouts,
-    /// Idle connections by key. A worker talks to a handful of origins, so
-    /// a short list scanned in place beats hashing a key per request.
-    idle: RefCell<Vec<(PoolKey, Vec<Conn>)>>,
+    idle: Rc<IdlePool>,
 }
 
 impl Upstreams {
@@ -158,10 +163,29 @@ impl Upstreams {
     pub fn new(mut tls: Vec<Trust>, timeouts: Timeouts) -> Upstreams {
         tls.dedup_by_key(|t| t.key);
         Upstreams {
-            resolver: Resolver::default(),
+            resolver: Rc::default(),
             tls,
             timeouts,
-            idle: RefCell::new(Vec::new()),
+            idle: Rc::default(),
+        }
+    }
+
+    /// The upstreams of a reloaded config: the same resolver cache and idle
+    /// pool, with `tls` and `timeouts` of the new config. Idle connections
+    /// verified under a trust the new config no longer names are closed;
+    /// the others stay pooled, since their key says everything they were
+    /// verified with (a CA file whose content did not change keeps its
+    /// connections, and one whose content changed has a new key).
+    pub fn reconfigured(&self, mut tls: Vec<Trust>, timeouts: Timeouts) -> Upstreams {
+        tls.dedup_by_key(|t| t.key);
+        self.idle
+            .borrow_mut()
+            .retain(|(k, _)| tls.iter().any(|t| t.key == k.trust));
+        Upstreams {
+            resolver: self.resolver.clone(),
+            tls,
+            timeouts,
+            idle: self.idle.clone(),
         }
     }
 
@@ -172,8 +196,10 @@ impl Upstreams {
         let (_, list) = idle
             .iter_mut()
             .find(|(k, _)| k.trust == trust && k.origin == *origin)?;
-        while let Some(conn) = list.pop() {
+        while let Some(mut conn) = list.pop() {
             if conn.idle_since.elapsed() < MAX_IDLE_AGE {
+                // Pooled under an older config generation, perhaps.
+                conn.read_timeout = self.timeouts.upstream_read;
                 return Some(conn);
             }
         }
@@ -211,8 +237,9 @@ impl Upstreams {
         }
     }
 
-    /// The client config for `key`.
-    pub(crate) fn trust(&self, key: TrustKey) -> Option<&Trust> {
+    /// The client config for `key` (a reload keeps the ones whose key did
+    /// not change, with their session caches).
+    pub fn trust(&self, key: TrustKey) -> Option<&Trust> {
         self.tls.iter().find(|t| t.key == key)
     }
 
