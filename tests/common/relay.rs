@@ -1,12 +1,13 @@
 //! Starting the real `ocirelay` binary: [`Relay`] runs it with a config text
 //! and stops it (by its own PID) when dropped; the config builders give the
 //! tests' usual config, with short timeouts, for a [`HubDouble`] or for any
-//! upstream URL.
+//! upstream URL. [`Relay::signal`], [`Relay::rewrite_config`] and
+//! [`Relay::wait_exit`] drive its lifecycle (reload, drain).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,17 +177,52 @@ impl Relay {
     pub fn start_with(config: &str) -> Relay {
         let dir = tempdir::Dir::new("relay");
         let path = dir.path().join("ocirelay.toml");
-        let mut config = if config.contains("[cache]") {
-            config.to_string()
-        } else {
-            format!("{config}\n[cache]\nenabled = false\n")
-        };
-        if !config.contains("metrics_listen") {
-            // Top-level keys go before the first table.
-            config.insert_str(0, "metrics_listen = \"127.0.0.1:0\"\n");
-        }
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, as_written(config)).unwrap();
         Relay::start_file(path, dir)
+    }
+
+    /// The config file the relay was started with (what a reload reads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ocirelay.toml")
+    }
+
+    /// Replaces the relay's config file (as [`Relay::start_with`] writes
+    /// it); a [`Relay::signal`]`("HUP")` then reloads it.
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(self.config_path(), as_written(config)).unwrap();
+    }
+
+    /// Sends the relay the signal named `sig` (`"HUP"`, `"TERM"`, ...),
+    /// by its own PID.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -s {sig} {} failed", self.child.id());
+    }
+
+    /// Waits up to `limit` for the process to end; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for `needle` to show in the relay's stderr.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        super::wait_until(limit, || self.stderr().contains(needle))
     }
 
     fn start_file(path: PathBuf, dir: tempdir::Dir) -> Relay {
@@ -313,6 +349,23 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `config` as the relay's file: with the cache off unless it has a
+/// `[cache]` table (these tests are about the relay), and the metrics
+/// listener on a port of its own unless it names one (tests run side by
+/// side; the default port would be taken).
+fn as_written(config: &str) -> String {
+    let mut config = if config.contains("[cache]") {
+        config.to_string()
+    } else {
+        format!("{config}\n[cache]\nenabled = false\n")
+    };
+    if !config.contains("metrics_listen") {
+        // Top-level keys go before the first table.
+        config.insert_str(0, "metrics_listen = \"127.0.0.1:0\"\n");
+    }
+    config
 }
 
 /// A fresh test CA and a certificate it signed for `localhost` and
