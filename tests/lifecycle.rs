@@ -319,6 +319,28 @@ fn a_drain_closes_idle_connections_answers_accepted_ones_and_refuses_new_ones() 
     assert_eq!(status.code(), Some(0), "{}", relay.stderr());
 }
 
+#[test]
+fn systemd_hears_ready_once_it_accepts_and_stopping_when_it_drains() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("notify");
+    let at = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&at).unwrap();
+    manager.set_read_timeout(Some(WAIT)).unwrap();
+    let said = || {
+        let mut buf = [0u8; 256];
+        let n = manager.recv(&mut buf).expect("no notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let relay = Relay::start_with_env(
+        &config_for(&hub, ""),
+        &[("NOTIFY_SOCKET", at.to_str().unwrap())],
+    );
+    assert_eq!(said(), "READY=1");
+    assert_eq!(relay.client().get("/healthz").unwrap().status, 200);
+    relay.signal("TERM");
+    assert_eq!(said(), "STOPPING=1");
+}
+
 /// A relay (with `drain_secs` if given) and a download of a 64 MiB blob
 /// that its client has stopped reading after 1 MiB.
 fn stalled_download(drain_secs: Option<u64>) -> (HubDouble, Relay, Body) {

@@ -395,6 +395,7 @@ fn watch(life: &Lifecycle, reloader: &Reloader, keeper: Option<Keeper>) {
                     limit.as_secs()
                 );
                 life.drain();
+                super::notify::notify("STOPPING=1");
             }
             None => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {

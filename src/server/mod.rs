@@ -11,13 +11,15 @@
 //! - `accept`: the accept loop of one listening socket, and each
 //!   connection's opening phases (PROXY header, TLS handshake) before HTTP;
 //! - `lifecycle`: signals (SIGHUP reload, SIGTERM drain) on a thread of
-//!   their own, and [`lifecycle::Lifecycle`], what crosses to the workers.
+//!   their own, and [`lifecycle::Lifecycle`], what crosses to the workers;
+//! - `notify`: `READY=1` and `STOPPING=1` for systemd.
 
 mod accept;
 mod generation;
 mod handover;
 mod lifecycle;
 mod listeners;
+mod notify;
 mod thread;
 
 use std::io;
@@ -134,6 +136,7 @@ pub fn run(source: ConfigSource, cfg: Config, ready: impl FnOnce(&Bound)) -> io:
     }
     metrics.health.set_listening();
     ready(&bound);
+    notify::notify("READY=1");
     // The ACME thread runs for the life of the process; it is not joined
     // (the workers' end is the process's end).
     if let Some(a) = acme {

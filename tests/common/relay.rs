@@ -175,10 +175,15 @@ impl Relay {
     /// that does not mention `metrics_listen` gets a metrics listener on a
     /// port of its own (the default address is one for the whole machine).
     pub fn start_with(config: &str) -> Relay {
+        Relay::start_with_env(config, &[])
+    }
+
+    /// [`Relay::start_with`], with environment variables `env` set.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempdir::Dir::new("relay");
         let path = dir.path().join("ocirelay.toml");
         std::fs::write(&path, as_written(config)).unwrap();
-        Relay::start_file(path, dir)
+        Relay::start_file(path, dir, env)
     }
 
     /// The config file the relay was started with (what a reload reads).
@@ -225,10 +230,11 @@ impl Relay {
         super::wait_until(limit, || self.stderr().contains(needle))
     }
 
-    fn start_file(path: PathBuf, dir: tempdir::Dir) -> Relay {
+    fn start_file(path: PathBuf, dir: tempdir::Dir, env: &[(&str, &str)]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
             .arg("--config")
             .arg(&path)
+            .envs(env.iter().copied())
             // Never the user's own cache or state (ACME) directory.
             .env("XDG_CACHE_HOME", dir.path().join("xdg-cache"))
             .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
