@@ -15,6 +15,8 @@ PKGS=(
   chromium fonts-noto-cjk   # the landing page screenshot test
   pebble                    # the ACME test CA and its DNS (tests/acme.rs)
   prometheus                # promtool check metrics, in tests/metrics.rs
+  systemd                   # systemd-analyze verify of deploy/*.service (tests/deploy.rs)
+  procps                    # kill: the lifecycle tests signal the relay by its PID
   ca-certificates curl jq tar gzip coreutils iproute2 openssl
 )
 
@@ -25,7 +27,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
   done
 else
   # Not Debian: check for the commands instead and let the operator install.
-  for c in docker-registry nginx haproxy skopeo podman ctr chromium pebble promtool curl jq openssl; do
+  for c in docker-registry nginx haproxy skopeo podman ctr chromium pebble promtool curl jq openssl systemd-analyze kill; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
   done
 fi
