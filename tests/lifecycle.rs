@@ -19,61 +19,12 @@ use common::*;
 const GIB: u64 = 1 << 30;
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A body read as it arrives, hashed, never held whole.
-struct Body {
-    raw: Raw,
-    sha: ring::digest::Context,
-    read: u64,
-}
-
-impl Body {
-    /// The body of the response whose head `raw` just read.
-    fn after_head(mut raw: Raw) -> Body {
-        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-        let read = raw.buf.len() as u64;
-        sha.update(&raw.buf);
-        raw.buf.clear();
-        Body { raw, sha, read }
-    }
-
-    /// Reads until `upto` bytes of the body have arrived or the connection
-    /// ends; the bytes read so far.
-    fn read_until(&mut self, upto: u64) -> u64 {
-        let mut buf = vec![0u8; 256 << 10];
-        while self.read < upto {
-            let want = buf.len().min((upto - self.read) as usize);
-            match self.raw.s.read(&mut buf[..want]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    self.sha.update(&buf[..n]);
-                    self.read += n as u64;
-                }
-            }
-        }
-        self.read
-    }
-
-    fn digest(self) -> String {
-        let d = self.sha.finish();
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
-    }
-}
-
-/// Starts `GET` of blob `digest` of library/alpine through `relay` and reads
-/// its head: the body, to be read.
-fn start_download(relay: &Relay, digest: &str, len: u64) -> Body {
+/// Starts `GET` of blob `digest` (`len` bytes) through `relay`, with a
+/// token got through it: the body, to be read.
+fn start_download(relay: &Relay, digest: &str, len: u64) -> HashedBody {
     let mut c = relay.client();
     let tok = anonymous_token(relay, &mut c, "library/alpine");
-    let mut raw = Raw::get_with_token(
-        relay.http,
-        &format!("/v2/library/alpine/blobs/{digest}"),
-        &tok,
-    );
-    let head = raw.read_head().unwrap();
-    assert_eq!(head.status, 200);
-    assert_eq!(head.content_length(), Some(len));
-    Body::after_head(raw)
+    start_blob_download(relay, digest, &tok, len)
 }
 
 /// A path only a registry named `reloaded.example` routes.
@@ -108,12 +59,7 @@ fn a_download_in_flight_survives_a_reload_and_a_drain() {
     // A reload while the download runs: the next request has the new route.
     assert_eq!(relay.client().get(PROBE).unwrap().status, 404);
     relay.rewrite_config(&with_new_registry(&config, &hub));
-    relay.signal("HUP");
-    assert!(
-        relay.wait_for_log("config generation 2 applied", WAIT),
-        "{}",
-        relay.stderr()
-    );
+    relay.reload(2);
     assert_probe_routes(&relay);
     assert_eq!(body.read_until(64 << 20), 64 << 20);
 
@@ -167,12 +113,7 @@ fn a_bad_config_on_reload_is_reported_with_its_line_and_the_running_one_kept() {
 
     // The bad file did not count: the fixed one is generation 2.
     relay.rewrite_config(&with_new_registry(&config, &hub));
-    relay.signal("HUP");
-    assert!(
-        relay.wait_for_log("config generation 2 applied", WAIT),
-        "{}",
-        relay.stderr()
-    );
+    relay.reload(2);
     assert_probe_routes(&relay);
 }
 
@@ -191,12 +132,7 @@ fn a_reload_applies_new_limits_and_log_settings_to_the_next_request() {
         &hub,
         "access_log = true\nlog_level = \"debug\"\n[limits]\nmax_header_bytes = 2048\n",
     ));
-    relay.signal("HUP");
-    assert!(
-        relay.wait_for_log("config generation 2 applied", WAIT),
-        "{}",
-        relay.stderr()
-    );
+    relay.reload(2);
     assert_eq!(big(&mut relay.client()), 431);
     assert_eq!(relay.client().get("/healthz?after").unwrap().status, 200);
     assert!(
@@ -210,25 +146,13 @@ fn a_reload_applies_new_limits_and_log_settings_to_the_next_request() {
 fn a_reload_serves_new_certificates_to_new_connections() {
     let hub = hub();
     let dir = tempdir::Dir::new("reload-tls");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let old_ca = write_test_ca(dir.path());
-    let listener = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let config = config_for(&hub, "").replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    let (config, old_ca) = with_tls_listener(&config_for(&hub, ""), dir.path(), "");
     let relay = Relay::start_with(&config);
     let mut before = relay.tls_client(&old_ca);
     assert_eq!(before.get("/healthz").unwrap().status, 200);
 
     let new_ca = write_test_ca(dir.path());
-    relay.signal("HUP");
-    assert!(
-        relay.wait_for_log("config generation 2 applied", WAIT),
-        "{}",
-        relay.stderr()
-    );
+    relay.reload(2);
     assert_eq!(
         relay.tls_client(&new_ca).get("/healthz").unwrap().status,
         200
@@ -251,12 +175,7 @@ fn a_reload_that_moves_a_listener_says_it_needs_a_restart_and_keeps_it() {
         &config.replace("127.0.0.1:0", "127.0.0.1:1"),
         &hub,
     ));
-    relay.signal("HUP");
-    assert!(
-        relay.wait_for_log("config generation 2 applied", WAIT),
-        "{}",
-        relay.stderr()
-    );
+    relay.reload(2);
     assert!(
         relay.stderr().contains("`listen` changed"),
         "{}",
@@ -276,15 +195,7 @@ fn a_drain_closes_idle_connections_answers_accepted_ones_and_refuses_new_ones() 
         ..Timeouts::default()
     };
     let dir = tempdir::Dir::new("drain-tls");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ca = write_test_ca(dir.path());
-    let listener = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let config = config_with_timeouts(&hub, "", timeouts)
-        .replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    let (config, ca) = with_tls_listener(&config_with_timeouts(&hub, "", timeouts), dir.path(), "");
     let mut relay = Relay::start_with(&config);
 
     // Idle after one request (keep-alive).
@@ -343,7 +254,7 @@ fn systemd_hears_ready_once_it_accepts_and_stopping_when_it_drains() {
 
 /// A relay (with `drain_secs` if given) and a download of a 64 MiB blob
 /// that its client has stopped reading after 1 MiB.
-fn stalled_download(drain_secs: Option<u64>) -> (HubDouble, Relay, Body) {
+fn stalled_download(drain_secs: Option<u64>) -> (HubDouble, Relay, HashedBody) {
     let hub = hub();
     let len = 64 << 20;
     let digest = hub.add_random_blob("library/alpine", len, 0x57a1);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,37 +29,11 @@ fn large_blob_streams_in_bounded_memory() {
     let pid = relay.pid();
     let before = proc_status_bytes(pid, "VmHWM:");
 
-    let mut raw = Raw::get_with_token(
-        relay.http,
-        &format!("/v2/library/alpine/blobs/{digest}"),
-        &tok,
-    );
-    let head = raw.read_head().unwrap();
-    assert_eq!(head.status, 200);
-    assert_eq!(head.content_length(), Some(SIZE as u64));
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut got = raw.buf.len();
-    ctx.update(&raw.buf);
-    raw.buf.clear();
-    let mut tmp = vec![0u8; 1 << 20];
+    let mut body = start_blob_download(&relay, &digest, &tok, SIZE as u64);
     let t = Instant::now();
-    while got < SIZE {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "too slow: {got} bytes"
-        );
-        let n = raw.s.read(&mut tmp[..(SIZE - got).min(1 << 20)]).unwrap();
-        assert!(n > 0, "closed after {got} bytes");
-        ctx.update(&tmp[..n]);
-        got += n;
-    }
-    let hex: String = ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(format!("sha256:{hex}"), digest);
+    assert_eq!(body.read_until(SIZE as u64), SIZE as u64, "closed early");
+    assert!(t.elapsed() < Duration::from_secs(20), "too slow");
+    assert_eq!(body.digest(), digest);
 
     let peak = proc_status_bytes(pid, "VmHWM:");
     eprintln!(

@@ -4,6 +4,7 @@
 use hubdouble::client::{Client, Response};
 use hubdouble::HubDouble;
 
+use super::raw::{HashedBody, Raw};
 use super::relay::Relay;
 
 /// The `Authorization` value for bearer `token`.
@@ -39,6 +40,21 @@ pub fn pull_alpine_layer(hub: &HubDouble, relay: &Relay, times: usize) -> String
         assert_eq!(hubdouble::sha256_digest(&r.body), layer);
     }
     layer
+}
+
+/// Starts `GET` of blob `digest` of library/alpine through `relay` with
+/// token `tok`, checks that the answer is 200 with `len` bytes, and returns
+/// the body, to be read.
+pub fn start_blob_download(relay: &Relay, digest: &str, tok: &str, len: u64) -> HashedBody {
+    let mut raw = Raw::get_with_token(
+        relay.http,
+        &format!("/v2/library/alpine/blobs/{digest}"),
+        tok,
+    );
+    let head = raw.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.content_length(), Some(len));
+    HashedBody::after_head(raw)
 }
 
 /// Gets an anonymous pull token for `repo` the way a client does: ping,

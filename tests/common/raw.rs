@@ -309,3 +309,51 @@ pub fn read_until_cut(raw: &mut Raw, since: Instant) -> Vec<u8> {
     );
     body
 }
+
+/// A response body read as it arrives and hashed (sha256), never held
+/// whole: for blobs of hundreds of MiB.
+pub struct HashedBody {
+    raw: Raw,
+    sha: ring::digest::Context,
+    read: u64,
+}
+
+impl HashedBody {
+    /// The body of the response whose head `raw` just read.
+    pub fn after_head(mut raw: Raw) -> HashedBody {
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        sha.update(&raw.buf);
+        let read = raw.buf.len() as u64;
+        raw.buf.clear();
+        HashedBody { raw, sha, read }
+    }
+
+    /// Reads until `upto` bytes of the body have arrived or the connection
+    /// ends (or fails); the bytes read so far.
+    pub fn read_until(&mut self, upto: u64) -> u64 {
+        let mut buf = vec![0u8; 1 << 20];
+        while self.read < upto {
+            let want = buf.len().min((upto - self.read) as usize);
+            match self.raw.s.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.sha.update(&buf[..n]);
+                    self.read += n as u64;
+                }
+            }
+        }
+        self.read
+    }
+
+    /// `sha256:<hex>` of what was read.
+    pub fn digest(self) -> String {
+        let hex: String = self
+            .sha
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{hex}")
+    }
+}

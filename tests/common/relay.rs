@@ -225,6 +225,18 @@ impl Relay {
         }
     }
 
+    /// Reloads the config (SIGHUP) and waits until the relay says that
+    /// `generation` applies to new requests.
+    pub fn reload(&self, generation: u64) {
+        self.signal("HUP");
+        let said = format!("config generation {generation} applied");
+        assert!(
+            self.wait_for_log(&said, Duration::from_secs(20)),
+            "no \"{said}\": {}",
+            self.stderr()
+        );
+    }
+
     /// Waits up to `limit` for `needle` to show in the relay's stderr.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
         super::wait_until(limit, || self.stderr().contains(needle))
@@ -394,6 +406,23 @@ pub fn write_test_ca(dir: &Path) -> String {
     ca_cert.pem()
 }
 
+/// `config` (a test config) with a TLS listener on 127.0.0.1 (with
+/// `listener_extra` keys in its table, e.g. `proxy_protocol = true`), whose
+/// certificate and key are written to `dir` (see [`write_test_ca`]); the
+/// config and the CA certificate (PEM) clients trust.
+pub fn with_tls_listener(config: &str, dir: &Path, listener_extra: &str) -> (String, String) {
+    let ca_pem = write_test_ca(dir);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let listener = format!(
+        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{listener_extra}\n",
+        cert.display(),
+        key.display()
+    );
+    // tls_listener is an array of tables: it must come after the top-level keys.
+    let config = config.replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    (config, ca_pem)
+}
+
 /// A relay that also listens on TLS, with a certificate from a fresh test CA
 /// (for `localhost` and 127.0.0.1): the relay and the CA certificate (PEM)
 /// clients trust. `extra` goes among the top-level keys, as in [`config_for`].
@@ -409,15 +438,7 @@ pub fn start_with_tls_listener(
     listener_extra: &str,
 ) -> (Relay, String) {
     let dir = tempdir::Dir::new("tls");
-    let ca_pem = write_test_ca(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let listener = format!(
-        "[[tls_listener]]\naddr = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{listener_extra}\n",
-        cert.display(),
-        key.display()
-    );
-    // tls_listener is an array of tables: it must come after the top-level keys.
-    let cfg = config_for(hub, extra).replace("[timeouts]", &format!("{listener}\n[timeouts]"));
+    let (cfg, ca_pem) = with_tls_listener(&config_for(hub, extra), dir.path(), listener_extra);
     let mut relay = Relay::start_with(&cfg);
     relay.keep(dir); // the certificate files go when the relay does
 
