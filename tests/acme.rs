@@ -286,6 +286,33 @@ fn a_restart_serves_the_stored_certificate_without_a_new_order() {
 }
 
 #[test]
+fn a_reload_keeps_the_acme_certificate_and_names_an_acme_change_as_needing_a_restart() {
+    let w = Setup::new("tls-alpn-01", None, true);
+    let relay = w.relay();
+    let issued = w.wait_for_cert(&relay, None);
+    let orders = w.pebble.orders();
+    // The same file but another contact: [acme] is kept as it runs.
+    relay.rewrite_config(
+        &w.config()
+            .replace(&format!("ops@{DOMAIN}"), &format!("other@{DOMAIN}")),
+    );
+    relay.reload(2);
+    assert!(
+        relay.stderr().contains("[acme] changed"),
+        "{}",
+        relay.stderr()
+    );
+    // New connections of the new generation get the same certificate.
+    let root = w.pebble.issuing_root();
+    let served = served_cert(w.tls_addr(), DOMAIN, &root)
+        .unwrap_or_else(|e| panic!("no handshake after the reload: {e}\n{}", relay.stderr()));
+    assert_eq!(served, issued);
+    let mut c = w.tls_client(DOCKER_HOST);
+    pull_alpine(&relay, &w.hub, &mut c);
+    assert_eq!(w.pebble.orders(), orders, "a new order: {}", w.pebble.log());
+}
+
+#[test]
 fn plain_http_serves_before_any_certificate_and_a_failed_attempt_is_retried() {
     // The CA is down at first: the first attempt cannot connect.
     let mut w = Setup::new("http-01", None, false);
