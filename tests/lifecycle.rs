@@ -454,6 +454,31 @@ fn a_load_loop_across_a_binary_upgrade_sees_no_failed_request() {
     );
 }
 
+#[test]
+fn the_metrics_listener_goes_to_the_new_process_with_the_others() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("handover-metrics");
+    let at = dir.path().join("handover.sock");
+    // A fixed address: one a new process could not bind beside the old.
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let extra = format!(
+        "handover_socket = \"{}\"\nmetrics_listen = \"{metrics}\"",
+        at.display()
+    );
+    let config = config_for(&hub, &extra);
+    let mut old = Relay::start_with(&config);
+    assert_eq!(old.metrics, Some(metrics));
+    let new = Relay::start_with(&config.replace("127.0.0.1:0", &old.http.to_string()));
+    assert_eq!(new.metrics, Some(metrics));
+    old.signal("TERM");
+    let status = old.wait_exit(WAIT).expect("the old process did not drain");
+    assert_eq!(status.code(), Some(0), "{}", old.stderr());
+    let mut scrape = Client::new(metrics, None).unwrap();
+    let r = scrape.get("/metrics").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(new.stderr().contains("took over"), "{}", new.stderr());
+}
+
 /// The same upgrades with `SO_REUSEPORT` alone (no handover socket): the
 /// measurement behind the handover (see `src/server/handover.rs`). Not a
 /// test of ocirelay: run it with `--ignored --nocapture` to see the count.
