@@ -8,6 +8,7 @@
 //! parse     conn/        one head, borrowed from the read buffer (wire::http)
 //! route     route/       what is asked -> local/ | pull/ | token/ | refusal
 //! pull      pull/        target -> admit -> plan -> lookup -> fetch -> head -> body
+//!   admit   gate/        allow/deny lists, largest blob                  -> 403
 //!   fetch   upstream/    pool -> connect -> exchange (redirects in pull::fetch)
 //!   body    relay/       bounded buffers, taps (digest check), TLS-to-TLS in place
 //! respond   downstream/  Reply writes heads; keep-alive | close | reset
@@ -18,7 +19,7 @@
 //!
 //! ```text
 //! server -> conn -> {pull, token, local} -> worker
-//!   -> {route, cache, downstream, relay, upstream, acme}
+//!   -> {gate, route, cache, downstream, relay, upstream, acme}
 //!   -> {blocking, tls, ops, config, error, sys, wire}
 //! ```
 //!
@@ -47,6 +48,7 @@ pub mod worker;
 pub mod acme;
 pub mod cache;
 pub mod downstream;
+pub mod gate;
 pub mod relay;
 pub mod route;
 pub mod upstream;

@@ -18,7 +18,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     // stages, with the sideways plug-ins named in lib.rs
     let below_worker = with(
         &foundations,
-        &["route", "cache", "downstream", "relay", "upstream", "acme"],
+        &["gate", "route", "cache", "downstream", "relay", "upstream", "acme"],
     );
     let below_handlers = with(&below_worker, &["worker", "landing"]);
     let below_conn = with(&below_worker, &["worker", "pull", "token", "local"]);
@@ -33,6 +33,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     t.insert("ops", vec!["wire", "config", "error", "sys"]);
     t.insert("upstream", foundations.to_vec());
     t.insert("route", foundations.to_vec());
+    t.insert("gate", foundations.to_vec());
     t.insert("acme", foundations.to_vec());
     t.insert("cache", with(&foundations, &["relay"]));
     t.insert("relay", with(&foundations, &["upstream"]));
