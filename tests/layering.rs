@@ -18,7 +18,15 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     // stages, with the sideways plug-ins named in lib.rs
     let below_worker = with(
         &foundations,
-        &["gate", "route", "cache", "downstream", "relay", "upstream", "acme"],
+        &[
+            "gate",
+            "route",
+            "cache",
+            "downstream",
+            "relay",
+            "upstream",
+            "acme",
+        ],
     );
     let below_handlers = with(&below_worker, &["worker", "landing"]);
     let below_conn = with(&below_worker, &["worker", "pull", "token", "local"]);

@@ -2,6 +2,7 @@
 //! start-up into plain values. Every error names the line it comes from.
 //! `check`: the semantic checks of `ocirelay config check`.
 
+pub mod access;
 pub mod check;
 
 use std::net::{IpAddr, SocketAddr};
@@ -71,6 +72,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// Where `/metrics` is served (`metrics_listen`).
     pub metrics: MetricsListen,
+    /// The global `[access]` rules (patterns name `<registry>/<repo>`).
+    pub access: access::AccessRules,
 }
 
 /// Where certificates come from: `[acme]` (RFC 8555).
@@ -433,6 +436,8 @@ pub struct Registry {
     /// The operator's account at this registry: anonymous clients' pulls of
     /// public repositories go upstream under it (see `pull::credentials`).
     pub credentials: Option<Credentials>,
+    /// This registry's `allow`, `deny` and `max_blob_bytes`.
+    pub access: access::AccessRules,
 }
 
 /// A user name and password for an upstream registry. `Debug` never shows
@@ -516,6 +521,8 @@ struct File {
     #[serde(default)]
     cache: FileCache,
     acme: Option<Spanned<FileAcme>>,
+    #[serde(default)]
+    access: access::FileAccess,
 }
 
 #[derive(Deserialize)]
@@ -643,6 +650,11 @@ struct FileRegistry {
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    max_blob_bytes: Option<Spanned<access::FileSize>>,
 }
 
 impl Config {
@@ -949,7 +961,11 @@ impl Config {
             )?),
             None => None,
         };
+        let a = &file.access;
+        let access = access::parse_rules(text, &a.allow, &a.deny, a.max_blob_bytes.as_ref())
+            .map_err(|(s, m)| at(s, m))?;
         Ok(Config {
+            access,
             acme,
             cache,
             metrics,
@@ -1257,6 +1273,8 @@ fn parse_registries(
             None => None,
         };
         let credentials = registry_credentials(r, span.clone()).map_err(|(s, m)| at(s, m))?;
+        let access = access::parse_rules(text, &r.allow, &r.deny, r.max_blob_bytes.as_ref())
+            .map_err(|(s, m)| at(s, m))?;
         registries.push(Registry {
             library_prefix: r.library_prefix.unwrap_or(name == "docker.io"),
             name,
@@ -1266,6 +1284,7 @@ fn parse_registries(
             hosts,
             prefix,
             credentials,
+            access,
         });
     }
     Ok(registries)

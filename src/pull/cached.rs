@@ -70,6 +70,9 @@ pub async fn lookup<S: ClientSink>(
             let Some(how) = allowed(w, cache, who, digest, probe).await else {
                 return Looked::Relay;
             };
+            if let Some(o) = too_large(w, probe, digest, len, client, reply).await {
+                return Looked::Answered(o);
+            }
             let Ok(file) = monoio::fs::File::open(&path).await else {
                 return Looked::Relay; // evicted since the lookup
             };
@@ -142,6 +145,9 @@ async fn follow<S: ClientSink>(
     if allowed(w, cache, who, digest, probe).await.is_none() {
         return Looked::Relay;
     }
+    if let Some(o) = too_large(w, probe, digest, len, client, reply).await {
+        return Looked::Answered(o);
+    }
     let Ok(file) = fill.file.try_clone().and_then(monoio::fs::File::from_std) else {
         return Looked::Relay;
     };
@@ -174,6 +180,22 @@ async fn follow<S: ClientSink>(
             Outcome::Abort
         }
     })
+}
+
+/// The admit step for a blob the cache knows the size of (`max_blob_bytes`,
+/// gate/): asked once the client may read it, so that a refusal tells
+/// nothing about a blob it could not have had anyway.
+async fn too_large<S: ClientSink>(
+    w: &Worker,
+    probe: &Fetch<'_>,
+    digest: &Digest<'_>,
+    len: u64,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+) -> Option<Outcome> {
+    let refusal = crate::gate::rules::admit_blob(&w.cfg, probe.registry, len).err()?;
+    let r = refusal.reply(&format!("blob {}", digest.as_str()));
+    Some(reply.error(client, &r).await)
 }
 
 /// A HEAD for the same resource with the client's credentials and `Accept`,

@@ -31,6 +31,7 @@ use crate::cache::Cache;
 use crate::config::RegistryId;
 use crate::downstream::{ClientCtx, Outcome, Reply};
 use crate::error::Error;
+use crate::gate;
 use crate::ops::summary::{CacheStatus, RequestSummary};
 use crate::relay::tap::Capture;
 use crate::relay::BodyTap;
@@ -70,7 +71,13 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     let registry_name = w.cfg.registry(reg).name.as_str();
     summary.registry = Some(reg);
     summary.repository = target.as_ref().map(|t| t.client_repo);
-    // ---- admit: nothing to refuse yet (access control lands in gate/) ----
+    // ---- admit: the allow and deny lists (gate/) ----
+    if let Some(t) = &target {
+        if let Err(refusal) = gate::rules::admit(&w.cfg, reg, &t.upstream_repo) {
+            let what = format!("repository {registry_name}/{}", t.upstream_repo);
+            return reply.error(client, &refusal.reply(&what)).await;
+        }
+    }
     // ---- plan ----
     let plan = plan(w, req, route, query, target.as_ref(), reg);
     // ---- lookup ----
@@ -169,6 +176,22 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         }
     };
     summary.upstream_status = Some(head.status);
+    // ---- admit: a blob over `max_blob_bytes` goes no further than its
+    // head (gate/); nothing of it is sent or stored ----
+    if let (Route::Blob { digest, .. }, 200 | 206) = (route, head.status) {
+        let size = gate::rules::blob_size(
+            head.header(&conn, "content-range"),
+            head.header(&conn, "content-length"),
+        );
+        if let Some(Err(refusal)) = size.map(|n| gate::rules::admit_blob(&w.cfg, reg, n)) {
+            drop(conn); // its body is not read: the connection cannot be reused
+            if let (Some(l), Some(cache)) = (leading, cache) {
+                l.abandon(cache);
+            }
+            let r = refusal.reply(&format!("blob {}", digest.as_str()));
+            return reply.error(client, &r).await;
+        }
+    }
     if let (Route::Ping, 429 | 500..=599) = (route, head.status) {
         if let Some(o) = offline_challenge(w, reg, None, route, req, cx, client, reply).await {
             return o;
