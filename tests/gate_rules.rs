@@ -296,3 +296,43 @@ fn a_bad_pattern_or_size_is_a_config_error_naming_its_line() {
     let (ok, err) = config_check(&config(&hub, "[access]\ndeny = [\"x?\"]", ""));
     assert!(!ok && err.contains("line 5"), "{err}");
 }
+
+#[test]
+fn a_request_following_a_download_over_max_blob_bytes_is_refused() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("gate-follow");
+    let cache = format!(
+        "[cache]\nenabled = true\ndir = \"{}\"\n",
+        dir.path().display()
+    );
+    let relay = Relay::start_with(&config(&hub, &cache, ""));
+    let mut c = relay.client();
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    // Larger than loopback's socket buffers: a leader whose client does not
+    // read stays in flight.
+    let len = 32 << 20;
+    let digest = hub.add_random_blob("library/alpine", len, 0x9a7e);
+    let leader = start_blob_download(&relay, &digest, &tok, len as u64);
+    relay.rewrite_config(&config(&hub, &cache, "max_blob_bytes = \"1MiB\""));
+    relay.reload(2);
+    // This one finds the download in flight and learns its length from it.
+    let mut c = relay.client();
+    let auth = bearer(&tok);
+    refused(
+        &mut c,
+        &format!("/v2/library/alpine/blobs/{digest}"),
+        &[("Authorization", &auth)],
+        &format!("is {len} bytes, over max_blob_bytes = 1048576"),
+    );
+    let fetched = hub
+        .log()
+        .matching(
+            Host::Registry,
+            &format!("/v2/library/alpine/blobs/{digest}"),
+        )
+        .iter()
+        .filter(|e| e.method == "GET")
+        .count();
+    assert_eq!(fetched, 1, "the follower went upstream itself");
+    drop(leader);
+}
