@@ -7,6 +7,7 @@
 //! accept    server/      TCP (+ PROXY header, + TLS handshake) on this core's listener
 //! parse     conn/        one head, borrowed from the read buffer (wire::http)
 //! route     route/       what is asked -> local/ | pull/ | token/ | refusal
+//! admit     gate/        per-client limits (in conn)                     -> 429
 //! pull      pull/        target -> admit -> plan -> lookup -> fetch -> head -> body
 //!   admit   gate/        allow/deny lists, largest blob                  -> 403
 //!   fetch   upstream/    pool -> connect -> exchange (redirects in pull::fetch)
@@ -25,7 +26,8 @@
 //!
 //! Sideways in the middle only where one stage plugs into another
 //! (`cache -> relay` for the tee and for serving, `downstream -> relay` for
-//! the sink, `relay -> upstream` for the connection, `token -> pull` for the
+//! the sink, `downstream -> gate` for the pacer of shaped bodies,
+//! `relay -> upstream` for the connection, `token -> pull` for the
 //! shared fetch and body phases).
 //! `wire/` imports nothing from the crate; `tls/` only `wire/`; `config/`
 //! only `wire/` and `tls/` (`config check` asks whether a certificate fits

@@ -23,6 +23,7 @@ use crate::acme;
 use crate::cache::access::Access;
 use crate::cache::Cache;
 use crate::config::{Config, RegistryId};
+use crate::gate::limits::Limiter;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::{Recorder, RegLabel};
 use crate::relay::BufPool;
@@ -65,6 +66,8 @@ pub struct Worker {
     pub acme: Option<Arc<acme::Shared>>,
     /// This worker's metrics slot (and the shared state behind it).
     pub metrics: Recorder,
+    /// The per-client limits' shared budgets (one for every worker).
+    pub limiter: Arc<Limiter>,
     /// Each registry's metrics label, by registry.
     reg_labels: Vec<RegLabel>,
     /// The trust each registry's upstream is verified with, by registry.
@@ -96,6 +99,7 @@ impl Worker {
         access: Option<Arc<Access>>,
         acme: Option<Arc<acme::Shared>>,
         metrics: Recorder,
+        limiter: Arc<Limiter>,
     ) -> Worker {
         let n = cfg.registries.len();
         assert_eq!(trust.len(), n, "one trust key per registry");
@@ -105,6 +109,7 @@ impl Worker {
         let log_buf = Rc::new(AccessLog::new(cfg.access_log_format));
         Worker {
             metrics,
+            limiter,
             reg_labels,
             id,
             access_log: cfg.access_log.then(|| log_buf.clone()),
@@ -166,6 +171,7 @@ impl Worker {
             .registry_labels(cfg.registries.iter().map(|r| r.name.as_str()));
         Worker {
             metrics,
+            limiter: self.limiter.clone(),
             reg_labels,
             id: self.id,
             access_log: cfg.access_log.then(|| self.log_buf.clone()),

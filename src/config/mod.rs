@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod check;
+pub mod limits;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct Config {
     pub debug: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Per-client limits (`[client_limits]`); `None`: no limits.
+    pub client_limits: Option<limits::ClientLimits>,
     pub registries: Vec<Registry>,
     /// The mirror's own domain: `<prefix>.<domain>` selects a registry.
     pub domain: Option<String>,
@@ -511,6 +514,7 @@ struct File {
     timeouts: FileTimeouts,
     #[serde(default)]
     limits: FileLimits,
+    client_limits: Option<Spanned<limits::FileClientLimits>>,
     #[serde(default)]
     tls_listener: Vec<FileTls>,
     domain: Option<Spanned<String>>,
@@ -847,6 +851,10 @@ impl Config {
             max_token_body_bytes: l.max_token_body_bytes.clamp(1024, 1 << 20),
             verify_digests: l.verify_digests,
         };
+        let client_limits = match &file.client_limits {
+            Some(f) => Some(limits::parse(text, f, timeouts.client_write)?),
+            None => None,
+        };
 
         let mut registries = if file.builtin_registries {
             builtin_registries()
@@ -983,6 +991,7 @@ impl Config {
             debug: file.debug,
             timeouts,
             limits,
+            client_limits,
             registries,
             domain,
             host_routes,

@@ -22,9 +22,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::config::MetricsListen;
 use crate::downstream::{ClientCtx, Metered, Outcome, PendingBody, Reply};
+use crate::gate::limits::{ConnectionSlot, Limit, OverLimit, Pacer, Who};
 use crate::ops::access_log::Asked;
 use crate::ops::log::Level;
-use crate::ops::metrics::ListenerKind;
+use crate::ops::metrics::{Limited, ListenerKind};
 use crate::ops::summary::RequestSummary;
 use crate::relay::ClientSink;
 use crate::route::classify::{self, Route};
@@ -48,6 +49,9 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
     let mut io = Metered::new(io);
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     let mut served = 0u64;
+    // ---- admit the connection: its client's connection cap ----
+    // Over it, the first request is answered 429 and the connection closed.
+    let (_slot, mut over_cap) = admit_connection(&core.worker(), &cx);
     loop {
         let w = core.worker();
         let limits = w.cfg.limits;
@@ -147,6 +151,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 }
             };
             let cx = cx.for_request(&w.cfg, &head);
+            io.pace(pacer(&w, &cx));
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
             let started = Instant::now();
             io.begin();
@@ -161,8 +166,12 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 &cx,
                 &mut summary,
                 draining,
+                over_cap.take(),
             )
             .await;
+            if io.was_shaped() {
+                w.metrics.limited(Limited::Bytes);
+            }
             (summary.status, summary.bytes) = io.served();
             finish(&w, &cx, &head, &summary, started);
             let close = outcome == Outcome::Close || !head.keep_alive || !body.finished;
@@ -232,8 +241,63 @@ fn finish(
     }
 }
 
+/// Who a request is counted against by the per-client limits.
+/// Mirror auth: an authenticated user goes in `user` here, so that
+/// `[client_limits.user.<name>]` applies to their requests.
+fn who(cx: &ClientCtx) -> Who<'static> {
+    Who::address(cx.client)
+}
+
+/// The connection's slot under its client's connection cap, or why it has
+/// none. The address is the one known at accept: the TCP peer or a trusted
+/// PROXY header's source (`X-Forwarded-For` comes per request, later). A
+/// trusted proxy's own connections carry many clients, and the operator's
+/// listener none: neither is capped.
+fn admit_connection(w: &Worker, cx: &ClientCtx) -> (Option<ConnectionSlot>, Option<OverLimit>) {
+    let Some(limits) = &w.cfg.client_limits else {
+        return (None, None);
+    };
+    if cx.listener == ListenerKind::Ops || w.cfg.trusts(cx.client.ip) {
+        return (None, None);
+    }
+    match w.limiter.open_connection(limits, cx.client) {
+        Ok(slot) => (slot, None),
+        Err(over) => (None, Some(over)),
+    }
+}
+
+/// The byte rate one response of this client is written at, if any.
+fn pacer(w: &Worker, cx: &ClientCtx) -> Option<Pacer> {
+    let limits = w.cfg.client_limits.as_ref()?;
+    if cx.listener == ListenerKind::Ops {
+        return None;
+    }
+    w.limiter.pacer(limits, who(cx))
+}
+
+/// The admit phase: a request over its client's limits is refused. The
+/// health checks are not counted (a balancer's probes must not be refused
+/// for the traffic it brings).
+fn admit(
+    w: &Worker,
+    cx: &ClientCtx,
+    route: &Route<'_>,
+    over_cap: Option<OverLimit>,
+) -> Option<OverLimit> {
+    if over_cap.is_some() {
+        return over_cap;
+    }
+    let limits = w.cfg.client_limits.as_ref()?;
+    if matches!(route, Route::Health | Route::Ready) {
+        return None;
+    }
+    w.limiter.admit_request(limits, who(cx)).err()
+}
+
 /// Routes a request to its handler. `draining`: the connection ends after
 /// this response (the process is draining), and the head says so.
+/// `over_cap`: the connection is over its client's cap (answered 429, then
+/// closed).
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     w: &'a Worker,
@@ -244,6 +308,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     cx: &ClientCtx,
     summary: &mut RequestSummary<'a>,
     draining: bool,
+    over_cap: Option<OverLimit>,
 ) -> Outcome {
     let (path, query) = classify::split_target(head.target);
     let route = classify::classify(head.method, path);
@@ -267,6 +332,21 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
             ),
         };
         return reply.error(io, &refusal).await;
+    }
+    // ---- admit: per-client limits ----
+    if let Some(over) = admit(w, cx, &route, over_cap) {
+        let what = match over.limit {
+            Limit::Requests => Limited::Requests,
+            Limit::Connections => {
+                reply.must_close();
+                Limited::Connections
+            }
+        };
+        w.metrics.limited(what);
+        let e = ErrorReply::new(429, ErrorCode::TooManyRequests, over.message());
+        return reply
+            .error_retry_after(io, &e, over.retry_after_secs())
+            .await;
     }
     let refusal = match route {
         Route::Manifest { .. }

@@ -1,11 +1,13 @@
 //! The client stream as the connection loop holds it: counts the bytes
 //! written and notes the status line of each response, so that handlers
-//! report neither (the request summary reads them at the end).
+//! report neither (the request summary reads them at the end). A response
+//! of a client under a byte rate is paced here, on every path at once.
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::BufResult;
 
+use crate::gate::limits::Pacer;
 use crate::relay::ClientSink;
 use crate::tls::stream::ServerTls;
 
@@ -16,6 +18,8 @@ pub struct Metered<S> {
     bytes: u64,
     status: u16,
     sniff: bool,
+    /// The byte rate this response is written at, if one applies.
+    pace: Option<Pacer>,
 }
 
 impl<S> Metered<S> {
@@ -25,7 +29,18 @@ impl<S> Metered<S> {
             bytes: 0,
             status: 0,
             sniff: false,
+            pace: None,
         }
+    }
+
+    /// Paces the response being written (until the next `pace`).
+    pub fn pace(&mut self, pacer: Option<Pacer>) {
+        self.pace = pacer;
+    }
+
+    /// Whether the response's writes had to wait for a byte rate.
+    pub fn was_shaped(&self) -> bool {
+        self.pace.as_ref().is_some_and(Pacer::waited)
     }
 
     /// Starts counting a new response.
@@ -55,13 +70,22 @@ impl<S> Metered<S> {
     }
 }
 
+/// A paced response takes the ordinary write path: the direct ones (the
+/// in-place TLS relay, sendfile, sealed cache reads) send whole bodies past
+/// `write`, where no pacer sees them.
 impl<S: ClientSink> ClientSink for Metered<S> {
     fn tls(&mut self) -> Option<&mut ServerTls> {
-        self.inner.tls()
+        match self.pace {
+            Some(_) => None,
+            None => self.inner.tls(),
+        }
     }
 
     fn plain_tcp(&mut self) -> Option<&monoio::net::TcpStream> {
-        self.inner.plain_tcp()
+        match self.pace {
+            Some(_) => None,
+            None => self.inner.plain_tcp(),
+        }
     }
 
     fn sent_directly(&mut self, bytes: u64) {
@@ -80,6 +104,21 @@ impl<S: AsyncReadRent> AsyncReadRent for Metered<S> {
 
 impl<S: AsyncWriteRent> AsyncWriteRent for Metered<S> {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        if let Some(pace) = &mut self.pace {
+            // Part of the buffer, once the rate allows it (a short write:
+            // `write_all` comes back for the rest).
+            let len = buf.bytes_init();
+            let n = pace.admit(len).await;
+            if n < len {
+                let (res, part) = self.inner.write(buf.slice(0..n)).await;
+                let buf = part.into_inner();
+                if let Ok(n) = res {
+                    let data = crate::sys::io_buf_bytes(&buf, 16);
+                    self.note(data, n);
+                }
+                return (res, buf);
+            }
+        }
         let (res, buf) = self.inner.write(buf).await;
         if let Ok(n) = res {
             let data = crate::sys::io_buf_bytes(&buf, 16);
@@ -91,6 +130,11 @@ impl<S: AsyncWriteRent> AsyncWriteRent for Metered<S> {
         let (res, buf) = self.inner.writev(buf).await;
         if let Ok(n) = res {
             self.bytes += n as u64;
+            // Nothing writes bodies as vectors today; should something,
+            // its bytes are paid for after the fact.
+            if let Some(pace) = &mut self.pace {
+                pace.paid(n).await;
+            }
         }
         (res, buf)
     }

@@ -165,17 +165,39 @@ impl<'b> Reply<'b> {
 
     /// Writes an OCI JSON error response.
     pub async fn error<S: AsyncWriteRent>(&mut self, io: &mut S, e: &ErrorReply) -> Outcome {
-        let body = e.body();
         let allow: &[(&str, &[u8])] = if e.status == 405 {
             &[("Allow", b"GET, HEAD")]
         } else {
             &[]
         };
+        self.error_with(io, e, allow).await
+    }
+
+    /// Writes an OCI JSON error response that asks the client to wait
+    /// `secs` seconds before trying again (a 429 or 503).
+    pub async fn error_retry_after<S: AsyncWriteRent>(
+        &mut self,
+        io: &mut S,
+        e: &ErrorReply,
+        secs: u64,
+    ) -> Outcome {
+        let secs = secs.to_string();
+        self.error_with(io, e, &[("Retry-After", secs.as_bytes())])
+            .await
+    }
+
+    async fn error_with<S: AsyncWriteRent>(
+        &mut self,
+        io: &mut S,
+        e: &ErrorReply,
+        extra: &[(&str, &[u8])],
+    ) -> Outcome {
+        let body = e.body();
         let mut headers: Vec<(&str, &[u8])> = vec![
             ("Content-Type", b"application/json"),
             ("Docker-Distribution-Api-Version", b"registry/2.0"),
         ];
-        headers.extend_from_slice(allow);
+        headers.extend_from_slice(extra);
         self.small(io, e.status, &headers, &body).await
     }
 }

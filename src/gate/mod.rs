@@ -1,6 +1,8 @@
 //! May this client have this? The admit steps of a request: which
-//! repositories may be pulled at all, and how big a blob may be (`rules`).
+//! repositories may be pulled at all, and how big a blob may be (`rules`);
+//! how much one client may ask (`limits`: requests, connections, bytes).
 //! Each check is a plain function over the config and the request's
 //! target; it answers with the registry's JSON error or lets it pass.
 
+pub mod limits;
 pub mod rules;

@@ -29,6 +29,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use crate::acme::{self, Acme};
 use crate::cache::Cache;
 use crate::config::{Config, ConfigSource};
+use crate::gate::limits::Limiter;
 use crate::ops::health::CacheState;
 use crate::ops::log::{self, Level};
 use crate::ops::metrics::Metrics;
@@ -114,6 +115,7 @@ pub fn run(source: ConfigSource, cfg: Config, ready: impl FnOnce(&Bound)) -> io:
         None => None,
     };
     let life = Arc::new(Lifecycle::new(first, workers));
+    let limiter = Arc::new(Limiter::new());
 
     let mut handles = Vec::new();
     for (id, sockets) in listeners.per_worker.into_iter().enumerate() {
@@ -124,6 +126,7 @@ pub fn run(source: ConfigSource, cfg: Config, ready: impl FnOnce(&Bound)) -> io:
             life: life.clone(),
             cache: cache.clone(),
             metrics: metrics.clone(),
+            limiter: limiter.clone(),
             listeners: sockets,
             started: tx,
         };

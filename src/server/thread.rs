@@ -19,6 +19,7 @@ use super::lifecycle::Lifecycle;
 use super::listeners::{Kind, ListeningSocket};
 use crate::cache::Cache;
 use crate::config::Driver;
+use crate::gate::limits::Limiter;
 use crate::ops::log::Level;
 use crate::ops::metrics::{ListenerKind, Metrics};
 use crate::tls;
@@ -34,6 +35,8 @@ pub struct Start {
     pub cache: Option<Arc<Cache>>,
     /// Counters (a slot per worker) and health flags.
     pub metrics: Arc<Metrics>,
+    /// The per-client limits' budgets, shared by every worker.
+    pub limiter: Arc<Limiter>,
     pub listeners: Vec<ListeningSocket>,
     /// Told once the worker accepts (or why it could not start).
     pub started: mpsc::Sender<io::Result<()>>,
@@ -130,12 +133,13 @@ async fn serve(s: Start, uring: bool) {
         life,
         cache,
         metrics,
+        limiter,
         listeners,
         started,
         ..
     } = s;
     let generation = life.current();
-    let (core, acceptors) = match first_worker(id, &generation, cache, &metrics) {
+    let (core, acceptors) = match first_worker(id, &generation, cache, &metrics, limiter) {
         Ok(w) => w,
         Err(e) => {
             let _ = started.send(Err(e));
@@ -258,6 +262,7 @@ fn first_worker(
     g: &Generation,
     cache: Option<Arc<Cache>>,
     metrics: &Arc<Metrics>,
+    limiter: Arc<Limiter>,
 ) -> io::Result<(Rc<Core>, Acceptors)> {
     let (trusts, keys) = trusts(g, |_| None)?;
     let worker = Worker::new(
@@ -269,6 +274,7 @@ fn first_worker(
         g.access.clone(),
         g.acme.clone(),
         metrics.recorder(id),
+        limiter,
     );
     let acceptors = Rc::new(RefCell::new(server_configs(g)?));
     Ok((Core::new(worker), acceptors))

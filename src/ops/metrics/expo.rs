@@ -251,6 +251,8 @@ enum Shape {
     UpstreamKind,
     /// registry
     Reg,
+    /// limit (which per-client limit acted)
+    Limit,
 }
 
 impl Shape {
@@ -285,13 +287,16 @@ impl Shape {
             Shape::Reg => {
                 l.registry(registry);
             }
+            Shape::Limit => {
+                l.add("limit", super::Limited::from_index(k.route)?.as_str());
+            }
         }
         Some(l)
     }
 }
 
 /// The counter families written entry by entry: family, name, labels, help.
-const COUNTERS: [(Family, &str, Shape, &str); 9] = [
+const COUNTERS: [(Family, &str, Shape, &str); 10] = [
     (
         Family::Requests,
         "registry_http_requests_total",
@@ -345,6 +350,12 @@ const COUNTERS: [(Family, &str, Shape, &str); 9] = [
         "ocirelay_upstream_redirects_total",
         Shape::Reg,
         "Redirects followed upstream, by registry.",
+    ),
+    (
+        Family::Limited,
+        "ocirelay_limited_requests_total",
+        Shape::Limit,
+        "Requests the per-client limits acted on: refused with 429 (requests, connections) or slowed (bytes).",
     ),
 ];
 

@@ -72,6 +72,34 @@ impl ListenerKind {
     }
 }
 
+/// What a per-client limit did to a request (`[client_limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Refused: over the client's request rate.
+    Requests,
+    /// Refused: the client's connection cap was reached at accept.
+    Connections,
+    /// Served, its bytes slowed by a byte rate (the client's or the
+    /// process's).
+    Bytes,
+}
+
+impl Limited {
+    const ALL: [Limited; 3] = [Limited::Requests, Limited::Connections, Limited::Bytes];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limited::Requests => "requests",
+            Limited::Connections => "connections",
+            Limited::Bytes => "bytes",
+        }
+    }
+
+    fn from_index(i: u8) -> Option<Limited> {
+        Limited::ALL.get(usize::from(i)).copied()
+    }
+}
+
 /// One worker's counters, on cache lines of their own.
 #[repr(align(64))]
 struct Slot {
@@ -521,6 +549,17 @@ impl Recorder {
         t.add(
             Key::new(Family::UpstreamDurationSum, Some(reg)),
             nanos(took),
+        );
+    }
+
+    /// A per-client limit refused or slowed a request.
+    pub fn limited(&self, what: Limited) {
+        self.table().add(
+            Key {
+                route: what as u8,
+                ..Key::new(Family::Limited, None)
+            },
+            1,
         );
     }
 

@@ -60,6 +60,9 @@ pub(super) enum Family {
     RateRemaining,
     /// reg: when it was seen (unix ms; a value)
     RateSeen,
+    /// route (the [`super::Limited`] index): requests refused or shaped by
+    /// the per-client limits
+    Limited,
 }
 
 /// A series: its family and label indices, packed into one nonzero `u64`
@@ -126,7 +129,7 @@ impl Key {
 }
 
 /// Every family, in discriminant order (for [`Key::unpack`]).
-const FAMILIES: [Family; 20] = [
+const FAMILIES: [Family; 21] = [
     Family::Requests,
     Family::ResponseBytes,
     Family::Duration,
@@ -147,6 +150,7 @@ const FAMILIES: [Family; 20] = [
     Family::UpstreamFailWhat,
     Family::RateRemaining,
     Family::RateSeen,
+    Family::Limited,
 ];
 
 /// One entry of a [`Table`]: a key (0 = free) and its counter.
