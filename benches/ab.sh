@@ -9,7 +9,8 @@
 #   BINS="base:/tmp/ocirelay-base new:target/release/ocirelay" ROUNDS=5 \
 #       WL="manifest_get_c64 token_c16 blob1m_c32 blob1g_c1" bash benches/ab.sh
 #
-# Knobs: ROUNDS (5), DUR (2.5 s per timed measurement), BIG (size of the big blob, 256 MiB),
+# Knobs: EXTRA_<name> (config text for binary <name> only, e.g. a [client_limits] table),
+# ROUNDS (5), DUR (2.5 s per timed measurement), BIG (size of the big blob, 256 MiB),
 # WL (workloads: manifest_get_c1/c64/c256 cold_c16 token_c16 blob1m_c32 blob1g_c1), PORT
 # (18600: two ports per binary), OUTJ (JSON lines, appended), PERF (seconds of `perf stat`
 # per measurement, events in PERFEV). Prints one line per measurement, then per workload the
@@ -47,6 +48,7 @@ key = "$W/p.key"
 [limits]
 verify_digests = true
 $NOCACHE
+$(v="EXTRA_$name"; printf '%s' "${!v:-}")
 [[registry]]
 name = "docker.io"
 upstream = "$(jq -r .registry_url "$D")"

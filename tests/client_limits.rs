@@ -285,3 +285,33 @@ fn a_bad_client_limits_table_is_refused_with_its_line() {
     assert!(err.contains("bytes_per_sec"), "{err}");
     assert!(err.contains("line"), "{err}");
 }
+
+#[test]
+fn over_tls_a_shaped_blob_is_byte_exact_and_the_cap_is_a_readable_429() {
+    let hub = hub();
+    let (relay, ca_pem) = start_with_tls(
+        &hub,
+        "[client_limits]\nbytes_per_sec = \"256KiB\"\nbytes_burst = \"64KiB\"\nmax_connections = 1\n",
+    );
+    let len = 768 * 1024;
+    let digest = blob(&hub, len, 13);
+    // One connection (the cap): TLS upstream to TLS client, which unshaped
+    // would be re-encrypted in place and sent past the pacer.
+    let mut c = relay.tls_client(&ca_pem);
+    let tok = anonymous_token(&relay, &mut c, "library/alpine");
+    let started = Instant::now();
+    let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{digest}"), &tok);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(hubdouble::sha256_digest(&r.body), digest, "byte-exact");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "768 KiB in {took:?} at 256 KiB/s"
+    );
+    // A second connection is over the cap: the 429 comes inside TLS, after
+    // the handshake, where the client can read it; then the close.
+    let mut second = relay.tls_client(&ca_pem);
+    let r = second.get("/").expect("a readable answer");
+    assert_too_many(&r);
+    assert!(r.closes());
+}
