@@ -167,6 +167,9 @@ fn over_the_connection_cap_a_connection_gets_429_and_is_closed() {
             &[("limit", "connections")]
         ) >= 1.0
     );
+    if let Err(e) = promtool_check(&s.text) {
+        panic!("{e}\n{}", s.text);
+    }
 }
 
 #[test]
