@@ -273,6 +273,9 @@ impl Pacer {
     /// Waits until `want` bytes (or the first part of them: at most one
     /// paced write) may go, and says how many.
     pub async fn admit(&mut self, want: usize) -> usize {
+        if want == 0 {
+            return 0; // nothing to pay for, nothing to wait for
+        }
         let n = want.min(self.chunk);
         let wait = self.reserve(n as u64);
         if !wait.is_zero() {
