@@ -1,6 +1,6 @@
 //! Hot-path micro benchmarks (criterion), in ns per request:
 //!
-//! - `head/*`: find the end of a request head and parse it (`http::find_head_end`,
+//! - `head/*`: find the end of a request head and parse it (`http::HeadScanner`,
 //!   `http::parse_request_uninit` with `MAX_HEADERS` slots, as the connection loop does), for
 //!   the request shapes real clients send (dockerd with one `Accept` line per media type and a
 //!   bearer token, containerd's comma-joined `Accept` with `?ns=`, a blob GET with `Range`).
@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ocirelay::route::classify::{classify, split_target, Route};
 use ocirelay::wire::challenge::{map_scopes, parse_challenge, write_rewritten};
 use ocirelay::wire::http::{
-    find_head_end, parse_request_uninit, write_header, write_status, MAX_HEADERS,
+    parse_request_uninit, write_header, write_status, HeadScanner, MAX_HEADERS,
 };
 use ocirelay::wire::method::Method;
 use std::hint::black_box;
@@ -100,11 +100,10 @@ fn heads() -> Vec<(&'static str, Vec<u8>)> {
 /// bytes arrive in `chunk`-sized reads), then parse with `MAX_HEADERS` header slots.
 fn parse_once(raw: &[u8], chunk: usize) -> usize {
     let mut end = None;
-    let mut scanned = 0;
+    let mut scanner = HeadScanner::new();
     let mut have = chunk.min(raw.len());
     while end.is_none() {
-        end = find_head_end(&raw[..have], scanned);
-        scanned = have;
+        end = scanner.scan(&raw[..have]).expect("CRLF lines");
         if have == raw.len() {
             break;
         }
@@ -258,7 +257,11 @@ fn bench_request(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("parse_and_route", name), &raw, |b, raw| {
             b.iter(|| {
                 let raw = black_box(raw.as_slice());
-                let end = find_head_end(raw, 0).expect("complete head");
+                let end = HeadScanner::new()
+                    .scan(raw)
+                    .ok()
+                    .flatten()
+                    .expect("complete head");
                 let mut storage = [MaybeUninit::uninit(); MAX_HEADERS];
                 let head = parse_request_uninit(&raw[..end], &mut storage).expect("valid head");
                 route_label(head.method_text, head.target) + head.headers.len()

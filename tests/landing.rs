@@ -162,8 +162,10 @@ fn chinese_for_a_zh_accept_language_and_the_query_wins() {
     for s in ["快速开始", "支持的镜像仓库", "登录", "默认"] {
         assert!(text.contains(s), "missing {s}");
     }
-    // Same commands in either language.
-    assert!(text.contains("docker pull 127.0.0.1:"));
+    // Same commands in either language; the config names its domain, so a
+    // client that came by address is shown the domain (with the port it used).
+    assert!(text.contains("docker pull mirror.example.com:"));
+    assert!(!text.contains("docker pull 127.0.0.1"));
 
     let en = get(
         &relay,
@@ -215,19 +217,29 @@ fn head_has_the_headers_and_no_body() {
 fn request_values_are_escaped() {
     let relay = Relay::start_with(DOMAIN_CONFIG);
     let mut c = relay.client();
-    let evil = "<script>alert(1)</script>";
-    let r = c
-        .get_with("/?lang=<script>alert(2)</script>", &[("Host", evil)])
-        .unwrap();
+    let r = c.get("/?lang=<script>alert(2)</script>").unwrap();
     assert_eq!(r.status, 200);
     let html = r.text();
     assert!(!html.contains("<script>alert"), "{html}");
     assert!(!html.contains("alert(2)"), "the query is not reflected");
     // The only script is the page's own copy-button script.
     assert_eq!(html.matches("<script").count(), 1);
-    // A Host with a quote or angle bracket is never used for the page.
-    let r = c.get_with("/", &[("Host", "a\"onmouseover=\"x")]).unwrap();
-    assert!(!r.text().contains("onmouseover"));
+    // A Host with a quote or angle bracket is no host (RFC 9112 3.2): 400,
+    // and never a page built on it.
+    for evil in ["<script>alert(1)</script>", "a\"onmouseover=\"x"] {
+        let mut c = relay.client();
+        let r = c.get_with("/", &[("Host", evil)]).unwrap();
+        assert_eq!(r.status, 400, "{evil}");
+        assert!(!r.text().contains("onmouseover") && !r.text().contains("<script"));
+    }
+}
+
+#[test]
+fn an_unknown_host_gets_the_configured_domain() {
+    let relay = Relay::start_with(DOMAIN_CONFIG);
+    let text = visible_text(&get(&relay, "/", &[("Host", "evil.example")]).text());
+    assert!(text.contains("docker pull mirror.example.com:"), "{text}");
+    assert!(!text.contains("evil.example"), "{text}");
 }
 
 /// The table row of `registry` in the page's HTML.

@@ -3,15 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocirelay::wire::http::{find_head_end, parse_request, BodyFraming, MAX_HEADERS};
+use ocirelay::wire::http::{parse_request, BodyFraming, HeadScanner, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(end) = find_head_end(data, 0) else {
+    let Ok(Some(end)) = HeadScanner::new().scan(data) else {
         return;
     };
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     if let Ok(head) = parse_request(&data[..end], &mut storage) {
-        assert!(head.head_len <= end);
+        assert_eq!(head.head_len, end);
         assert!(head.minor <= 1);
         if head.body == BodyFraming::Chunked {
             assert!(head.header("content-length").is_none());

@@ -30,7 +30,7 @@ use crate::ops::summary::RequestSummary;
 use crate::relay::ClientSink;
 use crate::route::classify::{self, Route};
 use crate::wire::http::{
-    find_head_end, parse_request_uninit, BodyFraming, HeadError, RequestHead, MAX_HEADERS,
+    parse_request_uninit, BodyFraming, HeadError, HeadScanner, RequestHead, MAX_HEADERS,
 };
 use crate::wire::method::Method;
 use crate::wire::names::NameError;
@@ -60,15 +60,23 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
         // limit is this generation's).
         inbuf.reserve((limits.max_header_bytes + 4096).saturating_sub(inbuf.len()));
         // ---- read a request head ----
-        let mut scanned = 0;
+        let mut scanner = HeadScanner::new();
         let mut header_deadline: Option<Instant> = None;
         let head_end = loop {
-            if let Some(end) = find_head_end(&inbuf, scanned) {
-                if end > limits.max_header_bytes {
+            match scanner.scan(&inbuf) {
+                Ok(Some(end)) if end > limits.max_header_bytes => {
                     too_large(&mut io, &mut out).await;
                     return;
                 }
-                break end;
+                Ok(Some(end)) => break end,
+                Ok(None) => {}
+                Err(_) => {
+                    // Refused rather than read a second way (see HeadScanner):
+                    // nothing after it on this connection is read.
+                    let e = HeadError::Malformed("bare LF in the request head: lines end in CRLF");
+                    bad_head(&mut io, &mut out, e).await;
+                    return;
+                }
             }
             if inbuf.len() >= limits.max_header_bytes {
                 too_large(&mut io, &mut out).await;
@@ -82,7 +90,6 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 bad_head(&mut io, &mut out, e).await;
                 return;
             }
-            scanned = inbuf.len();
             let idle = inbuf.is_empty();
             if idle && served > 0 && core.draining() {
                 let _ = io.shutdown().await;

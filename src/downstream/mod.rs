@@ -18,7 +18,7 @@ pub use reply::Reply;
 use crate::config::Config;
 use crate::ops::metrics::ListenerKind;
 use crate::wire::addr::{forwarded_client, ClientAddr};
-use crate::wire::http::{name_eq, RequestHead};
+use crate::wire::http::{name_eq, HostPort, RequestHead};
 
 /// Where a client connection came in, and who the client is.
 #[derive(Debug, Clone, Copy)]
@@ -56,8 +56,14 @@ impl ClientCtx {
         }
     }
 
-    /// The base URL the client used to reach us (`public_url` wins), e.g.
-    /// `https://mirror.example.com` — realms handed out are built on it.
+    /// The base URL the client used to reach us, e.g.
+    /// `https://mirror.example.com`: realms handed out and the landing page
+    /// are built on it, so a client's Host must not choose where other
+    /// clients are sent. `public_url` wins; where the config names its hosts
+    /// (`domain`, registries' `hosts`), a Host naming one of them is used
+    /// as sent and any other gets the canonical one (`domain`, else the
+    /// first host named); otherwise the Host (checked at parse time: a plain
+    /// `host[:port]`), or the local address for an HTTP/1.0 client without.
     pub fn base_url(&self, cfg: &Config, host: Option<&str>) -> String {
         if let Some(u) = &cfg.public_url {
             return u.origin.to_string();
@@ -67,9 +73,29 @@ impl ClientCtx {
         } else {
             "http"
         };
-        match host {
-            Some(h) => format!("{scheme}://{h}"),
-            None => format!("{scheme}://{}", self.local),
+        let named = cfg
+            .domain
+            .iter()
+            .map(String::as_str)
+            .chain(cfg.host_routes.iter().map(|r| r.host.as_str()));
+        let mut named = named.peekable();
+        let Some(&canonical) = named.peek() else {
+            return match host {
+                Some(h) => format!("{scheme}://{h}"),
+                None => format!("{scheme}://{}", self.local),
+            };
+        };
+        let asked = host.and_then(HostPort::parse);
+        if let Some(h) = asked {
+            let name = h.host.strip_suffix('.').unwrap_or(h.host);
+            if named.any(|n| n.eq_ignore_ascii_case(name)) {
+                return format!("{scheme}://{}", host.unwrap_or(name));
+            }
+        }
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        match self.local.port() {
+            p if p == default_port => format!("{scheme}://{canonical}"),
+            p => format!("{scheme}://{canonical}:{p}"),
         }
     }
 }

@@ -47,6 +47,33 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     summary.registry = Some(reg);
     let map_name = |name: &str| Some(registry::scope_name(registry, name));
 
+    // The body is read (and a malformed one refused) before anything goes
+    // upstream: a request refused for its framing causes no upstream traffic,
+    // not even the realm's discovery.
+    let raw_form = if req.method == Method::Post {
+        match pending
+            .read_all(
+                client,
+                cfg.limits.max_token_body_bytes,
+                cfg.timeouts.client_header,
+            )
+            .await
+        {
+            Ok(b) => Some(b),
+            Err(BodyError::TooLarge) => {
+                let e = ErrorReply::new(413, ErrorCode::Unknown, "token request body too large");
+                return refuse(client, reply, &e).await;
+            }
+            Err(BodyError::Malformed) => {
+                let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed chunked request body");
+                return refuse(client, reply, &e).await;
+            }
+            Err(BodyError::Io) => return Outcome::Close,
+        }
+    } else {
+        None
+    };
+
     let realm = match w.realm(reg) {
         Some(r) => r,
         None => match learn_realm(w, reg).await {
@@ -93,39 +120,21 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
         url.path_and_query.push_str(&mapped);
     }
 
-    let form;
-    let post = req.method == Method::Post;
-    if post {
-        let raw = match pending
-            .read_all(
-                client,
-                cfg.limits.max_token_body_bytes,
-                cfg.timeouts.client_header,
-            )
-            .await
-        {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => {
-                let e = ErrorReply::new(413, ErrorCode::Unknown, "token request body too large");
-                return refuse(client, reply, &e).await;
-            }
-            Err(BodyError::Malformed) => {
-                let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed chunked request body");
-                return refuse(client, reply, &e).await;
-            }
-            Err(BodyError::Io) => return Outcome::Close,
-        };
-        let text = String::from_utf8(raw).unwrap_or_default();
-        match challenge::rewrite_token_params(text.trim(), map_name, service) {
-            Some(f) => form = f.into_bytes(),
-            None => {
-                let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed form body");
-                return refuse(client, reply, &e).await;
+    // The form, its scopes mapped like the query's.
+    let form = match raw_form {
+        Some(raw) => {
+            let text = String::from_utf8(raw).unwrap_or_default();
+            match challenge::rewrite_token_params(text.trim(), map_name, service) {
+                Some(f) => f.into_bytes(),
+                None => {
+                    let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed form body");
+                    return refuse(client, reply, &e).await;
+                }
             }
         }
-    } else {
-        form = Vec::new();
-    }
+        None => Vec::new(),
+    };
+    let post = req.method == Method::Post;
 
     let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(6);
     let mut authorization = None;

@@ -13,7 +13,7 @@ use super::trust::TrustKey;
 use crate::error::UpstreamError;
 use crate::wire::http::response::write_decimal;
 use crate::wire::http::RespFraming;
-use crate::wire::http::{find_head_end, has_token, name_eq, parse_content_length};
+use crate::wire::http::{has_token, name_eq, parse_content_length, HeadScanner};
 use crate::wire::method::Method;
 use crate::wire::url::{Origin, Url};
 
@@ -177,10 +177,18 @@ async fn send_and_read_head(
 /// Reads until a complete response head is buffered and parses it; skips
 /// interim 1xx responses.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, UpstreamError> {
-    let mut scanned = 0;
+    let mut scanner = HeadScanner::new();
     let mut got_any = false;
     loop {
-        if let Some(end) = find_head_end(conn.buffered(), scanned) {
+        // The same framing rule as for requests: a bare LF is refused, not
+        // framed one way here and another by the parser.
+        let found = scanner
+            .scan(conn.buffered())
+            .map_err(|_| UpstreamError::BadResponse {
+                host: conn.key.origin.host.clone(),
+                reason: "bare LF in the response head",
+            })?;
+        if let Some(end) = found {
             let head =
                 parse_head(conn, end, head_only).map_err(|reason| UpstreamError::BadResponse {
                     host: conn.key.origin.host.clone(),
@@ -188,12 +196,11 @@ async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Ups
                 })?;
             if (100..200).contains(&head.status) {
                 conn.consume(head.head_len);
-                scanned = 0;
+                scanner = HeadScanner::new();
                 continue;
             }
             return Ok(head);
         }
-        scanned = conn.buffered().len();
         match conn.read_more().await {
             Ok(0) => {
                 return Err(UpstreamError::Io {
@@ -229,7 +236,9 @@ fn parse_head(conn: &Conn, end: usize, head_only: bool) -> Result<ResponseHead, 
         &mut storage,
     );
     match parsed {
-        Ok(httparse::Status::Complete(_)) => {}
+        // The parse must end the head where the scanner did.
+        Ok(httparse::Status::Complete(n)) if n == end => {}
+        Ok(httparse::Status::Complete(_)) => return Err("malformed head"),
         Ok(httparse::Status::Partial) => return Err("incomplete head"),
         Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
         Err(_) => return Err("malformed head"),

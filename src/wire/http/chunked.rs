@@ -32,8 +32,16 @@ enum State {
         value: u64,
         digits: u8,
     },
-    /// After the digits: extensions up to LF.
-    SizeRest {
+    /// After the digits: optional whitespace, then `;` or CR.
+    SizeWs {
+        value: u64,
+    },
+    /// A chunk extension, up to CR.
+    SizeExt {
+        value: u64,
+    },
+    /// After the size line's CR.
+    SizeLf {
         value: u64,
     },
     Data {
@@ -44,6 +52,7 @@ enum State {
     /// Start of a trailer line (an empty one ends the message).
     TrailerStart,
     TrailerLine,
+    TrailerLineLf,
     TrailerEndLf,
     Done,
 }
@@ -121,13 +130,14 @@ impl ChunkedDecoder {
                         self.size_rest(b, value)?
                     }
                 },
-                State::SizeRest { value } => self.size_rest(b, value)?,
+                State::SizeWs { value } | State::SizeExt { value } => self.size_rest(b, value)?,
+                State::SizeLf { value } => match b {
+                    b'\n' if value == 0 => State::TrailerStart,
+                    b'\n' => State::Data { remaining: value },
+                    _ => return Err(ChunkedError::MissingCrlf),
+                },
                 State::DataCr => match b {
                     b'\r' => State::DataLf,
-                    b'\n' => State::Size {
-                        value: 0,
-                        digits: 0,
-                    },
                     _ => return Err(ChunkedError::MissingCrlf),
                 },
                 State::DataLf => match b {
@@ -139,7 +149,7 @@ impl ChunkedDecoder {
                 },
                 State::TrailerStart => match b {
                     b'\r' => State::TrailerEndLf,
-                    b'\n' => State::Done,
+                    b'\n' => return Err(ChunkedError::MissingCrlf),
                     _ => {
                         self.line_len = 1;
                         State::TrailerLine
@@ -150,12 +160,16 @@ impl ChunkedDecoder {
                     if self.line_len > MAX_LINE {
                         return Err(ChunkedError::LineTooLong);
                     }
-                    if b == b'\n' {
-                        State::TrailerStart
-                    } else {
-                        State::TrailerLine
+                    match b {
+                        b'\r' => State::TrailerLineLf,
+                        b'\n' => return Err(ChunkedError::MissingCrlf),
+                        _ => State::TrailerLine,
                     }
                 }
+                State::TrailerLineLf => match b {
+                    b'\n' => State::TrailerStart,
+                    _ => return Err(ChunkedError::MissingCrlf),
+                },
                 State::TrailerEndLf => match b {
                     b'\n' => State::Done,
                     _ => return Err(ChunkedError::MissingCrlf),
@@ -166,16 +180,22 @@ impl ChunkedDecoder {
         Ok(i)
     }
 
-    /// One byte of the size line after its digits (extensions, CR, LF).
+    /// One byte of the size line after its digits. Lines end in CRLF, as
+    /// heads do (see `head_end`), and only whitespace or `;` may follow the
+    /// digits: `0x5` or `5 x` is no size, not a size and an extension.
     fn size_rest(&mut self, b: u8, value: u64) -> Result<State, ChunkedError> {
         self.line_len += 1;
         if self.line_len > MAX_LINE {
             return Err(ChunkedError::LineTooLong);
         }
+        let in_ext = matches!(self.state, State::SizeExt { .. });
         Ok(match b {
-            b'\n' if value == 0 => State::TrailerStart,
-            b'\n' => State::Data { remaining: value },
-            _ => State::SizeRest { value },
+            b'\r' => State::SizeLf { value },
+            b'\n' => return Err(ChunkedError::MissingCrlf),
+            _ if in_ext => State::SizeExt { value },
+            b';' => State::SizeExt { value },
+            b' ' | b'\t' => State::SizeWs { value },
+            _ => return Err(ChunkedError::BadSize),
         })
     }
 }
@@ -235,6 +255,35 @@ mod tests {
         );
         let long = [b"1;".as_slice(), &[b'x'; 5000]].concat();
         assert_eq!(decode_all(&[&long]).unwrap_err(), ChunkedError::LineTooLong);
+    }
+
+    #[test]
+    fn lines_end_in_crlf_and_only_ws_or_a_semicolon_follows_the_size() {
+        for bad in [
+            &b"0x5\r\nabcde\r\n0\r\n\r\n"[..],
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5-1\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let e = decode_all(&[bad]).unwrap_err();
+            assert_eq!(e, ChunkedError::BadSize, "{}", String::from_utf8_lossy(bad));
+        }
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5;e=1\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX-T: y\n\r\n",
+        ] {
+            let e = decode_all(&[bad]).unwrap_err();
+            assert_eq!(
+                e,
+                ChunkedError::MissingCrlf,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let (out, _, done) = decode_all(&[b"5 \t;e=\"a b\"\r\nhello\r\n0\r\n\r\n"]).unwrap();
+        assert_eq!((out.as_slice(), done), (&b"hello"[..], true));
     }
 
     #[test]

@@ -4,14 +4,17 @@
 
 pub mod chunked;
 pub mod framing;
+pub mod head_end;
+pub mod host;
 pub mod request;
 pub mod response;
 
 pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use framing::{ClientFraming, RespFraming};
+pub use head_end::{BareLf, HeadScanner};
+pub use host::HostPort;
 pub use request::{
-    find_head_end, parse_request, parse_request_uninit, BodyFraming, HeadError, RequestHead,
-    MAX_HEADERS,
+    parse_request, parse_request_uninit, BodyFraming, HeadError, RequestHead, MAX_HEADERS,
 };
 pub use response::{reason, write_header, write_status};
 
