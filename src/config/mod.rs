@@ -403,6 +403,10 @@ pub struct Timeouts {
     pub client_header: Duration,
     pub client_idle: Duration,
     pub client_write: Duration,
+    /// Pooled upstream connections idle this long are closed (below the
+    /// idle timeouts of the load balancers in front of registries, so that
+    /// ocirelay closes first and never reuses a connection being closed).
+    pub upstream_idle: Duration,
     /// How long a drain (SIGTERM) waits for requests in flight before the
     /// process exits anyway.
     pub drain: Duration,
@@ -592,6 +596,7 @@ struct FileTimeouts {
     client_header_secs: f64,
     client_idle_secs: f64,
     client_write_secs: f64,
+    upstream_idle_secs: f64,
     drain_secs: f64,
 }
 
@@ -603,6 +608,7 @@ impl Default for FileTimeouts {
             client_header_secs: 20.0,
             client_idle_secs: 75.0,
             client_write_secs: 120.0,
+            upstream_idle_secs: 30.0,
             drain_secs: DEFAULT_DRAIN_SECS,
         }
     }
@@ -837,6 +843,7 @@ impl Config {
             client_header: secs("client_header_secs", t.client_header_secs)?,
             client_idle: secs("client_idle_secs", t.client_idle_secs)?,
             client_write: secs("client_write_secs", t.client_write_secs)?,
+            upstream_idle: secs("upstream_idle_secs", t.upstream_idle_secs)?,
             drain: secs("drain_secs", t.drain_secs)?,
         };
         let l = &file.limits;

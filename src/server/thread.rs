@@ -195,7 +195,9 @@ async fn serve(s: Start, uring: bool) {
     monoio::spawn(async move {
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
-            flushing.worker().flush_access_log();
+            let w = flushing.worker();
+            w.flush_access_log();
+            w.upstreams.close_idle();
         }
     });
     let _ = started.send(Ok(()));

@@ -61,15 +61,15 @@ impl ResponseHead {
 
 impl Upstreams {
     /// Sends `ex` and reads the response head. A pooled connection that
-    /// fails before any response byte is replaced by a fresh one, once, for
-    /// GET and HEAD.
+    /// fails before any response byte is replaced by a fresh one, once (see
+    /// [`replay_safe`]).
     pub async fn send(&self, ex: &Exchange<'_>) -> Result<(Conn, ResponseHead), UpstreamError> {
         let mut req = build_request(ex);
         let head_only = ex.method == Method::Head;
         if let Some(conn) = self.checkout(&ex.url.origin, ex.trust) {
             match attempt(conn, req, head_only).await {
                 Ok(r) => return Ok(r),
-                Err((e, back)) if e.retryable() && ex.method.idempotent_read() => req = back,
+                Err((e, back)) if e.retryable() && replay_safe(ex.method) => req = back,
                 Err((e, _)) => return Err(e),
             }
         }
@@ -80,6 +80,15 @@ impl Upstreams {
         let conn = self.connect(&key).await?;
         attempt(conn, req, head_only).await.map_err(|(e, _)| e)
     }
+}
+
+/// Whether a request whose pooled connection failed before any response
+/// byte may be sent again on a new one (RFC 9112 9.3.1: when the client
+/// knows it is safe). GET and HEAD are; so are the only POSTs ocirelay sends
+/// upstream, token requests (RFC 6749 4.1.3, 4.3: they grant a token and
+/// change nothing), and a stale pooled connection answered them with a 502.
+fn replay_safe(method: Method) -> bool {
+    method.idempotent_read() || method == Method::Post
 }
 
 fn build_request(ex: &Exchange<'_>) -> Vec<u8> {

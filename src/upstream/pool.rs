@@ -27,10 +27,6 @@ pub struct PoolKey {
 
 /// Idle connections kept per key; more are closed.
 const MAX_IDLE_PER_KEY: usize = 64;
-/// Idle connections older than this are not reused: upstreams (and their
-/// load balancers) drop idle connections after a while, and a reused dead
-/// connection costs a retry.
-const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
 /// Read buffer of a connection: large enough for any sane response head.
 pub(crate) const CONN_BUF: usize = 32 * 1024;
 
@@ -143,6 +139,18 @@ impl Conn {
     }
 }
 
+/// Drops the connections of `list` idle for `bound` or longer. Oldest first
+/// (pushed in time order, taken from the end): the stale ones are a
+/// prefix, found with one clock read; most of the time the oldest is fresh
+/// and only that one connection is looked at.
+fn close_stale(list: &mut Vec<Conn>, now: Instant, bound: Duration) {
+    let stale = |c: &Conn| now.duration_since(c.idle_since) >= bound;
+    if list.first().is_some_and(stale) {
+        let n = list.partition_point(stale);
+        list.drain(..n);
+    }
+}
+
 /// Idle connections by key. A worker talks to a handful of origins, so a
 /// short list scanned in place beats hashing a key per request.
 type IdlePool = RefCell<Vec<(PoolKey, Vec<Conn>)>>;
@@ -196,8 +204,11 @@ impl Upstreams {
         let (_, list) = idle
             .iter_mut()
             .find(|(k, _)| k.trust == trust && k.origin == *origin)?;
+        // Idle longer than `upstream_idle`: upstreams (and their load
+        // balancers) drop idle connections after a while, and a reused dead
+        // connection costs a retry.
         while let Some(mut conn) = list.pop() {
-            if conn.idle_since.elapsed() < MAX_IDLE_AGE {
+            if conn.idle_since.elapsed() < self.timeouts.upstream_idle {
                 // Pooled under an older config generation, perhaps.
                 conn.read_timeout = self.timeouts.upstream_read;
                 return Some(conn);
@@ -224,17 +235,25 @@ impl Upstreams {
             }
         };
         let list = &mut idle[i].1;
-        // Oldest first (pushed in time order, taken from the end): the stale
-        // ones are a prefix, found with one clock read. Most of the time the
-        // oldest is fresh, and only that one connection is looked at.
-        let stale = |c: &Conn| now.duration_since(c.idle_since) >= MAX_IDLE_AGE;
-        if list.first().is_some_and(stale) {
-            let n = list.partition_point(stale);
-            list.drain(..n);
-        }
+        close_stale(list, now, self.timeouts.upstream_idle);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(conn);
         }
+    }
+
+    /// Closes the pooled connections idle for `upstream_idle` or longer
+    /// (run by each worker every second). Without it a connection only
+    /// reused now and then stays open for as long as the upstream keeps it:
+    /// a file descriptor, TLS buffers, and a socket the upstream's load
+    /// balancer may be about to reset.
+    pub fn close_idle(&self) {
+        let now = Instant::now();
+        let bound = self.timeouts.upstream_idle;
+        let mut idle = self.idle.borrow_mut();
+        for (_, list) in idle.iter_mut() {
+            close_stale(list, now, bound);
+        }
+        idle.retain(|(_, list)| !list.is_empty());
     }
 
     /// The client config for `key` (a reload keeps the ones whose key did
