@@ -445,6 +445,12 @@ pub struct Registry {
     pub credentials: Option<Credentials>,
     /// This registry's `allow`, `deny` and `max_blob_bytes`.
     pub access: access::AccessRules,
+    /// Whether upstream redirects may lead to loopback, private or
+    /// link-local addresses. `None` (the default): only when the upstream
+    /// itself is at such an address (an on-premises registry, a test
+    /// double); a public registry's redirect never reaches the mirror's own
+    /// network (see `pull::fetch`).
+    pub redirect_private: Option<bool>,
 }
 
 /// A user name and password for an upstream registry. `Debug` never shows
@@ -665,6 +671,7 @@ struct FileRegistry {
     #[serde(default)]
     deny: Vec<Spanned<String>>,
     max_blob_bytes: Option<Spanned<access::FileSize>>,
+    redirect_private: Option<bool>,
 }
 
 impl Config {
@@ -1301,6 +1308,7 @@ fn parse_registries(
             prefix,
             credentials,
             access,
+            redirect_private: r.redirect_private,
         });
     }
     Ok(registries)

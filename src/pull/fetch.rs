@@ -11,6 +11,7 @@ use crate::config::RegistryId;
 use crate::error::UpstreamError;
 use crate::ops::health::UpstreamFailure;
 use crate::upstream::{Conn, Exchange, ResponseHead};
+use crate::wire::addr::is_private;
 use crate::wire::method::Method;
 use crate::wire::oci::ratelimit_remaining;
 use crate::wire::url::{Origin, Scheme, Url};
@@ -128,6 +129,14 @@ async fn follow(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> 
                 reason: "refusing a redirect from https to plain http".into(),
             });
         }
+        if !may_redirect_to(w, f.registry, &next.origin).await {
+            return Err(UpstreamError::Redirect {
+                reason: format!(
+                    "refusing a redirect to {}, a private address (redirect_private = false)",
+                    next.origin.host
+                ),
+            });
+        }
         release_after(w, conn, &head, MAX_DRAINED).await;
         if head.status == 303 && f.method != Method::Head {
             f.method = Method::Get;
@@ -142,6 +151,36 @@ async fn follow(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> 
     Err(UpstreamError::Redirect {
         reason: format!("more than {MAX_REDIRECTS} redirects"),
     })
+}
+
+/// Whether registry `reg`'s redirects may lead to `to`: always when its
+/// `redirect_private` allows it (by default, when its own upstream is at a
+/// private address); otherwise only when no address `to` resolves to is
+/// private (loopback, RFC 1918, link-local: the mirror's own network and a
+/// cloud's metadata service). The resolver's cache makes the connect that
+/// follows use the addresses checked here.
+async fn may_redirect_to(w: &Worker, reg: RegistryId, to: &Origin) -> bool {
+    let registry = w.cfg.registry(reg);
+    let resolver = &w.upstreams.resolver;
+    let private = |addrs: &[std::net::SocketAddr]| addrs.iter().any(|a| is_private(a.ip()));
+    let allowed = match registry.redirect_private {
+        Some(allowed) => allowed,
+        None => {
+            let up = &registry.upstream;
+            resolver
+                .resolve(&up.host, up.port)
+                .await
+                .is_ok_and(|a| private(&a))
+        }
+    };
+    if allowed {
+        return true;
+    }
+    // A name that does not resolve fails at connect, as before.
+    resolver
+        .resolve(&to.host, to.port)
+        .await
+        .map_or(true, |a| !private(&a))
 }
 
 /// Drains a small body that nobody reads (a redirect's, a ping's) and pools

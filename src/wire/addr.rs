@@ -277,3 +277,63 @@ mod tests {
         assert_eq!(xff(&["1.2.3.4\u{2028}"], t), None);
     }
 }
+
+/// Whether `ip` is not on the public internet: loopback, private
+/// (RFC 1918, RFC 4193), link-local, shared (RFC 6598), unspecified,
+/// multicast or broadcast; an IPv4-mapped IPv6 address as its IPv4.
+/// Redirects to these are refused for public upstreams (`redirect_private`).
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    #[test]
+    fn private_loopback_and_link_local_are_private_and_public_is_not() {
+        for p in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_private(p.parse().unwrap()), "{p}");
+        }
+        for p in ["8.8.8.8", "104.16.0.1", "2606:4700::1", "::ffff:8.8.8.8"] {
+            assert!(!is_private(p.parse().unwrap()), "{p}");
+        }
+    }
+}
