@@ -139,14 +139,7 @@ fn no_secret_in_the_access_log_the_event_log_or_the_metrics() {
         "grant_type=password&service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull&username={}&password={}",
         ALICE.0, ALICE.1
     );
-    let r = c
-        .request(
-            "POST",
-            "/token",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            Some(form.as_bytes()),
-        )
-        .unwrap();
+    let r = post_token_form(&mut c, &form);
     assert_eq!(r.status, 200, "{}", r.text());
     // The CDN's signed query string.
     let cdn = a.log().for_host(Host::Cdn);

@@ -14,13 +14,7 @@ use common::*;
 const TOKEN_FORM: &str = "grant_type=password&service=registry.docker.io&scope=repository%3Aalpine%3Apull&client_id=pooltest&username=alice&password=wonderland";
 
 fn post_token(c: &mut Client) -> Response {
-    c.request(
-        "POST",
-        "/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        Some(TOKEN_FORM.as_bytes()),
-    )
-    .expect("token POST")
+    post_token_form(c, TOKEN_FORM)
 }
 
 #[test]

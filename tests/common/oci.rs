@@ -165,3 +165,15 @@ pub fn error_message(body: &[u8]) -> String {
         .expect("errors[0].message")
         .to_string()
 }
+
+/// POSTs `form` to the relay's `/token` as a form body (docker login's
+/// OAuth2 password grant).
+pub fn post_token_form(c: &mut Client, form: &str) -> Response {
+    c.request(
+        "POST",
+        "/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(form.as_bytes()),
+    )
+    .expect("token POST")
+}
