@@ -259,3 +259,30 @@ fn redirect_private_false_refuses_redirects_to_private_addresses() {
     assert_eq!(sha256(&r.body), layer);
     assert!(!hub.log().for_host(Host::Cdn).is_empty());
 }
+
+/// An upstream's `Link` header (tags pagination) naming another address is
+/// passed to the client, rewritten or not, but never fetched by ocirelay.
+#[test]
+fn an_upstream_link_header_is_never_followed() {
+    let canary = Canary::start();
+    let body = br#"{"name":"library/alpine","tags":["3.20"]}"#;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nLink: <http://{}/v2/library/alpine/tags/list?last=3.20&n=1>; rel=\"next\"\r\n\r\n",
+        body.len(),
+        canary.addr
+    );
+    let up = FakeUpstream::start(vec![Canned {
+        path: "/v2/library/alpine/tags/list".into(),
+        bytes: [head.as_bytes(), body].concat(),
+        after: After::KeepAlive,
+    }]);
+    let relay = Relay::start_with(&config_with_upstream(&up.url()));
+    let mut c = relay.client();
+    let r = c
+        .get("/v2/library/alpine/tags/list")
+        .unwrap_or_else(|e| panic!("{e}: {}", relay.stderr()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, body);
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(canary.hits(), 0, "the Link target was fetched");
+}
