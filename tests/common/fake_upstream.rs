@@ -107,7 +107,7 @@ impl FakeUpstream {
                 }
                 Some(r) => (r.bytes.clone(), r.after),
                 None => (
-                    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 77\r\n\r\n{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"unknown\",\"detail\":null}]}     "
+                    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 75\r\n\r\n{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"unknown\",\"detail\":null}]}     "
                         .to_vec(),
                     After::KeepAlive,
                 ),
