@@ -481,3 +481,66 @@ pub fn own_uid() -> u32 {
     // SAFETY: getuid has no arguments and cannot fail.
     unsafe { libc::getuid() }
 }
+
+/// The process's file descriptor limit (`RLIMIT_NOFILE`) before and after
+/// [`raise_fd_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    pub before: u64,
+    pub now: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: the soft default
+/// (1024 under systemd and most shells) is what `select(2)` once needed,
+/// and a mirror holding keep-alive connections outgrows it.
+pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(FdLimit {
+        before,
+        now: lim.rlim_cur,
+    })
+}
+
+/// The bytes of `sock`'s output the peer has acknowledged so far
+/// (`tcpi_bytes_acked` of `TCP_INFO`, Linux 4.1+): how a stalled write
+/// tells a client that reads slowly from one that reads nothing. None when
+/// the kernel does not say (or `sock` is not TCP).
+pub fn tcp_bytes_acked(sock: RawFd) -> Option<u64> {
+    // `struct tcp_info` up to and including tcpi_bytes_acked: 8 bytes of
+    // u8 fields, 24 u32s, then tcpi_pacing_rate, tcpi_max_pacing_rate and
+    // tcpi_bytes_acked (u64 each).
+    const BYTES_ACKED: usize = 8 + 24 * 4 + 2 * 8;
+    let mut info = [0u64; (BYTES_ACKED + 8) / 8];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info` (an
+    // aligned local array of that size) and stores how many in `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize >= BYTES_ACKED + 8).then(|| info[BYTES_ACKED / 8])
+}

@@ -11,7 +11,7 @@
 //! connections are open.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -274,16 +274,21 @@ pub async fn trim_memory() {
 pub struct Core {
     current: RefCell<Rc<Worker>>,
     draining: Cell<bool>,
-    /// Connections waiting idle between requests, woken when a drain
-    /// starts (by key, so that a wait that ends removes only its own).
+    /// Keep-alive connections waiting idle between requests, woken when a
+    /// drain starts or when they are the idlest at the connection cap.
     idle: RefCell<IdleWaiters>,
     open: Cell<usize>,
 }
 
+/// The idle connections by when they began to wait: keys grow, so the
+/// first key is the idlest connection.
 #[derive(Default)]
 struct IdleWaiters {
     next: u64,
-    wakers: HashMap<u64, Waker>,
+    wakers: BTreeMap<u64, Waker>,
+    /// Idle connections told to close (see [`Core::close_idlest`]) that
+    /// have not seen it yet.
+    closed: HashSet<u64>,
 }
 
 impl Core {
@@ -324,12 +329,33 @@ impl Core {
         }
     }
 
-    /// Resolves once a drain has started.
-    pub fn drain_started(&self) -> DrainStarted<'_> {
-        DrainStarted {
+    /// Resolves when an idle keep-alive connection is to close: a drain
+    /// has started, or it was the idlest at the connection cap.
+    pub fn idle_closed(&self) -> IdleClosed<'_> {
+        IdleClosed {
             core: self,
             key: None,
         }
+    }
+
+    /// Whether a keep-alive connection waits idle on this core.
+    pub fn has_idle(&self) -> bool {
+        !self.idle.borrow().wakers.is_empty()
+    }
+
+    /// Tells the connection idle the longest to close (the connection cap
+    /// is reached and a new one came); whether there was one. A connection
+    /// in the middle of a request is never chosen: only those waiting for
+    /// their next request are listed.
+    pub fn close_idlest(&self) -> bool {
+        let mut idle = self.idle.borrow_mut();
+        let Some((key, waker)) = idle.wakers.pop_first() else {
+            return false;
+        };
+        idle.closed.insert(key);
+        drop(idle);
+        waker.wake();
+        true
     }
 
     /// Counts a client connection as open until the guard is dropped.
@@ -353,13 +379,13 @@ impl Drop for OpenConnection {
     }
 }
 
-/// See [`Core::drain_started`].
-pub struct DrainStarted<'a> {
+/// See [`Core::idle_closed`].
+pub struct IdleClosed<'a> {
     core: &'a Core,
     key: Option<u64>,
 }
 
-impl Future for DrainStarted<'_> {
+impl Future for IdleClosed<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -368,6 +394,11 @@ impl Future for DrainStarted<'_> {
         }
         let mut idle = self.core.idle.borrow_mut();
         let key = match self.key {
+            Some(k) if idle.closed.remove(&k) => {
+                drop(idle);
+                self.key = None;
+                return Poll::Ready(());
+            }
             Some(k) => k,
             None => {
                 idle.next += 1;
@@ -381,10 +412,12 @@ impl Future for DrainStarted<'_> {
     }
 }
 
-impl Drop for DrainStarted<'_> {
+impl Drop for IdleClosed<'_> {
     fn drop(&mut self) {
         if let Some(k) = self.key {
-            self.core.idle.borrow_mut().wakers.remove(&k);
+            let mut idle = self.core.idle.borrow_mut();
+            idle.wakers.remove(&k);
+            idle.closed.remove(&k);
         }
     }
 }

@@ -407,6 +407,10 @@ pub struct Timeouts {
     /// idle timeouts of the load balancers in front of registries, so that
     /// ocirelay closes first and never reuses a connection being closed).
     pub upstream_idle: Duration,
+    /// The whole of a request body (`POST /token`) must arrive in this
+    /// time: a per-read deadline alone lets a byte every few seconds
+    /// hold the connection for ever.
+    pub client_body: Duration,
     /// How long a drain (SIGTERM) waits for requests in flight before the
     /// process exits anyway.
     pub drain: Duration,
@@ -418,11 +422,23 @@ pub struct Timeouts {
 /// starts that layer over.
 pub const DEFAULT_DRAIN_SECS: f64 = 300.0;
 
+/// The default minimum rate a client reads a response at: 4 KiB/s (32
+/// kbit/s), below any link an image is pulled over (GPRS carries 40-80
+/// kbit/s, and a 100 MB layer at 4 KiB/s takes 7 hours), above the 1 KiB/s
+/// of a client that holds a slot by reading a large blob a trickle at a time.
+pub const DEFAULT_MIN_RATE: u64 = 4096;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_token_body_bytes: usize,
     pub verify_digests: bool,
+    /// Client connections open at once, all workers together; None:
+    /// derived from the file descriptor limit (see `server::fds`).
+    pub max_connections: Option<usize>,
+    /// A client reading a response slower than this (bytes per second,
+    /// measured while writes to it wait) is cut off; 0: no minimum.
+    pub client_min_rate: u64,
 }
 
 /// One upstream registry.
@@ -603,6 +619,7 @@ struct FileTimeouts {
     client_idle_secs: f64,
     client_write_secs: f64,
     upstream_idle_secs: f64,
+    client_body_secs: f64,
     drain_secs: f64,
 }
 
@@ -615,6 +632,7 @@ impl Default for FileTimeouts {
             client_idle_secs: 75.0,
             client_write_secs: 120.0,
             upstream_idle_secs: 30.0,
+            client_body_secs: 30.0,
             drain_secs: DEFAULT_DRAIN_SECS,
         }
     }
@@ -626,6 +644,8 @@ struct FileLimits {
     max_header_bytes: usize,
     max_token_body_bytes: usize,
     verify_digests: bool,
+    max_connections: usize,
+    client_min_bytes_per_sec: u64,
 }
 
 impl Default for FileLimits {
@@ -634,6 +654,8 @@ impl Default for FileLimits {
             max_header_bytes: 16384,
             max_token_body_bytes: 65536,
             verify_digests: true,
+            max_connections: 0,
+            client_min_bytes_per_sec: DEFAULT_MIN_RATE,
         }
     }
 }
@@ -851,6 +873,7 @@ impl Config {
             client_idle: secs("client_idle_secs", t.client_idle_secs)?,
             client_write: secs("client_write_secs", t.client_write_secs)?,
             upstream_idle: secs("upstream_idle_secs", t.upstream_idle_secs)?,
+            client_body: secs("client_body_secs", t.client_body_secs)?,
             drain: secs("drain_secs", t.drain_secs)?,
         };
         let l = &file.limits;
@@ -864,6 +887,8 @@ impl Config {
             max_header_bytes: l.max_header_bytes,
             max_token_body_bytes: l.max_token_body_bytes.clamp(1024, 1 << 20),
             verify_digests: l.verify_digests,
+            max_connections: (l.max_connections > 0).then_some(l.max_connections),
+            client_min_rate: l.client_min_bytes_per_sec,
         };
         let client_limits = match &file.client_limits {
             Some(f) => Some(limits::parse(text, f, timeouts.client_write)?),

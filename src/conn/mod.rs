@@ -15,7 +15,7 @@
 
 use std::mem::MaybeUninit;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -66,7 +66,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             match scanner.scan(&inbuf) {
                 Ok(Some(end)) if end > limits.max_header_bytes => {
                     too_large(&mut io, &mut out).await;
-                    return;
+                    return close_unread(io, inbuf).await;
                 }
                 Ok(Some(end)) => break end,
                 Ok(None) => {}
@@ -80,7 +80,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             }
             if inbuf.len() >= limits.max_header_bytes {
                 too_large(&mut io, &mut out).await;
-                return;
+                return close_unread(io, inbuf).await;
             }
             if !starts_like_http(&inbuf) {
                 // Most often a TLS ClientHello on the plain port: clients that
@@ -88,7 +88,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 // instead of waiting out a header timeout.
                 let e = HeadError::Malformed("not an HTTP request (TLS on the plain-HTTP port?)");
                 bad_head(&mut io, &mut out, e).await;
-                return;
+                return close_unread(io, inbuf).await;
             }
             let idle = inbuf.is_empty();
             if idle && served > 0 && core.draining() {
@@ -112,7 +112,8 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
             let read = if idle && served > 0 {
                 monoio::select! {
                     r = read => r,
-                    _ = core.drain_started() => {
+                    _ = core.idle_closed() => {
+                        // Draining, or the idlest at the connection cap.
                         // The read went with its future (and its buffer):
                         // the connection ends here.
                         let _ = io.shutdown().await;
@@ -141,6 +142,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                         let _ = Reply::new(&mut out, false, true, 1)
                             .error(&mut io, &e)
                             .await;
+                        return close_unread(io, Vec::new()).await;
                     }
                     return;
                 }
@@ -154,7 +156,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 Ok(h) => h,
                 Err(e) => {
                     bad_head(&mut io, &mut out, e).await;
-                    return;
+                    return close_unread(io, inbuf).await;
                 }
             };
             let cx = cx.for_request(&w.cfg, &head);
@@ -195,10 +197,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
         };
         match outcome {
             Outcome::KeepAlive => {}
-            Outcome::Close => {
-                let _ = io.shutdown().await;
-                return;
-            }
+            Outcome::Close => return close_unread(io, inbuf).await,
             Outcome::Abort => {
                 crate::sys::reset_on_close(cx.fd);
                 return; // dropping `io` closes the socket with a reset
@@ -413,6 +412,41 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
 fn starts_like_http(buf: &[u8]) -> bool {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
     start.is_none_or(|i| buf[i].is_ascii_uppercase())
+}
+
+/// How long, and how many bytes, a connection closed before its input was
+/// read waits for the client to stop sending.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection whose client may still be sending (a refused head
+/// or body, a body left unread): the answer is out, the write side is shut
+/// (FIN), and input is read and discarded until the client closes, for at
+/// most [`LINGER`] and [`LINGER_BYTES`]. Closing with unread input would
+/// send a reset, which can make the client's kernel discard the answer
+/// before it is read (RFC 9112, 9.6). `buf` is reused for the discarding.
+async fn close_unread<S: AsyncReadRent + AsyncWriteRent>(mut io: S, mut buf: Vec<u8>) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    let mut discarded = 0;
+    buf.clear();
+    buf.reserve(16 * 1024);
+    while discarded < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let cap = buf.capacity();
+        match monoio::time::timeout(left, io.read(buf.slice_mut(0..cap))).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                discarded += n;
+                buf = b.into_inner();
+            }
+            _ => return, // closed, failed or out of time
+        }
+    }
 }
 
 async fn too_large<S: AsyncWriteRent>(io: &mut S, out: &mut Vec<u8>) {

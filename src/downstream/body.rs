@@ -2,7 +2,7 @@
 //! framed, and reading it whole (bounded) for the one handler that takes a
 //! body (`POST /token`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -27,7 +27,19 @@ pub struct PendingBody<'a> {
 pub enum BodyError {
     TooLarge,
     Malformed,
+    /// The body did not arrive in time: a read waited its whole limit, or
+    /// the body as a whole took longer than its deadline.
+    TimedOut,
     Io,
+}
+
+/// How long a request body may take: each read, and the body as a whole.
+/// A per-read limit alone lets a client hold the connection for ever with
+/// a byte every few seconds (slowloris through the body).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub per_read: Duration,
+    pub whole: Duration,
 }
 
 impl<'a> PendingBody<'a> {
@@ -47,8 +59,13 @@ impl<'a> PendingBody<'a> {
         &mut self,
         io: &mut S,
         max: usize,
-        timeout: Duration,
+        limits: BodyDeadline,
     ) -> Result<Vec<u8>, BodyError> {
+        let until = Instant::now() + limits.whole;
+        let timeout = Until {
+            until,
+            per_read: limits.per_read,
+        };
         let mut body = Vec::new();
         match self.framing {
             BodyFraming::None => {}
@@ -110,14 +127,29 @@ impl<'a> PendingBody<'a> {
     }
 }
 
+/// The deadline of a body being read: the next read waits `per_read`, or
+/// until the whole body's deadline if that comes first.
+#[derive(Clone, Copy)]
+struct Until {
+    until: Instant,
+    per_read: Duration,
+}
+
 async fn read_some<S: AsyncReadRent>(
     io: &mut S,
     max: usize,
-    timeout: Duration,
+    t: Until,
 ) -> Result<Vec<u8>, BodyError> {
+    let wait = t
+        .per_read
+        .min(t.until.saturating_duration_since(Instant::now()));
+    if wait.is_zero() {
+        return Err(BodyError::TimedOut);
+    }
     let buf = Vec::with_capacity(max.min(64 * 1024));
-    match monoio::time::timeout(timeout, io.read(buf)).await {
-        Ok((Ok(0), _)) | Ok((Err(_), _)) | Err(_) => Err(BodyError::Io),
+    match monoio::time::timeout(wait, io.read(buf)).await {
+        Ok((Ok(0), _)) | Ok((Err(_), _)) => Err(BodyError::Io),
+        Err(_) => Err(BodyError::TimedOut),
         Ok((Ok(_), b)) => Ok(b),
     }
 }

@@ -11,7 +11,7 @@ pub mod reply;
 
 use std::net::SocketAddr;
 
-pub use body::{BodyError, PendingBody};
+pub use body::{BodyDeadline, BodyError, PendingBody};
 pub use metered::Metered;
 pub use reply::Reply;
 

@@ -24,6 +24,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, CancelHandle};
 use monoio::net::{TcpListener, TcpStream};
 
+use super::fds;
 use crate::conn;
 use crate::downstream::ClientCtx;
 use crate::ops::log::Level;
@@ -63,18 +64,33 @@ pub(super) async fn accept_loop(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let capped = kind.kind != ListenerKind::Ops;
+    let mut backoff = fds::AcceptBackoff::new();
     loop {
+        if capped {
+            wait_for_room(&core).await;
+        }
         let (stream, peer) = match listener.cancelable_accept(stop.clone()).await {
             Ok(s) => s,
             // Cancelled by the drain: `listener` closes as this returns.
             Err(_) if core.draining() => return,
             Err(e) => {
-                // Out of descriptors or similar: back off instead of spinning.
-                crate::event!(Level::Warn, Some(core.worker().id), "accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                // The operator's listener answers health checks from a
+                // descriptor held back for them (see `fds::release_reserve`).
+                if !capped && fds::out_of_fds(&e) && fds::release_reserve() {
+                    continue;
+                }
+                let wait = backoff.failed(core.worker().id, &e);
+                monoio::time::sleep(wait).await;
                 continue;
             }
         };
+        backoff.succeeded();
+        if capped && core.open_connections() >= fds::worker_cap(&core.worker().cfg) {
+            // At the cap with a keep-alive connection idle (`wait_for_room`):
+            // the idlest makes room for this one.
+            core.close_idlest();
+        }
         let _ = stream.set_nodelay(true);
         let cx = ClientCtx {
             listener: kind.kind,
@@ -94,7 +110,44 @@ pub(super) async fn accept_loop(
             let w = core.worker();
             let _counted = w.metrics.connection(listener);
             connection(core.clone(), open, stream, cx, opening).await;
+            // Its descriptor is closed: back to the reserve if it came from
+            // it. The close may complete a little later (io_uring closes
+            // asynchronously), hence a few tries; public accept loops out of
+            // descriptors wait longer than these between theirs.
+            if listener == ListenerKind::Ops {
+                for _ in 0..REFILL_TRIES {
+                    if fds::refill_reserve() {
+                        break;
+                    }
+                    monoio::time::sleep(REFILL_WAIT).await;
+                }
+            }
         });
+    }
+}
+
+/// How often, and how far apart, the operator's listener tries to take its
+/// reserved descriptor back.
+const REFILL_TRIES: usize = 20;
+const REFILL_WAIT: Duration = Duration::from_millis(2);
+
+/// Waits while this core is at its share of the connection cap with no
+/// keep-alive connection idle to close for a new one (new connections wait
+/// in the listen backlog meanwhile), and while the operator's reserved
+/// descriptor is gone, until it is back (see `fds::reserve_empty`). A poll:
+/// rare, and cheaper than a waker on every close.
+async fn wait_for_room(core: &Core) {
+    const POLL: Duration = Duration::from_millis(20);
+    loop {
+        if core.draining() {
+            return;
+        }
+        let full = core.open_connections() >= fds::worker_cap(&core.worker().cfg);
+        let reserve_back = !fds::reserve_empty() || fds::refill_reserve();
+        if reserve_back && (!full || core.has_idle()) {
+            return;
+        }
+        monoio::time::sleep(POLL).await;
     }
 }
 

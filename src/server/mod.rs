@@ -8,6 +8,8 @@
 //! - `listeners`: the listening sockets, bound or taken over;
 //! - `handover`: giving them to a successor process, taking a predecessor's;
 //! - `thread`: one worker thread (runtime, generations, drain);
+//! - `fds`: the descriptor limit, the connection cap, out-of-descriptor
+//!   accepts;
 //! - `accept`: the accept loop of one listening socket, and each
 //!   connection's opening phases (PROXY header, TLS handshake) before HTTP;
 //! - `lifecycle`: signals (SIGHUP reload, SIGTERM drain) on a thread of
@@ -15,6 +17,7 @@
 //! - `notify`: `READY=1` and `STOPPING=1` for systemd.
 
 mod accept;
+mod fds;
 mod generation;
 mod handover;
 mod lifecycle;
@@ -58,6 +61,7 @@ pub fn run(source: ConfigSource, cfg: Config, ready: impl FnOnce(&Bound)) -> io:
     let fixed = Fixed::of(&cfg);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = if cfg.workers == 0 { cores } else { cfg.workers };
+    fds::start(workers, &cfg);
     // ACME: a stored certificate is installed before the listeners open;
     // ordering and renewing start once they serve (the challenges need
     // them).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
 
-use crate::downstream::{BodyError, Outcome, PendingBody, Reply};
+use crate::downstream::{BodyDeadline, BodyError, Outcome, PendingBody, Reply};
 use crate::error::Error;
 use crate::ops::summary::RequestSummary;
 use crate::pull::body;
@@ -55,7 +55,10 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
             .read_all(
                 client,
                 cfg.limits.max_token_body_bytes,
-                cfg.timeouts.client_header,
+                BodyDeadline {
+                    per_read: cfg.timeouts.client_header,
+                    whole: cfg.timeouts.client_body,
+                },
             )
             .await
         {
@@ -66,6 +69,11 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
             }
             Err(BodyError::Malformed) => {
                 let e = ErrorReply::new(400, ErrorCode::Unknown, "malformed chunked request body");
+                return refuse(client, reply, &e).await;
+            }
+            Err(BodyError::TimedOut) => {
+                let e =
+                    ErrorReply::new(408, ErrorCode::Unknown, "request body not received in time");
                 return refuse(client, reply, &e).await;
             }
             Err(BodyError::Io) => return Outcome::Close,

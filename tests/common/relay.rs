@@ -183,7 +183,16 @@ impl Relay {
         let dir = tempdir::Dir::new("relay");
         let path = dir.path().join("ocirelay.toml");
         std::fs::write(&path, as_written(config)).unwrap();
-        Relay::start_file(path, dir, env)
+        Relay::start_file(path, dir, env, None)
+    }
+
+    /// [`Relay::start_with`] under a file descriptor limit of `nofile`
+    /// (soft and hard: the relay cannot raise it).
+    pub fn start_with_fd_limit(config: &str, nofile: u64) -> Relay {
+        let dir = tempdir::Dir::new("relay");
+        let path = dir.path().join("ocirelay.toml");
+        std::fs::write(&path, as_written(config)).unwrap();
+        Relay::start_file(path, dir, &[], Some(nofile))
     }
 
     /// The config file the relay was started with (what a reload reads).
@@ -242,8 +251,33 @@ impl Relay {
         super::wait_until(limit, || self.stderr().contains(needle))
     }
 
-    fn start_file(path: PathBuf, dir: tempdir::Dir, env: &[(&str, &str)]) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+    fn start_file(
+        path: PathBuf,
+        dir: tempdir::Dir,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Relay {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ocirelay"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: runs in the child between fork and exec, where only
+            // async-signal-safe calls are allowed; setrlimit is one, and
+            // `lim` is a copy owned by the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .envs(env.iter().copied())
