@@ -172,3 +172,192 @@ fn slowloris_heads_are_cut_by_the_header_timeout_and_their_fds_come_back() {
         rss >> 20
     );
 }
+
+/// A client connection whose receive buffer is small, so that the relay's
+/// writes wait on the client's reading at once.
+fn small_window_client(addr: std::net::SocketAddr) -> Raw {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    Raw { s, buf: Vec::new() }
+}
+
+/// Starts a GET of a 4 MiB blob through `relay` on a small-window
+/// connection and reads its head.
+fn slow_download(hub: &HubDouble, relay: &Relay) -> Raw {
+    let digest = hub.add_random_blob("library/alpine", 4 << 20, 7);
+    let tok = anonymous_token(relay, &mut relay.client(), "library/alpine");
+    let mut raw = small_window_client(relay.http);
+    raw.send(&request(
+        "GET",
+        &format!("/v2/library/alpine/blobs/{digest}"),
+        &[("Authorization", &bearer(&tok))],
+    ));
+    let head = raw.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    raw
+}
+
+/// Reads `chunk` bytes every `every` for `long` (or until the relay
+/// closes); the bytes read, and whether the connection ended.
+fn read_slowly(raw: &mut Raw, chunk: usize, every: Duration, long: Duration) -> (usize, bool) {
+    let mut got = raw.buf.len();
+    let mut tmp = vec![0u8; chunk];
+    let started = Instant::now();
+    while started.elapsed() < long {
+        match raw.s.read(&mut tmp) {
+            Ok(0) | Err(_) => return (got, true),
+            Ok(n) => got += n,
+        }
+        std::thread::sleep(every);
+    }
+    (got, false)
+}
+
+#[test]
+fn a_steady_slow_reader_outlives_client_write_secs() {
+    let hub = hub();
+    // client_write_secs = 2; no minimum rate.
+    let timeouts = Timeouts {
+        client_write: 2,
+        ..Timeouts::default()
+    };
+    let config = config_with_timeouts(&hub, "[limits]\nclient_min_bytes_per_sec = 0\n", timeouts);
+    let relay = Relay::start_with(&config);
+    let mut raw = slow_download(&hub, &relay);
+    // 8 KiB a second for 7 s (a window's worth at a time: a receiver
+    // announces a window only once it is worth a segment): every write of
+    // the relay waits far longer than 2 s in all, but the client takes
+    // bytes all along.
+    let (got, ended) = read_slowly(
+        &mut raw,
+        4096,
+        Duration::from_millis(500),
+        Duration::from_secs(7),
+    );
+    assert!(
+        !ended,
+        "a client reading steadily was cut after {got} bytes"
+    );
+    assert!(got >= 8 * 1024, "read {got} bytes");
+}
+
+#[test]
+fn a_reader_under_the_minimum_rate_is_cut_and_its_socket_closes() {
+    let hub = hub();
+    // No stall (client_write_secs = 30), but 64 KiB/s at least.
+    let timeouts = Timeouts {
+        client_write: 30,
+        ..Timeouts::default()
+    };
+    let config = config_with_timeouts(
+        &hub,
+        "[limits]\nclient_min_bytes_per_sec = 65536\n",
+        timeouts,
+    );
+    let relay = Relay::start_with(&config);
+    let (pid, port) = (relay.pid(), relay.http.port());
+    let mut raw = slow_download(&hub, &relay);
+    // About 4 KiB/s: cut once the relay has measured 10 s of waiting.
+    let (got, ended) = read_slowly(
+        &mut raw,
+        1024,
+        Duration::from_millis(250),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ended,
+        "a client at ~4 KiB/s outlived a 64 KiB/s minimum ({got} bytes read)"
+    );
+    assert!(got < 4 << 20, "cut before the end of the blob");
+    drop(raw);
+    assert!(
+        wait_until(Duration::from_secs(10), || client_sockets(pid, port) == 0),
+        "{} client sockets still open",
+        client_sockets(pid, port)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || relay
+            .stderr()
+            .contains("under the minimum")),
+        "the cut is logged with its reason: {}",
+        relay.stderr()
+    );
+}
+
+/// Raises this process's soft descriptor limit to `want` (or the hard
+/// limit); what it is now. The relay inherits it (and raises its own).
+fn raise_own_fd_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit owned here.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
+}
+
+#[test]
+fn ten_thousand_keep_alive_connections_and_a_pull_still_succeeds() {
+    const N: usize = 10_000;
+    let limit = raise_own_fd_limit(2 * N as u64 + 1000);
+    assert!(
+        limit >= N as u64 + 500,
+        "this test needs a descriptor limit above {N} (hard limit: {limit})"
+    );
+    let hub = hub();
+    // Idle connections stay (client_idle_secs = 120); the cap is above N.
+    let timeouts = Timeouts {
+        client_idle: 120,
+        ..Timeouts::default()
+    };
+    let config = config_with_timeouts(&hub, "[limits]\nmax_connections = 12000\n", timeouts);
+    let relay = Relay::start_with(&config);
+    let (pid, port) = (relay.pid(), relay.http.port());
+    let rss_before = proc_status_bytes(pid, "VmRSS:");
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(N);
+    while conns.len() < N && started.elapsed() < Duration::from_secs(120) {
+        let mut raw = Raw::connect(relay.http);
+        raw.send(&request("GET", "/healthz", &[]));
+        assert_eq!(raw.read_response(false).unwrap().status, 200);
+        conns.push(raw);
+    }
+    assert_eq!(conns.len(), N, "connections opened in 120 s");
+    assert!(
+        wait_until(Duration::from_secs(10), || client_sockets(pid, port) >= N),
+        "the relay holds {} of {N}",
+        client_sockets(pid, port)
+    );
+    let rss = proc_status_bytes(pid, "VmRSS:");
+    // A pull while they are all open.
+    let pulled = Instant::now();
+    pull_alpine_layer(&hub, &relay, 1);
+    let took = pulled.elapsed();
+    // They are all still served (a sample: every 100th).
+    for raw in conns.iter_mut().step_by(100) {
+        raw.send(&request("GET", "/healthz", &[]));
+        assert_eq!(raw.read_response(false).unwrap().status, 200);
+    }
+    eprintln!(
+        "{N} keep-alive connections held in {:.1} s; relay RSS {} MiB before, {} MiB with them ({} KiB each); a pull took {} ms",
+        started.elapsed().as_secs_f64(),
+        rss_before >> 20,
+        rss >> 20,
+        rss.saturating_sub(rss_before) / N as u64 / 1024,
+        took.as_millis()
+    );
+    drop(conns);
+    assert!(
+        wait_until(Duration::from_secs(20), || client_sockets(pid, port) == 0),
+        "{} client sockets left",
+        client_sockets(pid, port)
+    );
+}

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::inflight::{Fill, FillState, UNKNOWN};
-use crate::relay::io::write_client;
+use crate::relay::io::{write_client, Pace};
 use crate::relay::{ClientSink, RelayError, RELAY_BUF};
 use crate::tls::stream::ServerTls;
 
@@ -32,7 +32,7 @@ pub async fn send_range<S: ClientSink>(
     len: u64,
     client: &mut S,
     buf: &mut Vec<u8>,
-    limit: Duration,
+    pace: &Pace,
 ) -> Result<(), RelayError> {
     let end = offset + len;
     let mut slots = Vec::new();
@@ -46,7 +46,7 @@ pub async fn send_range<S: ClientSink>(
         if let Some(tcp) = client.plain_tcp() {
             let n = (end - offset).min(SENDFILE_BATCH);
             if crate::sys::resident(fd, offset, n) {
-                let sent = send_file(tcp, fd, offset, n, limit).await?;
+                let sent = send_file(tcp, fd, offset, n, pace).await?;
                 client.sent_directly(sent);
                 offset += sent;
                 continue;
@@ -55,7 +55,7 @@ pub async fn send_range<S: ClientSink>(
         let want = ((end - offset) as usize).min(RELAY_BUF);
         if let Some(tls) = client.tls() {
             if let Some(run) = tls.lay_out_records(want, buf, &mut slots) {
-                send_sealed(file, offset, tls, buf, &slots, run, limit).await?;
+                send_sealed(file, offset, tls, buf, &slots, run, pace).await?;
                 client.sent_directly(want as u64);
                 offset += want as u64;
                 continue;
@@ -82,20 +82,20 @@ pub async fn send_range<S: ClientSink>(
             }
         };
         offset += n as u64;
-        *buf = write_client(client, b, limit).await?;
+        *buf = write_client(client, b, pace).await?;
     }
     Ok(())
 }
 
 /// Sends `len` bytes of `fd` from `offset` to a plain-HTTP client with
 /// non-blocking `sendfile`, waiting for the socket to take more (io_uring
-/// poll) when its buffer is full; within `limit` per wait.
+/// poll) when its buffer is full; paced per wait (see [`Pace`]).
 async fn send_file(
     tcp: &monoio::net::TcpStream,
     fd: std::os::fd::RawFd,
     mut offset: u64,
     len: u64,
-    limit: Duration,
+    pace: &Pace,
 ) -> Result<u64, RelayError> {
     let end = offset + len;
     while offset < end {
@@ -109,15 +109,9 @@ async fn send_file(
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(limit, tcp.writable(false)).await {
+                match pace.run(tcp.writable(false)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(RelayError::Client(e)),
-                    Err(_) => {
-                        return Err(RelayError::Client(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "client write timed out",
-                        )))
-                    }
+                    Ok(Err(e)) | Err(e) => return Err(RelayError::Client(e)),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -139,7 +133,7 @@ async fn send_sealed(
     buf: &mut Vec<u8>,
     slots: &[std::ops::Range<usize>],
     run: std::ops::Range<usize>,
-    limit: Duration,
+    pace: &Pace,
 ) -> Result<(), RelayError> {
     let want: usize = slots.iter().map(|r| r.len()).sum();
     let got = crate::sys::read_cached(file.as_raw_fd(), buf, slots, offset)
@@ -173,15 +167,12 @@ async fn send_sealed(
     }
     tls.seal_laid_out(buf, slots).map_err(RelayError::Client)?;
     let out = std::mem::take(buf);
-    match monoio::time::timeout(limit, tls.send_ciphertext(out, run)).await {
+    match pace.run(tls.send_ciphertext(out, run)).await {
         Ok((res, back)) => {
             *buf = back;
             res.map_err(RelayError::Client)
         }
-        Err(_) => Err(RelayError::Client(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client write timed out",
-        ))),
+        Err(e) => Err(RelayError::Client(e)),
     }
 }
 
@@ -196,7 +187,7 @@ pub async fn follow<S: ClientSink>(
     (from, to): (u64, u64),
     client: &mut S,
     buf: &mut Vec<u8>,
-    limit: Duration,
+    pace: &Pace,
     stall: Duration,
 ) -> Result<(), RelayError> {
     debug_assert_ne!(fill.total(), UNKNOWN);
@@ -217,7 +208,7 @@ pub async fn follow<S: ClientSink>(
             }
         };
         if sent < ready {
-            send_range(file, sent, ready - sent, client, buf, limit).await?;
+            send_range(file, sent, ready - sent, client, buf, pace).await?;
             sent = ready;
             progress = Instant::now();
             continue;

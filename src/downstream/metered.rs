@@ -88,6 +88,10 @@ impl<S: ClientSink> ClientSink for Metered<S> {
         }
     }
 
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.raw_fd()
+    }
+
     fn sent_directly(&mut self, bytes: u64) {
         self.bytes += bytes;
     }

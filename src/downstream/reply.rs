@@ -11,7 +11,7 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRent;
 
 use super::Outcome;
-use crate::relay::io::write_client;
+use crate::relay::io::{write_client, Pace};
 use crate::wire::http::response::write_content_length;
 use crate::wire::http::{write_header, write_status, ClientFraming, RespFraming};
 use crate::wire::oci::ErrorReply;
@@ -121,7 +121,7 @@ impl<'b> Reply<'b> {
     /// Sends what is written (a head, maybe a small body) within `limit`;
     /// false if the client is gone.
     pub async fn send<S: AsyncWriteRent>(&mut self, io: &mut S, limit: Duration) -> bool {
-        match write_client(io, std::mem::take(self.out), limit).await {
+        match write_client(io, std::mem::take(self.out), &Pace::fixed(limit)).await {
             Ok(b) => {
                 *self.out = b;
                 true

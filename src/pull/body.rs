@@ -4,7 +4,7 @@
 use crate::downstream::{Outcome, Reply};
 use crate::error::{Error, ErrorKind, Side};
 use crate::ops::summary::RequestSummary;
-use crate::relay::{self, BodyTap, ClientSink, RelayError, RELAY_BUF};
+use crate::relay::{self, BodyTap, ClientSink, Pace, RelayError, RELAY_BUF};
 use crate::upstream::{Conn, ResponseHead};
 use crate::wire::http::{ClientFraming, RespFraming};
 use crate::worker::Worker;
@@ -79,7 +79,7 @@ pub async fn stream<S: ClientSink, T: BodyTap>(
         &mut conn,
         head.framing,
         client,
-        limit,
+        &Pace::for_client(client, &w.cfg),
         tap,
         to_client,
         &mut buf,

@@ -12,7 +12,7 @@ use crate::downstream::{Outcome, Reply};
 use crate::error::Error;
 use crate::ops::log::Level;
 use crate::ops::summary::{CacheStatus, RequestSummary};
-use crate::relay::ClientSink;
+use crate::relay::{ClientSink, Pace};
 use crate::wire::digest::Verifier;
 use crate::wire::http::name_eq;
 use crate::wire::http::RequestHead;
@@ -165,7 +165,7 @@ async fn follow<S: ClientSink>(
         (from, from + n),
         client,
         &mut buf,
-        limit,
+        &Pace::for_client(client, &w.cfg),
         stall,
     )
     .await;
@@ -324,7 +324,15 @@ async fn send_stored<S: ClientSink>(
     }
     let (offset, n) = range.unwrap_or((0, len));
     let mut buf = w.bufs.take();
-    let r = serve::send_range(file, offset, n, client, &mut buf, limit).await;
+    let r = serve::send_range(
+        file,
+        offset,
+        n,
+        client,
+        &mut buf,
+        &Pace::for_client(client, &w.cfg),
+    )
+    .await;
     w.bufs.give(buf);
     match r {
         Ok(()) => {

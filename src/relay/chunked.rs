@@ -2,11 +2,10 @@
 //! HTTP/1.0 client) or passed through as they came.
 
 use std::io;
-use std::time::Duration;
 
 use monoio::io::AsyncWriteRent;
 
-use super::io::{read_upstream, write_buf, write_client};
+use super::io::{read_upstream, write_buf, write_client, Pace};
 use super::tap::BodyTap;
 use super::{RelayError, Relayed};
 use crate::upstream::Conn;
@@ -15,7 +14,7 @@ use crate::wire::http::ChunkedDecoder;
 pub(super) async fn relay_chunked<S: AsyncWriteRent, T: BodyTap>(
     conn: &mut Conn,
     client: &mut S,
-    client_timeout: Duration,
+    pace: &Pace,
     tap: &mut T,
     decode: bool,
     buf: &mut Vec<u8>,
@@ -45,10 +44,10 @@ pub(super) async fn relay_chunked<S: AsyncWriteRent, T: BodyTap>(
                 tap.end()?;
             }
             if decode {
-                decoded = write_client(client, decoded, client_timeout).await?;
+                decoded = write_client(client, decoded, pace).await?;
                 decoded.clear();
             } else {
-                write_buf(client, buf, client_timeout).await?;
+                write_buf(client, buf, pace).await?;
             }
             if dec.is_done() {
                 // Bytes after the end of the body mean the framing is off:

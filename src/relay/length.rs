@@ -2,11 +2,10 @@
 //! written to the client while the next is read from the upstream.
 
 use std::io;
-use std::time::Duration;
 
 use monoio::io::AsyncWriteRent;
 
-use super::io::{read_upstream, read_upstream_max, write_buf};
+use super::io::{read_upstream, read_upstream_max, write_buf, Pace};
 use super::tap::BodyTap;
 use super::{RelayError, Relayed};
 use crate::upstream::Conn;
@@ -37,7 +36,7 @@ pub(super) async fn relay_length<S: AsyncWriteRent, T: BodyTap>(
     conn: &mut Conn,
     total: u64,
     client: &mut S,
-    client_timeout: Duration,
+    pace: &Pace,
     tap: &mut T,
     buf: &mut Vec<u8>,
 ) -> Result<Relayed, RelayError> {
@@ -65,14 +64,14 @@ pub(super) async fn relay_length<S: AsyncWriteRent, T: BodyTap>(
             tap.end()?;
         }
         if remaining == 0 {
-            write_buf(client, buf, client_timeout).await?;
+            write_buf(client, buf, pace).await?;
             return Ok(Relayed {
                 bytes: total,
                 reusable: true,
             });
         }
         let (written, read, ()) = monoio::join!(
-            write_buf(client, buf, client_timeout),
+            write_buf(client, buf, pace),
             read_piece(conn, &mut next, remaining, total),
             tap.flush()
         );

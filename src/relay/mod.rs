@@ -22,9 +22,8 @@ pub mod sink;
 pub mod tap;
 mod tls;
 
-use std::time::Duration;
-
 pub use buffers::{BufPool, RELAY_BUF};
+pub use io::Pace;
 pub use length::read_small_body;
 pub use sink::{ClientSink, Collect};
 pub use tap::BodyTap;
@@ -120,7 +119,7 @@ pub async fn relay_body<S: ClientSink, T: BodyTap>(
     conn: &mut Conn,
     framing: RespFraming,
     client: &mut S,
-    client_timeout: Duration,
+    pace: &Pace,
     tap: &mut T,
     to_client: ClientFraming,
     buf: &mut Vec<u8>,
@@ -133,17 +132,17 @@ pub async fn relay_body<S: ClientSink, T: BodyTap>(
         }),
         RespFraming::Length(n) => {
             if let (UpstreamIo::Tls(_), Some(tls)) = (&conn.io, client.tls()) {
-                let r = relay_length_tls(conn, n, tls, client_timeout, tap).await;
+                let r = relay_length_tls(conn, n, tls, pace, tap).await;
                 if r.is_ok() {
                     client.sent_directly(n);
                 }
                 return r;
             }
-            relay_length(conn, n, client, client_timeout, tap, buf).await
+            relay_length(conn, n, client, pace, tap, buf).await
         }
         RespFraming::Chunked => {
             let decode = to_client == ClientFraming::Dechunk;
-            relay_chunked(conn, client, client_timeout, tap, decode, buf).await
+            relay_chunked(conn, client, pace, tap, decode, buf).await
         }
         RespFraming::Close => {
             let mut bytes = 0;
@@ -160,9 +159,9 @@ pub async fn relay_body<S: ClientSink, T: BodyTap>(
                         let mut framed = format!("{:x}\r\n", buf.len()).into_bytes();
                         framed.extend_from_slice(buf);
                         framed.extend_from_slice(b"\r\n");
-                        write_client(client, framed, client_timeout).await?;
+                        write_client(client, framed, pace).await?;
                     } else {
-                        write_buf(client, buf, client_timeout).await?;
+                        write_buf(client, buf, pace).await?;
                     }
                 }
                 buf.clear();
@@ -174,7 +173,7 @@ pub async fn relay_body<S: ClientSink, T: BodyTap>(
             }
             tap.end()?;
             if rechunk {
-                write_client(client, b"0\r\n\r\n".to_vec(), client_timeout).await?;
+                write_client(client, b"0\r\n\r\n".to_vec(), pace).await?;
             }
             Ok(Relayed {
                 bytes,

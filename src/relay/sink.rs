@@ -24,6 +24,12 @@ pub trait ClientSink: AsyncWriteRent {
         None
     }
 
+    /// The client's socket, whose progress paces writes (see
+    /// [`super::io::Pace`]); None for sinks in memory.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Notes body bytes sent through [`ClientSink::tls`] or
     /// [`ClientSink::plain_tcp`] rather than `write`.
     fn sent_directly(&mut self, _bytes: u64) {}
@@ -33,11 +39,19 @@ impl ClientSink for monoio::net::TcpStream {
     fn plain_tcp(&mut self) -> Option<&monoio::net::TcpStream> {
         Some(self)
     }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
 }
 
 impl ClientSink for ServerTls {
     fn tls(&mut self) -> Option<&mut ServerTls> {
         Some(self)
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 }
 

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use super::buffers::RELAY_BUF;
-use super::io::{timed, timed_buf};
+use super::io::{timed, timed_buf, Pace};
 use super::tap::BodyTap;
 use super::{RelayError, Relayed};
 use crate::tls::stream::{ClientTls, ServerTls};
@@ -23,10 +23,10 @@ pub(super) async fn relay_length_tls<T: BodyTap>(
     conn: &mut Conn,
     total: u64,
     client: &mut ServerTls,
-    client_timeout: Duration,
+    pace: &Pace,
     tap: &mut T,
 ) -> Result<Relayed, RelayError> {
-    let r = relay_length_tls_inner(conn, total, client, client_timeout, tap).await;
+    let r = relay_length_tls_inner(conn, total, client, pace, tap).await;
     if r.is_err() {
         // Sealed bytes of a failed body (the held-back end of one whose
         // digest does not match) must never reach the client later.
@@ -39,7 +39,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
     conn: &mut Conn,
     total: u64,
     client: &mut ServerTls,
-    client_timeout: Duration,
+    pace: &Pace,
     tap: &mut T,
 ) -> Result<Relayed, RelayError> {
     let read_timeout = conn.read_timeout;
@@ -70,7 +70,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
             if remaining == 0 {
                 // The last piece is held back until the digest is known good.
                 tap.end()?;
-                timed(client_timeout, up.send_run(client, done.run))
+                timed(pace, up.send_run(client, done.run))
                     .await
                     .map_err(RelayError::Client)?;
             } else if done.exhausted {
@@ -78,14 +78,14 @@ async fn relay_length_tls_inner<T: BodyTap>(
                     .swap_read_buffer(std::mem::take(&mut spare))
                     .map_err(RelayError::Upstream)?;
                 let (sent, read, ()) = monoio::join!(
-                    timed_buf(client_timeout, client.send_ciphertext(sent, done.run)),
+                    timed_buf(pace, client.send_ciphertext(sent, done.run)),
                     read_records(up, read_timeout, remaining, total),
                     tap.flush()
                 );
                 spare = sent.map_err(RelayError::Client)?;
                 read?;
             } else {
-                timed(client_timeout, up.send_run(client, done.run))
+                timed(pace, up.send_run(client, done.run))
                     .await
                     .map_err(RelayError::Client)?;
             }
@@ -106,7 +106,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
             up.consume_plain(n);
             remaining -= n as u64;
             if remaining > 0 && client.pending() >= MAX_PENDING {
-                send_pending(client, client_timeout).await?;
+                send_pending(client, pace).await?;
             }
             if remaining > 0 {
                 continue;
@@ -116,7 +116,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
             // The last piece is held back until the digest is known good
             // (checked already if it went out in place).
             tap.end()?;
-            send_pending(client, client_timeout).await?;
+            send_pending(client, pace).await?;
             return Ok(Relayed {
                 bytes: total,
                 // Bytes after the end of the body mean the framing is off.
@@ -125,7 +125,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
         }
         // Nothing buffered: send what is sealed while reading more.
         let (sent, read, ()) = monoio::join!(
-            send_pending(client, client_timeout),
+            send_pending(client, pace),
             read_records(up, read_timeout, remaining, total),
             tap.flush()
         );
@@ -138,8 +138,8 @@ async fn relay_length_tls_inner<T: BodyTap>(
 /// large write per upstream read.
 const MAX_PENDING: usize = RELAY_BUF;
 
-async fn send_pending(client: &mut ServerTls, limit: Duration) -> Result<(), RelayError> {
-    timed(limit, client.send_pending())
+async fn send_pending(client: &mut ServerTls, pace: &Pace) -> Result<(), RelayError> {
+    timed(pace, client.send_pending())
         .await
         .map_err(RelayError::Client)
 }

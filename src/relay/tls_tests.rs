@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use monoio::io::AsyncWriteRent;
 use monoio::net::{TcpListener, TcpStream};
@@ -160,7 +161,7 @@ fn relay_once(case: Case, sent: Vec<u8>, digest: &str) -> Outcome {
                 &mut conn,
                 RespFraming::Length(LEN as u64),
                 &mut to_client,
-                Duration::from_secs(5),
+                &crate::relay::Pace::fixed(Duration::from_secs(5)),
                 &mut Verifier::new(&d),
                 ClientFraming::Same,
                 &mut buf,
