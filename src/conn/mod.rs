@@ -426,10 +426,13 @@ const LINGER_BYTES: usize = 1 << 20;
 /// send a reset, which can make the client's kernel discard the answer
 /// before it is read (RFC 9112, 9.6). `buf` is reused for the discarding.
 async fn close_unread<S: AsyncReadRent + AsyncWriteRent>(mut io: S, mut buf: Vec<u8>) {
-    if io.shutdown().await.is_err() {
-        return;
-    }
     let until = Instant::now() + LINGER;
+    // A TLS shutdown writes close_notify, which a client that reads
+    // nothing would hold up: within the same bound.
+    match monoio::time::timeout(LINGER, io.shutdown()).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
     let mut discarded = 0;
     buf.clear();
     buf.reserve(16 * 1024);

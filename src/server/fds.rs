@@ -161,18 +161,29 @@ static RESERVE: Mutex<Option<File>> = Mutex::new(None);
 /// Whether [`RESERVE`] holds its descriptor: read before every public
 /// accept, so an atomic rather than the lock.
 static RESERVED: AtomicBool = AtomicBool::new(false);
+/// Whether there is a reserve at all: none when `/dev/null` could not be
+/// opened at start (then public loops must never wait for it).
+static RESERVING: AtomicBool = AtomicBool::new(false);
 
 /// Whether the reserve is empty: a health check took it, or a public
 /// accept took the descriptor a check's close freed. Public accept loops
 /// then wait and refill it first ([`refill_reserve`]), so that the next
 /// descriptor freed goes to the reserve, not to another client.
 pub(super) fn reserve_empty() -> bool {
-    !RESERVED.load(Ordering::Relaxed)
+    RESERVING.load(Ordering::Relaxed) && !RESERVED.load(Ordering::Relaxed)
 }
 
 /// Fills the reserve at start.
 pub(super) fn reserve() {
-    refill_reserve();
+    let on = refill_reserve();
+    RESERVING.store(on, Ordering::Relaxed);
+    if !on {
+        crate::event!(
+            Level::Warn,
+            None,
+            "cannot open /dev/null: no descriptor is kept for health checks"
+        );
+    }
 }
 
 /// Frees the reserved descriptor; whether there was one.
