@@ -361,3 +361,23 @@ fn ten_thousand_keep_alive_connections_and_a_pull_still_succeeds() {
         client_sockets(pid, port)
     );
 }
+
+#[test]
+fn a_response_shaped_below_the_minimum_rate_is_not_cut() {
+    let hub = hub();
+    // Shaped at 64 KiB/s by [client_limits], under a 128 KiB/s minimum: the
+    // slowness is the mirror's, and shaping slows, never cuts.
+    let config = config_for(
+        &hub,
+        "[limits]\nclient_min_bytes_per_sec = 131072\n[client_limits]\nbytes_per_sec = \"64KiB\"\nbytes_burst = \"64KiB\"\n",
+    );
+    let relay = Relay::start_with(&config);
+    let digest = hub.add_random_blob("library/alpine", 1 << 20, 9);
+    let tok = anonymous_token(&relay, &mut relay.client(), "library/alpine");
+    let mut c = relay.client();
+    c.set_timeout(Duration::from_secs(60));
+    // About 15 s: past the 10 s over which the rate is judged.
+    let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{digest}"), &tok);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), digest, "the whole blob, not cut");
+}

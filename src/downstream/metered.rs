@@ -92,6 +92,10 @@ impl<S: ClientSink> ClientSink for Metered<S> {
         self.inner.raw_fd()
     }
 
+    fn shaped(&self) -> bool {
+        self.pace.is_some()
+    }
+
     fn sent_directly(&mut self, bytes: u64) {
         self.bytes += bytes;
     }

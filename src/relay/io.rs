@@ -63,12 +63,16 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Pace {
     /// The pace for writes to `client` under `cfg`'s limits.
+    /// A shaped response (`[client_limits]` byte rates, which may hold a
+    /// write back for as long as a budget shared by many clients takes to
+    /// refill) is not held to the minimum rate: shaping slows, never cuts.
     pub fn for_client<S: ClientSink>(client: &S, cfg: &Config) -> Pace {
-        Pace::new(
-            client.raw_fd(),
-            cfg.timeouts.client_write,
-            cfg.limits.client_min_rate,
-        )
+        let min_rate = if client.shaped() {
+            0
+        } else {
+            cfg.limits.client_min_rate
+        };
+        Pace::new(client.raw_fd(), cfg.timeouts.client_write, min_rate)
     }
 
     pub fn new(fd: Option<RawFd>, stall: Duration, min_rate: u64) -> Pace {

@@ -30,6 +30,13 @@ pub trait ClientSink: AsyncWriteRent {
         None
     }
 
+    /// Whether a byte rate ([client_limits]) holds this response's writes
+    /// back: its slowness is then ours, not the client's, and the minimum
+    /// read rate is not judged (see [`super::io::Pace::for_client`]).
+    fn shaped(&self) -> bool {
+        false
+    }
+
     /// Notes body bytes sent through [`ClientSink::tls`] or
     /// [`ClientSink::plain_tcp`] rather than `write`.
     fn sent_directly(&mut self, _bytes: u64) {}
