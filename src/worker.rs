@@ -79,6 +79,9 @@ pub struct Worker {
     /// worker: a token request per repository per core per token lifetime
     /// costs less than a lock shared with every pull.
     operator_tokens: RefCell<HashMap<(RegistryId, String), OperatorToken>>,
+    /// Mirror logins verified on this worker (`gate::auth`), kept across
+    /// reloads (an entry holds the hash it verified against).
+    pub logins: Rc<crate::gate::auth::AuthCache>,
 }
 
 /// An `Authorization` value for the operator's account, and until when.
@@ -123,6 +126,7 @@ impl Worker {
             trust,
             realms: RefCell::new(vec![None; n]),
             operator_tokens: RefCell::new(HashMap::new()),
+            logins: Rc::default(),
         }
     }
 
@@ -185,6 +189,7 @@ impl Worker {
             trust,
             realms: RefCell::new(realms),
             operator_tokens: RefCell::new(HashMap::new()),
+            logins: self.logins.clone(),
         }
     }
 

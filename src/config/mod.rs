@@ -3,6 +3,7 @@
 //! `check`: the semantic checks of `ocirelay config check`.
 
 pub mod access;
+pub mod auth;
 pub mod check;
 pub mod limits;
 
@@ -77,6 +78,9 @@ pub struct Config {
     pub metrics: MetricsListen,
     /// The global `[access]` rules (patterns name `<registry>/<repo>`).
     pub access: access::AccessRules,
+    /// Mirror authentication (`[auth]`); `None`: clients' credentials pass
+    /// through to the upstream.
+    pub auth: Option<auth::AuthConfig>,
 }
 
 /// Where certificates come from: `[acme]` (RFC 8555).
@@ -553,6 +557,7 @@ struct File {
     acme: Option<Spanned<FileAcme>>,
     #[serde(default)]
     access: access::FileAccess,
+    auth: Option<Spanned<auth::FileAuth>>,
 }
 
 #[derive(Deserialize)]
@@ -1011,8 +1016,15 @@ impl Config {
         let a = &file.access;
         let access = access::parse_rules(text, &a.allow, &a.deny, a.max_blob_bytes.as_ref())
             .map_err(|(s, m)| at(s, m))?;
+        let auth = match &file.auth {
+            Some(a) => {
+                Some(auth::parse_auth(text, a.get_ref(), a.span()).map_err(|(s, m)| at(s, m))?)
+            }
+            None => None,
+        };
         Ok(Config {
             access,
+            auth,
             acme,
             cache,
             metrics,

@@ -71,6 +71,35 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     let registry_name = w.cfg.registry(reg).name.as_str();
     summary.registry = Some(reg);
     summary.repository = target.as_ref().map(|t| t.client_repo);
+    // ---- admit: mirror authentication (gate/auth) ----
+    let principal = match &w.cfg.auth {
+        Some(auth) => {
+            let ask = gate::auth::Ask {
+                registry: registry_name,
+                repo: target
+                    .as_ref()
+                    .map(|t| (t.client_repo, t.upstream_repo.as_ref())),
+            };
+            match gate::auth::admit(auth, req.header("authorization"), &ask) {
+                Ok(p) => Some(p),
+                Err(why) => {
+                    let scope = target.as_ref().map(|t| t.client_repo);
+                    let challenge = challenge_for(w, reg, scope, req, cx);
+                    return send_challenge(client, reply, &challenge, &why.reply()).await;
+                }
+            }
+        }
+        None => None,
+    };
+    if let (Some(_), Route::Ping) = (&principal, route) {
+        // Logged in (or anonymous access on): the mirror answers for
+        // itself; the upstream is asked only with its own identity.
+        let headers: &[(&str, &[u8])] = &[
+            ("Content-Type", b"application/json"),
+            ("Docker-Distribution-Api-Version", b"registry/2.0"),
+        ];
+        return reply.small(client, 200, headers, b"{}").await;
+    }
     // ---- admit: the allow and deny lists (gate/) ----
     if let Some(t) = &target {
         if let Err(refusal) = gate::rules::admit(&w.cfg, reg, &t.upstream_repo) {
@@ -79,7 +108,16 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         }
     }
     // ---- plan ----
-    let plan = plan(w, req, route, query, target.as_ref(), reg);
+    let mut plan = plan(w, req, route, query, target.as_ref(), reg);
+    // With mirror authentication the client's credentials are the
+    // mirror's, never the upstream's: the mirror's own identity goes.
+    let mirror_identity = match (&principal, &target) {
+        (Some(_), Some(t)) => upstream_auth::mirror_authorization(w, reg, &t.upstream_repo).await,
+        _ => None,
+    };
+    if principal.is_some() {
+        plan.fetch.authorization = mirror_identity.as_deref();
+    }
     // ---- lookup ----
     let who = target.as_ref().map(|t| {
         Who::new(
@@ -176,6 +214,19 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         }
     };
     summary.upstream_status = Some(head.status);
+    if let (Some(_), 401) = (&principal, head.status) {
+        // The upstream refuses the mirror's own identity: a challenge would
+        // send the client to log in to the mirror again, to no end.
+        if let Some(t) = &target {
+            w.forget_operator_token(reg, &t.upstream_repo);
+        }
+        let e = ErrorReply::new(
+            403,
+            ErrorCode::Denied,
+            format!("upstream registry {registry_name} refuses this mirror's account"),
+        );
+        return reply.error(client, &e).await;
+    }
     // ---- admit: a blob over `max_blob_bytes` goes no further than its
     // head (gate/); nothing of it is sent or stored ----
     if let (Route::Blob { digest, .. }, 200 | 206) = (route, head.status) {
@@ -633,10 +684,35 @@ async fn offline_challenge<S: ClientSink>(
         ];
         return Some(reply.small(client, 200, headers, b"{}").await);
     }
-    let service = w
-        .realm(reg)
-        .and_then(|r| r.service)
-        .unwrap_or_else(|| w.cfg.registry(reg).name.clone());
+    let challenge = challenge_for(w, reg, scope, req, cx);
+    let e = ErrorReply::new(401, ErrorCode::Unauthorized, "authentication required");
+    crate::event!(
+        crate::ops::log::Level::Warn,
+        Some(w.id),
+        "upstream {} unreachable: answering the challenge from the cache",
+        w.cfg.registry(reg).name
+    );
+    Some(send_challenge(client, reply, &challenge, &e).await)
+}
+
+/// The `WWW-Authenticate` value that sends a client to ocirelay's own
+/// token endpoint for `reg` (the realm built as for a rewritten upstream
+/// challenge), for `scope`'s repository if any.
+fn challenge_for(
+    w: &Worker,
+    reg: RegistryId,
+    scope: Option<&str>,
+    req: &RequestHead<'_>,
+    cx: &ClientCtx,
+) -> Vec<u8> {
+    let service = match w.cfg.auth {
+        // The mirror's tokens are the mirror's: named by the registry.
+        Some(_) => w.cfg.registry(reg).name.clone(),
+        None => w
+            .realm(reg)
+            .and_then(|r| r.service)
+            .unwrap_or_else(|| w.cfg.registry(reg).name.clone()),
+    };
     let realm = format!(
         "{}{}",
         cx.base_url(&w.cfg, req.host()),
@@ -651,28 +727,28 @@ async fn offline_challenge<S: ClientSink>(
         challenge.extend_from_slice(b",scope=");
         crate::wire::challenge::push_quoted(&mut challenge, &format!("repository:{repo}:pull"));
     }
-    let e = ErrorReply::new(401, ErrorCode::Unauthorized, "authentication required");
-    let body = e.body();
-    crate::event!(
-        crate::ops::log::Level::Warn,
-        Some(w.id),
-        "upstream {} unreachable: answering the challenge from the cache",
-        w.cfg.registry(reg).name
-    );
-    Some(
-        reply
-            .small(
-                client,
-                401,
-                &[
-                    ("Content-Type", b"application/json"),
-                    ("Docker-Distribution-Api-Version", b"registry/2.0"),
-                    ("WWW-Authenticate", &challenge),
-                ],
-                &body,
-            )
-            .await,
-    )
+    challenge
+}
+
+/// A 401 with `challenge` and the JSON error `e`.
+async fn send_challenge<S: ClientSink>(
+    client: &mut S,
+    reply: &mut Reply<'_>,
+    challenge: &[u8],
+    e: &ErrorReply,
+) -> Outcome {
+    reply
+        .small(
+            client,
+            401,
+            &[
+                ("Content-Type", b"application/json"),
+                ("Docker-Distribution-Api-Version", b"registry/2.0"),
+                ("WWW-Authenticate", challenge),
+            ],
+            &e.body(),
+        )
+        .await
 }
 
 /// A body that matched the digest it was asked for under `who`'s

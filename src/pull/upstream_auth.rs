@@ -85,21 +85,47 @@ pub async fn operator_for(
     operator_token(w, reg, who.repo).await
 }
 
+/// With mirror authentication (`[auth]`): the mirror's own upstream
+/// identity for pulling `repo`, never a client's. The operator's account
+/// when the registry has one, else an anonymous token of the registry's
+/// token service (what a client without credentials would get). `None`:
+/// no credentials at all (a registry without token auth, or its token
+/// service is down: the upstream's answer then says what is refused).
+pub async fn mirror_authorization(w: &Worker, reg: RegistryId, repo: &str) -> Option<Arc<[u8]>> {
+    if w.cfg.registry(reg).credentials.is_some() {
+        return operator_token(w, reg, repo).await;
+    }
+    upstream_token(w, reg, repo, None).await
+}
+
 /// The operator's `Authorization` for pulling `repo`: a bearer token from
 /// the registry's token service (kept per worker until it expires), or the
 /// Basic credentials themselves for a registry without token auth. `None`
 /// when none can be had (the client's own are used then).
 async fn operator_token(w: &Worker, reg: RegistryId, repo: &str) -> Option<Arc<[u8]>> {
+    let creds = w.cfg.registry(reg).credentials.as_ref()?;
+    let basic = challenge::basic_authorization(&creds.username, &creds.password);
+    upstream_token(w, reg, repo, Some(&basic)).await
+}
+
+/// A token of `reg`'s token service for pulling `repo`, asked with `basic`
+/// credentials or without any; kept per worker until it expires (one
+/// registry has either an account or none, so the two kinds never share a
+/// key). Without token auth: the Basic credentials themselves, if any.
+async fn upstream_token(
+    w: &Worker,
+    reg: RegistryId,
+    repo: &str,
+    basic: Option<&[u8]>,
+) -> Option<Arc<[u8]>> {
     if let Some(t) = w.operator_token(reg, repo) {
         return Some(t);
     }
-    let creds = w.cfg.registry(reg).credentials.as_ref()?;
-    let basic = challenge::basic_authorization(&creds.username, &creds.password);
     let realm = match w.realm(reg) {
         Some(r) => r,
         None => match learn_realm(w, reg).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Some(basic.into()),
+            Ok(None) => return basic.map(Into::into),
             Err(_) => return None,
         },
     };
@@ -123,7 +149,7 @@ async fn operator_token(w: &Worker, reg: RegistryId, repo: &str) -> Option<Arc<[
         url,
         registry: reg,
         headers: Vec::new(),
-        authorization: Some(&basic),
+        authorization: basic,
         body: None,
     };
     let (token, expires_in) = match fetch_token(w, f).await {

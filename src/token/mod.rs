@@ -5,6 +5,8 @@
 //! upstream's answer is returned unchanged. Fetch and body phases are the
 //! registry request's (`pull::fetch`, `pull::body`).
 
+pub mod mirror;
+
 use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
@@ -45,6 +47,9 @@ pub async fn token_request<'a, S: AsyncReadRent + ClientSink>(
     };
     let registry = cfg.registry(reg);
     summary.registry = Some(reg);
+    if let Some(auth) = &cfg.auth {
+        return mirror::mirror_token(w, auth, reg, req, query, client, reply).await;
+    }
     let map_name = |name: &str| Some(registry::scope_name(registry, name));
 
     // The body is read (and a malformed one refused) before anything goes

@@ -35,9 +35,51 @@ fn encode(data: &[u8], alphabet: &[u8; 64], pad: bool, out: &mut Vec<u8>) {
     }
 }
 
+/// Decodes the standard alphabet, `=` padding optional (HTTP Basic
+/// credentials). None for anything else.
+pub fn standard_decode(s: &str) -> Option<Vec<u8>> {
+    decode(s.trim_end_matches('='), STANDARD)
+}
+
+/// Decodes the URL-safe alphabet without padding (what [`url`] writes).
+pub fn url_decode(s: &str) -> Option<Vec<u8>> {
+    decode(s, URL_SAFE)
+}
+
+fn decode(s: &str, alphabet: &[u8; 64]) -> Option<Vec<u8>> {
+    if s.len() % 4 == 1 {
+        return None; // no whole byte in a last group of one character
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
+    for group in s.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in group.iter().enumerate() {
+            let v = alphabet.iter().position(|a| a == c)? as u32;
+            n |= v << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..group.len()]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_reverses_encoding() {
+        for raw in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(url_decode(&url(raw.as_bytes())).unwrap(), raw.as_bytes());
+            let mut std = Vec::new();
+            encode_standard(raw.as_bytes(), &mut std);
+            let std = String::from_utf8(std).unwrap();
+            assert_eq!(standard_decode(&std).unwrap(), raw.as_bytes());
+        }
+        assert_eq!(url_decode("-_8").unwrap(), [0xfb, 0xff]);
+        assert_eq!(url_decode("Z"), None);
+        assert_eq!(url_decode("Zm9v!"), None);
+    }
 
     #[test]
     fn url_safe_has_no_padding_and_no_plus_or_slash() {
