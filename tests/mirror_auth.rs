@@ -137,7 +137,8 @@ fn a_wrong_password_or_unknown_user_gets_401_in_the_registry_format() {
 fn a_static_token_pulls_and_goes_upstream_as_the_mirror() {
     let hub = hub();
     let dir = tempdir::Dir::new("auth-static");
-    let relay = Relay::start_with(&config(&hub, &dir, "", ""));
+    let text = config(&hub, &dir, "", "");
+    let relay = Relay::start_with(&format!("access_log_format = \"json\"\n{text}"));
     let mut c = relay.client();
     assert_eq!(get_auth(&mut c, "/v2/", STATIC).status, 200);
     let m = get_auth(&mut c, "/v2/library/alpine/manifests/latest", STATIC);
@@ -150,6 +151,13 @@ fn a_static_token_pulls_and_goes_upstream_as_the_mirror() {
     );
     assert_eq!(r.status, 401);
     assert_client_credentials_never_went_upstream(&hub, &[STATIC]);
+    // The access log names who pulled (the token by its place, not itself).
+    assert!(
+        relay.wait_for_log("\"user\":\"token#1\"", Duration::from_secs(5)),
+        "{}",
+        relay.stderr()
+    );
+    assert!(!relay.stderr().contains(STATIC));
 }
 
 #[test]

@@ -45,12 +45,13 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// The name for logs: the user, `token#N`, or `-`.
-    pub fn name(&self) -> String {
+    /// The name for logs: the user, or `token#N` (the static token's
+    /// place in the config, never the token); None for anonymous.
+    pub fn name(&self) -> Option<String> {
         match self {
-            Principal::User(u) => u.clone(),
-            Principal::StaticToken(i) => format!("token#{}", i + 1),
-            Principal::Anonymous => "-".into(),
+            Principal::User(u) => Some(u.clone()),
+            Principal::StaticToken(i) => Some(format!("token#{}", i + 1)),
+            Principal::Anonymous => None,
         }
     }
 }

@@ -175,6 +175,8 @@ impl Line<'_> {
         str_or_null(buf, registry.map(str::as_bytes));
         buf.extend_from_slice(b",\"repository\":");
         str_or_null(buf, s.repository.map(str::as_bytes));
+        buf.extend_from_slice(b",\"user\":");
+        str_or_null(buf, s.user.as_deref().map(str::as_bytes));
         let _ = write!(
             buf,
             ",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3},\"cache\":",

@@ -153,6 +153,8 @@ pub struct RequestSummary<'a> {
     pub registry: Option<RegistryId>,
     /// The repository as the client named it.
     pub repository: Option<&'a str>,
+    /// Who the mirror authenticated (`[auth]`: a user, or `token#N`).
+    pub user: Option<String>,
     /// The status and bytes the client was sent (read off the stream).
     pub status: u16,
     pub bytes: u64,

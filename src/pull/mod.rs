@@ -81,7 +81,10 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                     .map(|t| (t.client_repo, t.upstream_repo.as_ref())),
             };
             match gate::auth::admit(auth, req.header("authorization"), &ask) {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    summary.user = p.name();
+                    Some(p)
+                }
                 Err(why) => {
                     let scope = target.as_ref().map(|t| t.client_repo);
                     let challenge = challenge_for(w, reg, scope, req, cx);
