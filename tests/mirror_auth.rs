@@ -281,3 +281,35 @@ fn an_htpasswd_hash_other_than_bcrypt_is_a_config_error_naming_its_line() {
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("line 2: user b: not a bcrypt hash"), "{err}");
 }
+
+#[test]
+fn the_cache_serves_no_mirror_user_what_the_mirrors_identity_may_not_pull() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("auth-cache");
+    let cache = format!(
+        "[cache]\nenabled = true\ndir = \"{}\"\n",
+        dir.path().display()
+    );
+    // Without [auth]: alice pulls a private layer with her own login, and
+    // the cache stores it.
+    let relay = Relay::start_with(&config_with_timeouts(&hub, &cache, Timeouts::default()));
+    let mut c = relay.client();
+    let secret = hub.seeded().secret.clone();
+    let layer = &secret.layers[0].digest;
+    let path = format!("/v2/{}/blobs/{layer}", secret.repo);
+    let r = c.get(&path).unwrap();
+    assert_eq!(r.status, 401);
+    let alice = token_of(&login(&mut c, &r, Some(&basic_auth("alice", "wonderland"))));
+    let r = get_auth(&mut c, &path, &alice);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), *layer);
+    // With [auth] and no operator account: a mirror user gets nothing of it.
+    let users = tempdir::Dir::new("auth-cache-users");
+    relay.rewrite_config(&(config(&hub, &users, "", "") + "\n" + &cache));
+    relay.reload(2);
+    let mut c = relay.client();
+    let r = get_auth(&mut c, &path, STATIC);
+    assert_ne!(r.status, 200, "a private blob served from the cache");
+    assert_ne!(sha256(&r.body), *layer);
+    assert_eq!(error_code(&r.body), "DENIED");
+}
