@@ -54,14 +54,5 @@ pub async fn mirror_token<S: ClientSink>(
         },
     };
     let (token, ttl) = auth::issue(auth, &user, &w.cfg.registry(reg).name, &scopes);
-    let body =
-        format!("{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":{ttl}}}");
-    reply
-        .small(
-            client,
-            200,
-            &[("Content-Type", b"application/json")],
-            body.as_bytes(),
-        )
-        .await
+    super::issued(client, reply, &token, ttl).await
 }

@@ -261,20 +261,29 @@ async fn offline_token<S: ClientSink>(
         Some(w.id),
         "token service unreachable: issued an offline token for cached anonymous content"
     );
-    let body = format!(
-        "{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":{OFFLINE_TOKEN_TTL}}}"
-    );
     reply.must_close();
-    Some(
-        reply
-            .small(
-                client,
-                200,
-                &[("Content-Type", b"application/json")],
-                body.as_bytes(),
-            )
-            .await,
-    )
+    Some(issued(client, reply, &token, OFFLINE_TOKEN_TTL).await)
+}
+
+/// A token ocirelay issued itself, as a token service answers it (both
+/// names clients read: `token`, and OAuth2's `access_token`).
+async fn issued<S: ClientSink>(
+    client: &mut S,
+    reply: &mut Reply<'_>,
+    token: &str,
+    expires_in: u64,
+) -> Outcome {
+    let body = format!(
+        "{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":{expires_in}}}"
+    );
+    reply
+        .small(
+            client,
+            200,
+            &[("Content-Type", b"application/json")],
+            body.as_bytes(),
+        )
+        .await
 }
 
 /// An error answer after which the connection closes.
