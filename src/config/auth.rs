@@ -189,6 +189,10 @@ pub fn read_htpasswd(path: &Path) -> Result<Vec<User>, String> {
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(at("empty user name".into()));
         }
+        if name.starts_with("token#") {
+            // What static-token logins are called in tokens and logs.
+            return Err(at(format!("user {name}: `token#` names are reserved")));
+        }
         let bcrypt =
             ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60;
         if !bcrypt {

@@ -159,6 +159,17 @@ fn static_token(auth: &AuthConfig, presented: &[u8]) -> Option<usize> {
     found
 }
 
+/// A `/token` login: an htpasswd user with its password, or any user name
+/// with a static token as the password (`docker login -u ci -p <token>`:
+/// docker cannot send a bearer token of its own). The name the issued
+/// token carries (the user, or `token#N`); None: refused.
+pub fn login(auth: &AuthConfig, cache: &AuthCache, user: &str, password: &str) -> Option<String> {
+    if let Some(i) = static_token(auth, password.as_bytes()) {
+        return Principal::StaticToken(i).name();
+    }
+    check_password(auth, cache, user, password).then(|| user.to_string())
+}
+
 /// Whether `user` with `password` is an htpasswd user (bcrypt, once per
 /// pair per worker; see the module comment).
 pub fn check_password(auth: &AuthConfig, cache: &AuthCache, user: &str, password: &str) -> bool {

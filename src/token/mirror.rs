@@ -44,9 +44,11 @@ pub async fn mirror_token<S: ClientSink>(
         .collect();
     let user = match req.header("authorization") {
         None => String::new(),
-        Some(v) => match auth::basic_credentials(v) {
-            Some((u, p)) if auth::check_password(auth, &w.logins, &u, &p) => u,
-            _ => {
+        Some(v) => match auth::basic_credentials(v)
+            .and_then(|(u, p)| auth::login(auth, &w.logins, &u, &p))
+        {
+            Some(name) => name,
+            None => {
                 let e =
                     ErrorReply::new(401, ErrorCode::Unauthorized, "wrong user name or password");
                 return reply.error(client, &e).await;
