@@ -97,11 +97,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     if let (Some(_), Route::Ping) = (&principal, route) {
         // Logged in (or anonymous access on): the mirror answers for
         // itself; the upstream is asked only with its own identity.
-        let headers: &[(&str, &[u8])] = &[
-            ("Content-Type", b"application/json"),
-            ("Docker-Distribution-Api-Version", b"registry/2.0"),
-        ];
-        return reply.small(client, 200, headers, b"{}").await;
+        return ping_ok(client, reply).await;
     }
     // ---- admit: the allow and deny lists (gate/) ----
     if let Some(t) = &target {
@@ -226,7 +222,9 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
         let e = ErrorReply::new(
             403,
             ErrorCode::Denied,
-            format!("upstream registry {registry_name} refuses this mirror's account"),
+            format!(
+                "upstream registry {registry_name} refuses this mirror's own upstream identity"
+            ),
         );
         return reply.error(client, &e).await;
     }
@@ -681,11 +679,7 @@ async fn offline_challenge<S: ClientSink>(
         if !matches!(route, Route::Ping) {
             return None;
         }
-        let headers: &[(&str, &[u8])] = &[
-            ("Content-Type", b"application/json"),
-            ("Docker-Distribution-Api-Version", b"registry/2.0"),
-        ];
-        return Some(reply.small(client, 200, headers, b"{}").await);
+        return Some(ping_ok(client, reply).await);
     }
     let challenge = challenge_for(w, reg, scope, req, cx);
     let e = ErrorReply::new(401, ErrorCode::Unauthorized, "authentication required");
@@ -731,6 +725,16 @@ fn challenge_for(
         crate::wire::challenge::push_quoted(&mut challenge, &format!("repository:{repo}:pull"));
     }
     challenge
+}
+
+/// `/v2/` answered by ocirelay itself: the API is there, the client may
+/// use it.
+async fn ping_ok<S: ClientSink>(client: &mut S, reply: &mut Reply<'_>) -> Outcome {
+    let headers: &[(&str, &[u8])] = &[
+        ("Content-Type", b"application/json"),
+        ("Docker-Distribution-Api-Version", b"registry/2.0"),
+    ];
+    reply.small(client, 200, headers, b"{}").await
 }
 
 /// A 401 with `challenge` and the JSON error `e`.
