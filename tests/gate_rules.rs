@@ -336,3 +336,21 @@ fn a_request_following_a_download_over_max_blob_bytes_is_refused() {
     assert_eq!(fetched, 1, "the follower went upstream itself");
     drop(leader);
 }
+
+#[test]
+fn config_check_names_a_global_pattern_that_names_no_registry() {
+    let hub = hub();
+    let text = config(
+        &hub,
+        "[access]\ndeny = [\"dockerio/library/*\", \"*/evil/**\"]",
+        "",
+    );
+    let (ok, err) = config_check(&text);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("line 5")
+            && err.contains("\"dockerio/library/*\" names no configured registry"),
+        "{err}"
+    );
+    assert!(!err.contains("*/evil/**"), "{err}");
+}

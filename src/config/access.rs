@@ -89,6 +89,15 @@ impl RepoGlob {
         &self.text
     }
 
+    /// Whether the pattern's first component matches `component` (the
+    /// registry of a global pattern: `config check` asks).
+    pub fn first_matches(&self, component: &str) -> bool {
+        match self.parts.first() {
+            Some(Part::One(p)) => match_component(p.as_bytes(), component.as_bytes()),
+            _ => true,
+        }
+    }
+
     /// Whether `name` (components split by `/`) matches.
     pub fn matches(&self, name: &str) -> bool {
         let comps: Vec<&str> = name.split('/').collect();

@@ -7,7 +7,9 @@
 //! - a registry `hosts` entry that is the mirror's own `domain`, and two
 //!   registries with one `prefix` (their hosts collide once `domain` is set);
 //! - a cache directory that cannot be created or written;
-//! - a TLS certificate that is not its key's, or either file unusable.
+//! - a TLS certificate that is not its key's, or either file unusable;
+//! - an `[access]` or `anonymous` pattern whose first component names no
+//!   registry (a typo there refuses or opens nothing).
 //!
 //! An ACME domain the mirror does not serve is refused when the `[acme]`
 //! table is parsed (`parse_acme`), on its line.
@@ -106,6 +108,21 @@ pub fn check(text: &str) -> Result<(Config, Vec<ConfigError>), ConfigError> {
                 _ => cert_at.span(),
             };
             problems.push(at(span, format!("tls_listener {}: {e}", listener.addr)));
+        }
+    }
+
+    // ---- access: global patterns name `<registry>/<repository>` ----
+    let global = cfg.access.allow.iter().chain(&cfg.access.deny);
+    let anonymous = cfg.auth.iter().flat_map(|a| &a.anonymous);
+    for p in global.chain(anonymous) {
+        if !cfg.registries.iter().any(|r| p.glob.first_matches(&r.name)) {
+            problems.push(ConfigError {
+                line: Some(p.line),
+                message: format!(
+                    "pattern {:?} names no configured registry first (`docker.io/library/*`): it matches nothing",
+                    p.glob.as_str()
+                ),
+            });
         }
     }
 
