@@ -8,3 +8,6 @@
 pub mod auth;
 pub mod limits;
 pub mod rules;
+
+/// Who a request is, once admitted (per-user limits key on it).
+pub use auth::Principal;
