@@ -125,6 +125,12 @@ fn blob_limit(cfg: &Config, reg: RegistryId) -> Option<(SizeLimit, Scope<'_>)> {
         .min_by_key(|(l, _)| l.bytes)
 }
 
+/// Whether any `max_blob_bytes` applies to `reg` (without one, a blob's
+/// size is not even looked up).
+pub fn limits_blobs(cfg: &Config, reg: RegistryId) -> bool {
+    blob_limit(cfg, reg).is_some()
+}
+
 /// Whether a blob of `size` bytes may be sent from registry `reg`. Asked
 /// wherever the size is known before the first body byte: the cache's
 /// index, the upstream's `Content-Length` or `Content-Range`.

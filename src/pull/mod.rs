@@ -230,7 +230,8 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
     }
     // ---- admit: a blob over `max_blob_bytes` goes no further than its
     // head (gate/); nothing of it is sent or stored ----
-    if let (Route::Blob { digest, .. }, 200 | 206) = (route, head.status) {
+    let limited = gate::rules::limits_blobs(&w.cfg, reg);
+    if let (Route::Blob { digest, .. }, 200 | 206, true) = (route, head.status, limited) {
         let size = gate::rules::blob_size(
             head.header(&conn, "content-range"),
             head.header(&conn, "content-length"),
