@@ -318,3 +318,29 @@ fn the_cache_serves_no_mirror_user_what_the_mirrors_identity_may_not_pull() {
     assert_ne!(sha256(&r.body), *layer);
     assert_eq!(error_code(&r.body), "DENIED");
 }
+
+#[test]
+fn a_logged_in_user_with_limits_of_their_own_is_counted_by_name_not_address() {
+    let hub = hub();
+    let dir = tempdir::Dir::new("auth-user-limits");
+    // The address may make 2 requests; user `ci` has a budget of its own.
+    let limits = "[client_limits]\nrequests_per_sec = 0.01\nburst = 2\n\
+                  [client_limits.user.ci]\nrequests_per_sec = 100\nburst = 100\n";
+    let relay = Relay::start_with(&config(&hub, &dir, limits, ""));
+    let mut c = relay.client();
+    // The login costs the address its 2 requests (a Basic login is not a
+    // user for the limits: verifying it would mean a bcrypt per request).
+    let r = c.get("/v2/").unwrap();
+    assert_eq!(r.status, 401);
+    let tok = token_of(&login(&mut c, &r, Some(&basic_auth("ci", PASSWORD))));
+    for i in 0..10 {
+        let m = get_auth(&mut c, "/v2/", &tok);
+        assert_eq!(m.status, 200, "request {i} as ci: {}", m.text());
+    }
+    // The address's own budget is spent: without the token, 429.
+    let anon = c.get("/v2/").unwrap();
+    assert_eq!(anon.status, 429, "{}", anon.text());
+    // A forged token names no user: the address's budget applies.
+    let forged = get_auth(&mut c, "/v2/", &format!("{tok}x"));
+    assert_eq!(forged.status, 429, "{}", forged.text());
+}

@@ -160,7 +160,8 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 }
             };
             let cx = cx.for_request(&w.cfg, &head);
-            io.pace(pacer(&w, &cx));
+            let user = limited_user(&w, &head);
+            io.pace(pacer(&w, &cx, user.as_deref()));
             let mut body = PendingBody::new(head.body, &inbuf[head_end..], head.expect_continue);
             let started = Instant::now();
             io.begin();
@@ -176,6 +177,7 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 &mut summary,
                 draining,
                 over_cap.take(),
+                user.as_deref(),
             )
             .await;
             if io.was_shaped() {
@@ -247,11 +249,26 @@ fn finish(
     }
 }
 
-/// Who a request is counted against by the per-client limits.
-/// Mirror auth: an authenticated user goes in `user` here, so that
-/// `[client_limits.user.<name>]` applies to their requests.
-fn who(cx: &ClientCtx) -> Who<'static> {
-    Who::address(cx.client)
+/// Who a request is counted against by the per-client limits: its
+/// address, or the user its mirror credentials name when that user has
+/// limits of their own (`[client_limits.user.<name>]`).
+fn who<'u>(cx: &ClientCtx, user: Option<&'u str>) -> Who<'u> {
+    Who {
+        user,
+        ..Who::address(cx.client)
+    }
+}
+
+/// The user a request's mirror credentials name (`gate::auth::identify`),
+/// looked for only when mirror auth is on and some user has limits of
+/// their own: otherwise no request pays the HMAC.
+fn limited_user(w: &Worker, head: &RequestHead<'_>) -> Option<String> {
+    let limits = w.cfg.client_limits.as_ref()?;
+    let auth = w.cfg.auth.as_ref()?;
+    if limits.users.is_empty() {
+        return None;
+    }
+    crate::gate::auth::identify(auth, head.header("authorization"))
 }
 
 /// The connection's slot under its client's connection cap, or why it has
@@ -273,12 +290,12 @@ fn admit_connection(w: &Worker, cx: &ClientCtx) -> (Option<ConnectionSlot>, Opti
 }
 
 /// The byte rate one response of this client is written at, if any.
-fn pacer(w: &Worker, cx: &ClientCtx) -> Option<Pacer> {
+fn pacer(w: &Worker, cx: &ClientCtx, user: Option<&str>) -> Option<Pacer> {
     let limits = w.cfg.client_limits.as_ref()?;
     if cx.listener == ListenerKind::Ops {
         return None;
     }
-    w.limiter.pacer(limits, who(cx))
+    w.limiter.pacer(limits, who(cx, user))
 }
 
 /// The admit phase: a request over its client's limits is refused. The
@@ -289,6 +306,7 @@ fn admit(
     cx: &ClientCtx,
     route: &Route<'_>,
     over_cap: Option<OverLimit>,
+    user: Option<&str>,
 ) -> Option<OverLimit> {
     if over_cap.is_some() {
         return over_cap;
@@ -297,13 +315,13 @@ fn admit(
     if matches!(route, Route::Health | Route::Ready) {
         return None;
     }
-    w.limiter.admit_request(limits, who(cx)).err()
+    w.limiter.admit_request(limits, who(cx, user)).err()
 }
 
 /// Routes a request to its handler. `draining`: the connection ends after
 /// this response (the process is draining), and the head says so.
 /// `over_cap`: the connection is over its client's cap (answered 429, then
-/// closed).
+/// closed). `user`: who the limits count the request against, if a user.
 #[allow(clippy::too_many_arguments)]
 async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     w: &'a Worker,
@@ -315,6 +333,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     summary: &mut RequestSummary<'a>,
     draining: bool,
     over_cap: Option<OverLimit>,
+    user: Option<&str>,
 ) -> Outcome {
     let (path, query) = classify::split_target(head.target);
     let route = classify::classify(head.method, path);
@@ -340,7 +359,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         return reply.error(io, &refusal).await;
     }
     // ---- admit: per-client limits ----
-    if let Some(over) = admit(w, cx, &route, over_cap) {
+    if let Some(over) = admit(w, cx, &route, over_cap, user) {
         let what = match over.limit {
             Limit::Requests => Limited::Requests,
             Limit::Connections => {

@@ -245,19 +245,43 @@ impl Unadmitted {
     }
 }
 
+/// Who a request's credentials name, checked but not yet authorized: a
+/// static token's name or the user of a mirror token whose MAC holds and
+/// which has not expired. The per-client limits key on it before routing
+/// (a user with limits of their own); whether that user may have the
+/// repository is `admit`'s question, asked later in `pull`. Costs one
+/// HMAC, and nothing without `Authorization: Bearer`; a Basic login (only
+/// `/token` takes one) is never verified here, where bcrypt would run on
+/// the request path.
+pub fn identify(auth: &AuthConfig, authorization: Option<&[u8]>) -> Option<String> {
+    let token = bearer(authorization)?;
+    if let Some(i) = static_token(auth, token) {
+        return Principal::StaticToken(i).name();
+    }
+    let claims = verify(auth, std::str::from_utf8(token).ok()?, now_secs())?;
+    Principal::User(claims.user)
+        .name()
+        .filter(|u| !u.is_empty())
+}
+
+/// The credentials of `Authorization: Bearer <token>`, if that is what it is.
+fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
+    authorization.and_then(|v| {
+        let v = v.trim_ascii();
+        let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
+        scheme
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| rest.trim_ascii())
+    })
+}
+
 /// The admit step of mirror authentication for a registry request.
 pub fn admit(
     auth: &AuthConfig,
     authorization: Option<&[u8]>,
     ask: &Ask<'_>,
 ) -> Result<Principal, Unadmitted> {
-    let bearer = authorization.and_then(|v| {
-        let v = v.trim_ascii();
-        let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
-        scheme
-            .eq_ignore_ascii_case(b"bearer")
-            .then(|| rest.trim_ascii())
-    });
+    let bearer = bearer(authorization);
     let anonymous_ok = |ask: &Ask<'_>| {
         ask.repo.is_some_and(|(_, upstream)| {
             let q = format!("{}/{upstream}", ask.registry);
