@@ -64,7 +64,6 @@ async fn relay_length_tls_inner<T: BodyTap>(
                 tap.data(plain);
             })
             .map_err(RelayError::Upstream)?;
-        up.settle().await.map_err(RelayError::Upstream)?;
         remaining -= done.taken;
         if !done.run.is_empty() {
             if remaining == 0 {
@@ -96,7 +95,7 @@ async fn relay_length_tls_inner<T: BodyTap>(
         // A record that cannot be re-encrypted in place (another layout, a
         // key update due towards the client, more than the body): one copy,
         // sealed into the client's write buffer.
-        if remaining > 0 && up.open_buffered().await.map_err(RelayError::Upstream)? {
+        if remaining > 0 && up.open_buffered().map_err(RelayError::Upstream)? {
             let plain = up.plain();
             let n = (plain.len() as u64).min(remaining) as usize;
             tap.data(&plain[..n]);

@@ -36,8 +36,15 @@ pub enum TlsError {
     KeyLimit,
     /// TCP ended without close_notify: the data may have been cut short.
     Truncated,
-    /// A cancelled read took the stream's buffer: the stream is unusable.
+    /// A cancelled read or write took the stream's buffer or left a record
+    /// half sent: the stream is unusable.
     UsedAfterCancel,
+    /// An earlier error ended the stream (it only sends its alert at
+    /// shutdown now).
+    Failed,
+    /// More key updates from the peer without data in between than we
+    /// accept (see [`super::inbound::MAX_KEY_UPDATES`]).
+    KeyUpdateFlood,
     /// The stream was used against its contract (a bug of the caller).
     Misuse(&'static str),
     /// The handshake negotiated `acme-tls/1`: a CA validated a domain
@@ -45,7 +52,45 @@ pub enum TlsError {
     AcmeValidation,
 }
 
+/// Alert descriptions we send (RFC 8446 §6.2).
+pub mod alert {
+    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    pub const BAD_RECORD_MAC: u8 = 20;
+    pub const RECORD_OVERFLOW: u8 = 22;
+    pub const DECODE_ERROR: u8 = 50;
+    pub const INTERNAL_ERROR: u8 = 80;
+}
+
 impl TlsError {
+    /// The fatal alert this error owes the peer, if any: none for what the
+    /// peer ended itself (its alert, a TCP end) or for a stream whose send
+    /// side is in an unknown state.
+    pub fn alert(&self) -> Option<u8> {
+        use RecordError::*;
+        match self {
+            TlsError::Record(BadRecordMac) => Some(alert::BAD_RECORD_MAC),
+            TlsError::Record(RecordOverflow(_)) => Some(alert::RECORD_OVERFLOW),
+            TlsError::Record(Malformed(_)) | TlsError::MessageTooLarge => Some(alert::DECODE_ERROR),
+            TlsError::Protocol(_)
+            | TlsError::UnexpectedRecord(_)
+            | TlsError::UnexpectedHandshake(_)
+            | TlsError::KeyUpdateFlood => Some(alert::UNEXPECTED_MESSAGE),
+            TlsError::Rustls(_) | TlsError::Keys(_) | TlsError::Misuse(_) => {
+                Some(alert::INTERNAL_ERROR)
+            }
+            TlsError::Record(SequenceExhausted)
+            | TlsError::Encode(_)
+            | TlsError::HandshakeCut(_)
+            | TlsError::UnsupportedVersion(_)
+            | TlsError::Alert(_)
+            | TlsError::KeyLimit
+            | TlsError::Truncated
+            | TlsError::UsedAfterCancel
+            | TlsError::Failed
+            | TlsError::AcmeValidation => None,
+        }
+    }
+
     /// The `TlsError` inside an `io::Error` from a TLS stream, if any.
     pub fn of(e: &io::Error) -> Option<&TlsError> {
         e.get_ref()?.downcast_ref()
@@ -55,7 +100,7 @@ impl TlsError {
         match self {
             TlsError::Truncated | TlsError::HandshakeCut(_) => io::ErrorKind::UnexpectedEof,
             TlsError::Alert(_) => io::ErrorKind::ConnectionAborted,
-            TlsError::UsedAfterCancel => io::ErrorKind::BrokenPipe,
+            TlsError::UsedAfterCancel | TlsError::Failed => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::InvalidData,
         }
     }
@@ -87,7 +132,11 @@ impl fmt::Display for TlsError {
             TlsError::Truncated => {
                 f.write_str("TLS peer closed the connection without close_notify")
             }
-            TlsError::UsedAfterCancel => f.write_str("TLS stream used after a cancelled read"),
+            TlsError::UsedAfterCancel => {
+                f.write_str("TLS stream used after a cancelled read or write")
+            }
+            TlsError::Failed => f.write_str("TLS stream used after an error ended it"),
+            TlsError::KeyUpdateFlood => f.write_str("too many TLS key updates without data"),
             TlsError::AcmeValidation => f.write_str("an ACME TLS-ALPN-01 validation handshake"),
         }
     }
@@ -110,11 +159,6 @@ impl From<RecordError> for TlsError {
 /// `io::Error` from a rustls error (for `map_err`).
 pub(super) fn rustls_err(e: rustls::Error) -> io::Error {
     TlsError::Rustls(e).into()
-}
-
-/// `io::Error` from a record error (for `map_err`).
-pub(super) fn record_err(e: RecordError) -> io::Error {
-    TlsError::Record(e).into()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use rustls::unbuffered::{
 use rustls::{ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
 use super::error::{rustls_err, TlsError};
+use super::inbound::Inbound;
 use super::record::{RecordCipher, Version};
 use super::stream::{TlsStream, MAX_READ, MIN_READ};
 
@@ -34,7 +35,7 @@ pub trait Side: Sized + 'static {
     ) -> Result<(ExtractedSecrets, KernelConnection<Self>), rustls::Error>;
 
     /// A NewSessionTicket after the handshake (only servers send them).
-    fn session_ticket(k: &mut KernelConnection<Self>, payload: &[u8]) -> io::Result<()>;
+    fn session_ticket(k: &mut KernelConnection<Self>, payload: &[u8]) -> Result<(), TlsError>;
 }
 
 impl Side for ClientConnectionData {
@@ -53,10 +54,11 @@ impl Side for ClientConnectionData {
         conn.dangerous_into_kernel_connection()
     }
 
-    fn session_ticket(k: &mut KernelConnection<Self>, payload: &[u8]) -> io::Result<()> {
+    fn session_ticket(k: &mut KernelConnection<Self>, payload: &[u8]) -> Result<(), TlsError> {
         // Kept in the config's resumption store: the next connection to this
         // upstream resumes instead of a full handshake.
-        k.handle_new_session_ticket(payload).map_err(rustls_err)
+        k.handle_new_session_ticket(payload)
+            .map_err(TlsError::Rustls)
     }
 }
 
@@ -76,8 +78,8 @@ impl Side for ServerConnectionData {
         conn.dangerous_into_kernel_connection()
     }
 
-    fn session_ticket(_: &mut KernelConnection<Self>, _: &[u8]) -> io::Result<()> {
-        Err(TlsError::Protocol("TLS client sent a session ticket").into())
+    fn session_ticket(_: &mut KernelConnection<Self>, _: &[u8]) -> Result<(), TlsError> {
+        Err(TlsError::Protocol("TLS client sent a session ticket"))
     }
 }
 
@@ -214,13 +216,17 @@ pub(super) async fn handshake<S: Side>(
     };
     wbuf.clear();
     if rbuf.capacity() < MIN_READ {
-        rbuf.reserve(MIN_READ - rbuf.len());
+        rbuf.reserve_exact(MIN_READ - rbuf.len());
     }
     Ok(TlsStream {
         tcp,
         version,
         tx: RecordCipher::new(version, secrets.tx).map_err(TlsError::Keys)?,
-        rx: RecordCipher::new(version, secrets.rx).map_err(TlsError::Keys)?,
+        inbound: Inbound::new(
+            version,
+            RecordCipher::new(version, secrets.rx).map_err(TlsError::Keys)?,
+        ),
+        broken: None,
         kernel,
         // Rekey well before the limit (rustls does the same).
         rekey_after: limit - limit / 16,
@@ -229,11 +235,8 @@ pub(super) async fn handshake<S: Side>(
         plain: 0..0,
         last_read: (0, 0),
         early,
-        hs_partial: Vec::new(),
         wbuf,
-        owe_key_update: false,
         eof: false,
-        peer_closed: false,
     })
 }
 

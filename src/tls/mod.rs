@@ -7,7 +7,9 @@
 //! - `handshake`: rustls driven through our buffers, then the switch to ours;
 //! - `stream`: a [`stream::TlsStream`] in the data phase over monoio's TCP
 //!   stream: reading and opening records, sealing and writing;
-//! - `control`: alerts, session tickets, key updates;
+//! - `inbound`: the receiving state machine (records in; alerts, tickets
+//!   and the peer's key updates handled), without I/O;
+//! - `control`: control message codes, our key updates;
 //! - `reseal`: another stream's records re-encrypted in place (relays);
 //! - `error`: [`error::TlsError`].
 //! - `record`: the record cipher (seal/open in place, sequence numbers).
@@ -17,6 +19,7 @@ pub mod config;
 mod control;
 pub mod error;
 mod handshake;
+pub mod inbound;
 pub mod record;
 mod reseal;
 mod slots;

@@ -25,9 +25,11 @@ use rustls::ConnectionTrafficSecrets;
 pub const MAX_PLAIN: usize = 16 * 1024;
 /// Record header: type, version, length.
 pub const HEADER: usize = 5;
-/// Largest record we accept on the wire: TLS 1.2 allows 2048 bytes of
-/// expansion, TLS 1.3 256 (RFC 5246 §6.2.3, RFC 8446 §5.2).
+/// Largest record of any version on the wire: TLS 1.2 allows 2048 bytes
+/// of expansion (RFC 5246 §6.2.3).
 pub const MAX_RECORD: usize = HEADER + MAX_PLAIN + 2048;
+/// Largest TLS 1.3 record: 256 bytes of expansion (RFC 8446 §5.2).
+pub const MAX_RECORD_13: usize = HEADER + MAX_PLAIN + 256;
 
 const TAG: usize = 16;
 /// Explicit nonce carried by TLS 1.2 AES-GCM records.
@@ -42,6 +44,16 @@ pub const APPLICATION_DATA: u8 = 23;
 pub enum Version {
     Tls12,
     Tls13,
+}
+
+impl Version {
+    /// The longest record (header included) this version allows.
+    pub fn max_record(self) -> usize {
+        match self {
+            Version::Tls12 => MAX_RECORD,
+            Version::Tls13 => MAX_RECORD_13,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +82,19 @@ impl fmt::Display for RecordError {
 impl std::error::Error for RecordError {}
 
 /// The length of the complete record at the front of `buf`, if it is all
-/// there (`Ok(None)`: read more).
+/// there (`Ok(None)`: read more), for a record of any version.
 pub fn complete_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+    complete_record_upto(buf, MAX_RECORD)
+}
+
+/// [`complete_record`] with the limit of one version (the header says how
+/// long a record is, so a record over it is refused before it is read).
+fn complete_record_upto(buf: &[u8], max: usize) -> Result<Option<usize>, RecordError> {
     if buf.len() < HEADER {
         return Ok(None);
     }
     let len = HEADER + u16::from_be_bytes([buf[3], buf[4]]) as usize;
-    if len > MAX_RECORD {
+    if len > max {
         return Err(RecordError::RecordOverflow(len));
     }
     Ok((buf.len() >= len).then_some(len))
@@ -117,9 +135,27 @@ impl RecordCipher {
         })
     }
 
+    /// The length of the complete record at the front of `buf` if it is
+    /// all there, within this cipher's version's limit.
+    pub fn complete(&self, buf: &[u8]) -> Result<Option<usize>, RecordError> {
+        complete_record_upto(buf, self.version.max_record())
+    }
+
     /// Records protected so far with this key.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Seals a record of any length (tests: a peer breaking the limits).
+    #[cfg(test)]
+    pub(crate) fn seal_any_length(&mut self, typ: u8, plain: &[u8], out: &mut Vec<u8>) {
+        self.seal_unchecked(typ, plain, out).unwrap();
+    }
+
+    /// Moves the sequence number (tests: near its end).
+    #[cfg(test)]
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// Bytes a record adds to its plaintext.
@@ -239,11 +275,31 @@ impl RecordCipher {
     /// Appends one record of `typ` holding `plain` (at most [`MAX_PLAIN`]
     /// bytes) to `out`: the plaintext is copied once, then encrypted where it
     /// lies.
+    /// On an error `out` is as it was: no header or plaintext of a record
+    /// that was not sealed is left behind to be sent.
     pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-        debug_assert!(plain.len() <= MAX_PLAIN);
+        if plain.len() > MAX_PLAIN {
+            return Err(RecordError::RecordOverflow(plain.len()));
+        }
         if self.seq == u64::MAX {
             return Err(RecordError::SequenceExhausted);
         }
+        let before = out.len();
+        let sealed = self.seal_unchecked(typ, plain, out);
+        if sealed.is_err() {
+            out.truncate(before);
+        }
+        sealed
+    }
+
+    /// [`RecordCipher::seal`] once the record is known to fit its length
+    /// and sequence number; may leave a partial record in `out` on error.
+    fn seal_unchecked(
+        &mut self,
+        typ: u8,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
         let nonce = self.nonce();
         let body = self.overhead() - HEADER + plain.len();
         out.reserve(HEADER + body);
@@ -290,7 +346,7 @@ impl RecordCipher {
     /// Decrypts the complete record `record` (header included) in place and
     /// returns its content type and where its plaintext now lies in `record`.
     pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, Range<usize>), RecordError> {
-        if record.len() > MAX_RECORD {
+        if record.len() > self.version.max_record() {
             return Err(RecordError::RecordOverflow(record.len()));
         }
         let header: [u8; HEADER] = record[..HEADER].try_into().expect("record has a header");
@@ -311,7 +367,11 @@ impl RecordCipher {
                         &mut record[HEADER..],
                     )
                     .map_err(|_| RecordError::BadRecordMac)?;
-                // Inner plaintext: content, type, zero padding.
+                // Inner plaintext: content, type, zero padding; at most
+                // 2^14 + 1 bytes in all (RFC 8446 §5.2, §5.4).
+                if plain.len() > MAX_PLAIN + 1 {
+                    return Err(RecordError::RecordOverflow(plain.len()));
+                }
                 let Some(end) = plain.iter().rposition(|&b| b != 0) else {
                     return Err(RecordError::Malformed("record without a content type"));
                 };

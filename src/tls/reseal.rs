@@ -9,11 +9,11 @@ use std::ops::Range;
 use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 
-use super::error::{record_err, TlsError};
+use super::error::TlsError;
 use super::handshake::Side;
 #[cfg(test)]
 use super::stream::RESEALED_IN_PLACE;
-use super::stream::{Resealed, TlsStream};
+use super::stream::{Broken, Resealed, TlsStream};
 
 impl<S: Side> TlsStream<S> {
     /// Re-encrypts for `to`, in place in this stream's read buffer, the
@@ -25,7 +25,9 @@ impl<S: Side> TlsStream<S> {
     /// Stops at the first record that cannot be re-encrypted this way (it
     /// stays opened, in [`TlsStream::plain`]), at a record not adjacent to the
     /// run (after a ticket or key update), when `to` owes a key update, or
-    /// when no complete record is left (then `exhausted`). The run goes out
+    /// when no complete record is left (then `exhausted`). A key update the
+    /// upstream asked for waits for the next request written to it. The
+    /// run goes out
     /// after what `to` has pending (sealed before it), with
     /// [`TlsStream::send_run`], or with [`TlsStream::send_ciphertext`] after
     /// [`TlsStream::swap_read_buffer`].
@@ -35,6 +37,8 @@ impl<S: Side> TlsStream<S> {
         limit: u64,
         mut each: impl FnMut(&[u8]),
     ) -> io::Result<Resealed> {
+        self.usable()?;
+        to.usable()?;
         let mut out = Resealed {
             taken: 0,
             run: self.rpos..self.rpos,
@@ -42,10 +46,9 @@ impl<S: Side> TlsStream<S> {
         };
         while out.taken < limit
             && self.plain().is_empty()
-            && self.hs_partial.is_empty()
-            && !self.owe_key_update
-            && !self.peer_closed
-            && !to.owe_key_update
+            && !self.inbound.mid_message()
+            && !self.inbound.peer_closed()
+            && !to.inbound.key_update_owed
             && to.tx.seq() < to.rekey_after
         {
             let at = self.rpos;
@@ -66,11 +69,21 @@ impl<S: Side> TlsStream<S> {
                 break;
             }
             each(&self.rbuf[plain.clone()]);
-            let sealed = to
-                .tx
-                .seal_in_slot(&mut self.rbuf[slot.clone()], inner)
-                .map_err(record_err)?;
-            debug_assert!(sealed);
+            // `fits_slot` said yes; were the cipher to disagree, the slot
+            // would still hold plaintext: both streams end rather than let
+            // the run out (in release builds too).
+            match to.tx.seal_in_slot(&mut self.rbuf[slot.clone()], inner) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let e = TlsError::Misuse("record slot the cipher does not take");
+                    self.broken = Some(Broken::Failed(None));
+                    return Err(to.fail(e));
+                }
+                Err(e) => {
+                    self.broken = Some(Broken::Failed(None));
+                    return Err(to.fail(e.into()));
+                }
+            }
             #[cfg(test)]
             RESEALED_IN_PLACE.with(|n| n.set(n.get() + 1));
             self.plain = plain.end..plain.end;
@@ -80,14 +93,6 @@ impl<S: Side> TlsStream<S> {
         Ok(out)
     }
 
-    /// Answers a key update the peer asked for, if one is owed.
-    pub async fn settle(&mut self) -> io::Result<()> {
-        if self.owe_key_update {
-            self.answer_key_update().await?;
-        }
-        Ok(())
-    }
-
     /// Sends `run` of this stream's read buffer (ciphertext for `to`, see
     /// [`TlsStream::reseal_buffered`]) on `to`.
     pub async fn send_run<T: Side>(
@@ -95,8 +100,14 @@ impl<S: Side> TlsStream<S> {
         to: &mut TlsStream<T>,
         run: Range<usize>,
     ) -> io::Result<()> {
+        self.usable()?;
+        // The buffer goes with the write: if the write's future is dropped
+        // (a timeout) this stream's indices point into nothing, and it
+        // stays marked so that nothing reads through them.
         let buf = std::mem::take(&mut self.rbuf);
+        self.broken = Some(Broken::Cancelled);
         let (res, buf) = to.send_ciphertext(buf, run).await;
+        self.broken = None;
         self.rbuf = buf;
         res
     }
@@ -105,6 +116,7 @@ impl<S: Side> TlsStream<S> {
     /// next bytes are read) and continues with `spare`, which receives the
     /// unopened rest. Only when no opened data is waiting.
     pub fn swap_read_buffer(&mut self, mut spare: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.usable()?;
         if !self.plain().is_empty() {
             return Err(TlsError::Misuse("read buffer swapped with opened data in it").into());
         }
@@ -126,7 +138,13 @@ impl<S: Side> TlsStream<S> {
         if let Err(e) = self.send_pending().await {
             return (Err(e), buf);
         }
+        if let Err(e) = self.usable() {
+            return (Err(e), buf);
+        }
+        // Marked until the write completes, as in `send`.
+        self.broken = Some(Broken::Cancelled);
         let (res, slice) = self.tcp.write_all(buf.slice(run)).await;
+        self.broken = res.as_ref().err().map(|_| Broken::Failed(None));
         (res.map(|_| ()), slice.into_inner())
     }
 }

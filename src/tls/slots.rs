@@ -8,7 +8,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::error::{record_err, TlsError};
+use super::error::TlsError;
 use super::handshake::Side;
 use super::record::MAX_PLAIN;
 use super::stream::{TlsStream, MAX_WRITE};
@@ -39,7 +39,10 @@ impl<S: Side> TlsStream<S> {
         let before = self.tx.plain_offset();
         let after = self.tx.overhead() - before;
         let records = n.div_ceil(MAX_PLAIN) as u64;
-        if self.owe_key_update || self.tx.seq().saturating_add(records) > self.rekey_after {
+        if self.broken.is_some()
+            || self.inbound.key_update_owed
+            || self.tx.seq().saturating_add(records) > self.rekey_after
+        {
             return None;
         }
         plain.clear();
@@ -62,19 +65,22 @@ impl<S: Side> TlsStream<S> {
     /// Seals, in place, the records laid out by
     /// [`TlsStream::lay_out_records`] once their plaintext is in `buf`.
     pub fn seal_laid_out(&mut self, buf: &mut [u8], plain: &[Range<usize>]) -> io::Result<()> {
+        self.usable()?;
         let before = self.tx.plain_offset();
         let after = self.tx.overhead() - before;
         for p in plain {
             let slot = p.start - before..p.end + after;
             let inner = before..before + p.len();
-            let sealed = self
-                .tx
-                .seal_in_slot(&mut buf[slot], inner)
-                .map_err(record_err)?;
             // Never sent unsealed: a layout this cipher does not take is
             // a bug, and an error rather than plaintext on the wire.
-            if !sealed {
-                return Err(TlsError::Misuse("record slot laid out for another cipher").into());
+            match self.tx.seal_in_slot(&mut buf[slot], inner) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(
+                        self.fail(TlsError::Misuse("record slot laid out for another cipher"))
+                    )
+                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
         Ok(())

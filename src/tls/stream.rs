@@ -37,13 +37,11 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::control::CLOSE_NOTIFY;
-use super::error::{record_err, rustls_err, TlsError};
+use super::error::{rustls_err, TlsError};
 use super::handshake::handshake;
 pub use super::handshake::Side;
-use super::record::{
-    complete_record, RecordCipher, RecordError, Version, ALERT, APPLICATION_DATA, HANDSHAKE,
-    MAX_PLAIN, MAX_RECORD,
-};
+use super::inbound::{Inbound, Opened, RxKeys};
+use super::record::{RecordCipher, Version, ALERT, APPLICATION_DATA, MAX_PLAIN};
 
 /// Smallest ciphertext read buffer: one whole record of the largest size.
 pub(super) const MIN_READ: usize = 20 * 1024;
@@ -55,13 +53,34 @@ pub(super) const MAX_WRITE: usize = 256 * 1024;
 /// them; an idle connection shrinks back to this.
 pub(super) const KEEP_WRITE: usize = 32 * 1024;
 
+/// How long the stream waits to send its close_notify or fatal alert: the
+/// end of a connection is not held up by a peer that reads nothing.
+pub(super) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a stream refuses any further use. Once set it stays: every entry
+/// point checks it first, so no caller can read through indices into a
+/// buffer a cancelled I/O took, or send after a record went out half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Broken {
+    /// A read or write was under way when its future was dropped (a
+    /// timeout): a buffer went with it, or a record is half sent. Set
+    /// before each socket operation, cleared when it completes.
+    Cancelled,
+    /// A protocol or I/O error; the fatal alert owed to the peer (if any)
+    /// goes out at shutdown, instead of close_notify.
+    Failed(Option<u8>),
+}
+
 /// A TLS stream in the data phase.
 pub struct TlsStream<S: Side> {
     pub(super) tcp: TcpStream,
     pub(super) kernel: KernelConnection<S>,
     pub(super) version: Version,
     pub(super) tx: RecordCipher,
-    pub(super) rx: RecordCipher,
+    /// The receiving state machine (the peer's records, alerts, key
+    /// updates and tickets).
+    pub(super) inbound: Inbound,
+    pub(super) broken: Option<Broken>,
     /// Records sealed with one key before it is replaced (the suite's
     /// confidentiality limit, with margin).
     pub(super) rekey_after: u64,
@@ -75,16 +94,23 @@ pub struct TlsStream<S: Side> {
     /// Application data rustls decrypted during the handshake (a client's
     /// first request sent along with its Finished).
     pub(super) early: Vec<u8>,
-    /// A post-handshake handshake message split across records.
-    pub(super) hs_partial: Vec<u8>,
     /// Ciphertext to send (reused while writes are large).
     pub(super) wbuf: Vec<u8>,
-    /// The peer asked for our key update.
-    pub(super) owe_key_update: bool,
     /// The peer closed the TCP stream.
     pub(super) eof: bool,
-    /// The peer sent close_notify.
-    pub(super) peer_closed: bool,
+}
+
+/// The kernel connection derives the peer's next keys and takes tickets.
+struct KernelKeys<'a, S: Side>(&'a mut KernelConnection<S>);
+
+impl<S: Side> RxKeys for KernelKeys<'_, S> {
+    fn next_rx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), TlsError> {
+        self.0.update_rx_secret().map_err(TlsError::Rustls)
+    }
+
+    fn session_ticket(&mut self, body: &[u8]) -> Result<(), TlsError> {
+        S::session_ticket(self.0, body)
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +169,9 @@ impl<S: Side> TlsStream<S> {
     /// Lets go of buffers grown for bulk traffic: for connections that go
     /// idle (pooled upstream connections, keep-alive clients).
     pub fn shrink_idle(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
         if self.wbuf.capacity() > KEEP_WRITE && self.wbuf.is_empty() {
             self.wbuf = Vec::new();
         }
@@ -167,14 +196,48 @@ impl<S: Side> TlsStream<S> {
         self.tx.seq()
     }
 
+    /// Parks an idle connection: opens the records already read (a session
+    /// ticket that came after the response) and lets go of bulk buffers.
+    /// False when it must not be used again: it failed, the peer closed
+    /// (TCP or close_notify), or more data or part of a record is waiting
+    /// (the framing is off).
+    pub fn park(&mut self) -> bool {
+        let quiet = self.open_buffered().is_ok_and(|data| !data)
+            && self.broken.is_none()
+            && !self.eof
+            && !self.inbound.peer_closed()
+            && !self.inbound.mid_message()
+            && self.rbuf.len() == self.rpos
+            && self.early.is_empty()
+            && self.wbuf.is_empty();
+        if quiet {
+            self.shrink_idle();
+        }
+        quiet
+    }
+
+    /// Refuses use of a broken stream (see [`Broken`]).
+    pub(super) fn usable(&self) -> io::Result<()> {
+        match self.broken {
+            None => Ok(()),
+            Some(Broken::Cancelled) => Err(TlsError::UsedAfterCancel.into()),
+            Some(Broken::Failed(_)) => Err(TlsError::Failed.into()),
+        }
+    }
+
+    /// Ends the stream for good on `e` (the alert it owes goes out at
+    /// shutdown) and returns it for the caller.
+    pub(super) fn fail(&mut self, e: TlsError) -> io::Error {
+        if self.broken.is_none() {
+            self.broken = Some(Broken::Failed(e.alert()));
+        }
+        e.into()
+    }
+
     /// Reads more bytes from the socket after what is buffered (0 at end of
     /// stream). Only called when no decrypted plaintext is waiting.
     pub(super) async fn fill(&mut self) -> io::Result<usize> {
-        debug_assert!(self.plain.is_empty());
-        if self.rbuf.capacity() == 0 {
-            // A cancelled read took the buffer: the stream is unusable.
-            return Err(TlsError::UsedAfterCancel.into());
-        }
+        self.usable()?;
         // Keep the unopened tail (part of a record) at the front.
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -186,7 +249,9 @@ impl<S: Side> TlsStream<S> {
         let cap = self.rbuf.capacity();
         let (last, room) = self.last_read;
         if last == room && last > 0 && cap < MAX_READ {
-            self.rbuf.reserve((cap * 2).min(MAX_READ) - self.rbuf.len());
+            // Exactly: `reserve` may round up past the cap.
+            self.rbuf
+                .reserve_exact((cap * 2).min(MAX_READ) - self.rbuf.len());
         } else if last < cap / 4 && cap > MIN_READ && self.rbuf.len() < MIN_READ / 2 {
             let mut small = Vec::with_capacity((cap / 2).max(MIN_READ));
             small.extend_from_slice(&self.rbuf);
@@ -195,9 +260,14 @@ impl<S: Side> TlsStream<S> {
         let len = self.rbuf.len();
         let cap = self.rbuf.capacity();
         let buf = std::mem::take(&mut self.rbuf).slice_mut(len..cap);
+        self.broken = Some(Broken::Cancelled);
         let (res, buf) = self.tcp.read(buf).await;
+        self.broken = None;
         self.rbuf = buf.into_inner();
-        let n = res?;
+        let n = res.map_err(|e| {
+            self.broken = Some(Broken::Failed(None));
+            e
+        })?;
         self.last_read = (n, cap - len);
         if n == 0 {
             self.eof = true;
@@ -207,55 +277,64 @@ impl<S: Side> TlsStream<S> {
 
     /// Opens the next complete record in the read buffer, if there is one.
     /// Application data lands in `self.plain`; alerts and post-handshake
-    /// messages are handled here.
+    /// messages are handled by [`Inbound`].
     pub(super) fn open_next(&mut self) -> io::Result<bool> {
-        let Some(len) = complete_record(&self.rbuf[self.rpos..]).map_err(record_err)? else {
+        self.usable()?;
+        match self.open_next_inner() {
+            Ok(opened) => Ok(opened),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn open_next_inner(&mut self) -> Result<bool, TlsError> {
+        let Some(len) = self.inbound.complete(&self.rbuf[self.rpos..])? else {
             return Ok(false);
         };
         let at = self.rpos;
         let record = &mut self.rbuf[at..at + len];
-        let (typ, range) = self.rx.open(record).map_err(record_err)?;
+        let opened = self
+            .inbound
+            .open(record, &mut KernelKeys(&mut self.kernel))?;
         self.rpos += len;
-        let range = at + range.start..at + range.end;
-        match typ {
-            APPLICATION_DATA => {
-                if !self.hs_partial.is_empty() {
-                    return Err(TlsError::Protocol(
-                        "TLS data interleaved with a handshake message",
-                    )
-                    .into());
-                }
-                self.plain = range;
-            }
-            ALERT => self.alert(range)?,
-            HANDSHAKE => {
-                self.hs_partial.extend_from_slice(&self.rbuf[range]);
-                self.handshake_messages()?;
-            }
-            t => return Err(TlsError::UnexpectedRecord(t).into()),
+        if let Opened::Data(range) = opened {
+            self.plain = at + range.start..at + range.end;
         }
         Ok(true)
     }
 
-    /// Seals `data` as application data records into `out`.
+    /// Seals `data` as application data records into `out`, after the key
+    /// update the peer asked for or our key's limit calls for. On an error
+    /// `out` is as it was and the stream is failed: the records sealed
+    /// before it took sequence numbers, so nothing more may follow them.
     pub(super) fn seal_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        self.usable()?;
+        let before = out.len();
         let records = data.len().div_ceil(MAX_PLAIN);
         out.reserve(data.len() + records * self.tx.overhead());
         for chunk in data.chunks(MAX_PLAIN) {
-            if self.owe_key_update || self.tx.seq() >= self.rekey_after {
-                self.key_update(out)?;
+            let sealed = if self.inbound.key_update_owed || self.tx.seq() >= self.rekey_after {
+                self.key_update(out)
+            } else {
+                Ok(())
+            };
+            let sealed = sealed.and_then(|()| Ok(self.tx.seal(APPLICATION_DATA, chunk, out)?));
+            if let Err(e) = sealed {
+                out.truncate(before);
+                return Err(self.fail(e));
             }
-            self.tx
-                .seal(APPLICATION_DATA, chunk, out)
-                .map_err(record_err)?;
         }
         Ok(())
     }
 
     /// Sends `out` (then keeps it as the write buffer if it is worth it).
     pub(super) async fn send(&mut self, out: Vec<u8>) -> io::Result<()> {
+        self.usable()?;
         let used = out.len();
+        // Marked until the write completes: a dropped future leaves a
+        // record half sent (see `Broken`).
+        self.broken = Some(Broken::Cancelled);
         let (res, mut back) = self.tcp.write_all(out).await;
+        self.broken = res.as_ref().err().map(|_| Broken::Failed(None));
         // Keep a large buffer only while writes fill a good part of it.
         if back.capacity() > KEEP_WRITE && used < back.capacity() / 4 {
             back = Vec::new();
@@ -268,6 +347,10 @@ impl<S: Side> TlsStream<S> {
     /// Decrypted application data waiting to be taken, in place (see
     /// [`TlsStream::fill_plain`]).
     pub fn plain(&self) -> &[u8] {
+        if self.broken.is_some() {
+            // The indices may point into a buffer a cancelled I/O took.
+            return &[];
+        }
         if !self.early.is_empty() {
             return &self.early;
         }
@@ -288,14 +371,14 @@ impl<S: Side> TlsStream<S> {
     }
 
     /// Opens records already in the read buffer until decrypted data is
-    /// waiting; never reads the socket. Returns whether data is waiting.
-    pub async fn open_buffered(&mut self) -> io::Result<bool> {
+    /// waiting; never reads the socket (nor writes it: a key update the peer
+    /// asked for goes out with our next data). Returns whether data is
+    /// waiting.
+    pub fn open_buffered(&mut self) -> io::Result<bool> {
+        self.usable()?;
         while self.plain().is_empty() {
-            if self.peer_closed || !self.open_next()? {
+            if self.inbound.peer_closed() || !self.open_next()? {
                 return Ok(false);
-            }
-            if self.owe_key_update {
-                self.answer_key_update().await?;
             }
         }
         Ok(true)
@@ -307,19 +390,15 @@ impl<S: Side> TlsStream<S> {
     /// it is an error (the data may be cut short).
     pub async fn fill_plain(&mut self) -> io::Result<bool> {
         loop {
-            if self.open_buffered().await? {
+            if self.open_buffered()? {
                 return Ok(true);
             }
-            if self.peer_closed {
+            if self.inbound.peer_closed() {
                 return Ok(false);
             }
             if self.eof {
+                // Our send side is intact: close_notify can still go out.
                 return Err(TlsError::Truncated.into());
-            }
-            if self.rbuf.len() - self.rpos >= MAX_RECORD {
-                return Err(record_err(RecordError::RecordOverflow(
-                    self.rbuf.len() - self.rpos,
-                )));
             }
             self.fill().await?;
         }
@@ -329,20 +408,21 @@ impl<S: Side> TlsStream<S> {
     /// it (so that [`TlsStream::reseal_buffered`] can). Returns false after
     /// the peer's close_notify. Only when no opened data is waiting.
     pub async fn fill_records(&mut self) -> io::Result<bool> {
+        self.usable()?;
         if !self.plain().is_empty() {
             return Ok(true);
         }
         loop {
-            if self.peer_closed {
+            if self.inbound.peer_closed() {
                 return Ok(false);
             }
-            if complete_record(&self.rbuf[self.rpos..])
-                .map_err(record_err)?
-                .is_some()
-            {
-                return Ok(true);
+            match self.inbound.complete(&self.rbuf[self.rpos..]) {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
             }
             if self.eof {
+                // Our send side is intact: close_notify can still go out.
                 return Err(TlsError::Truncated.into());
             }
             self.fill().await?;
@@ -365,7 +445,7 @@ impl<S: Side> TlsStream<S> {
             if filled == out.len() {
                 return Ok(filled);
             }
-            if self.open_buffered().await? {
+            if self.open_buffered()? {
                 continue;
             }
             if filled > 0 || !self.fill_plain().await? {
@@ -403,6 +483,10 @@ impl<S: Side> TlsStream<S> {
     /// digest check); the connection is not usable for more data after it.
     pub fn discard_pending(&mut self) {
         self.wbuf.clear();
+        if self.broken.is_none() {
+            // Its records took sequence numbers: what follows would not open.
+            self.broken = Some(Broken::Failed(None));
+        }
     }
 
     async fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
@@ -468,12 +552,36 @@ impl<S: Side> AsyncWriteRent for TlsStream<S> {
         Ok(())
     }
 
+    /// Sends close_notify (or the fatal alert an error owes the peer; or
+    /// nothing after a cancelled write), under [`CLOSE_TIMEOUT`], then ends
+    /// TCP.
     async fn shutdown(&mut self) -> io::Result<()> {
-        let mut out = std::mem::take(&mut self.wbuf);
-        self.tx
-            .seal(ALERT, &[1, CLOSE_NOTIFY], &mut out)
-            .map_err(record_err)?;
-        self.send(out).await?;
+        let alert = match self.broken {
+            None => Some([1, CLOSE_NOTIFY]),
+            Some(Broken::Failed(Some(desc))) => {
+                // Nothing sealed before the failure goes out after it.
+                self.wbuf.clear();
+                Some([2, desc])
+            }
+            Some(Broken::Failed(None) | Broken::Cancelled) => None,
+        };
+        if let Some(alert) = alert {
+            let mut out = std::mem::take(&mut self.wbuf);
+            let sealed = self.tx.seal(ALERT, &alert, &mut out);
+            // Whatever happens, nothing is sent on this stream after it.
+            self.broken = None;
+            if sealed.is_ok() {
+                let sent = monoio::time::timeout(CLOSE_TIMEOUT, self.send(out)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    self.broken.get_or_insert(Broken::Cancelled);
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS close_notify or alert not sent",
+                    ));
+                }
+            }
+            self.broken = Some(Broken::Failed(None));
+        }
         self.tcp.shutdown().await
     }
 }
@@ -487,3 +595,7 @@ impl<S: Side> AsRawFd for TlsStream<S> {
 #[cfg(test)]
 #[path = "stream_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "peer_tests.rs"]
+mod peer_tests;

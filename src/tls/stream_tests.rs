@@ -154,6 +154,7 @@ async fn our_side<S: Side>(mut tls: TlsStream<S>, truncate: bool) {
 
 fn run<F: std::future::Future<Output = ()>>(f: F) {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
         .build()
         .unwrap()
         .block_on(f);

@@ -13,11 +13,14 @@ pub enum UpstreamIo {
 }
 
 impl UpstreamIo {
-    /// Lets go of buffers grown for bulk transfers before the connection
-    /// waits in the pool (memory of idle connections stays small).
-    pub fn shrink_idle(&mut self) {
-        if let UpstreamIo::Tls(s) = self {
-            s.shrink_idle();
+    /// Readies the connection to wait in the pool: lets go of buffers grown
+    /// for bulk transfers (memory of idle connections stays small). False
+    /// when it must not be reused (for TLS: it failed, the upstream sent
+    /// close_notify, or records are left unread; see `TlsStream::park`).
+    pub fn park(&mut self) -> bool {
+        match self {
+            UpstreamIo::Plain(_) => true,
+            UpstreamIo::Tls(s) => s.park(),
         }
     }
 }

@@ -225,7 +225,9 @@ impl Upstreams {
         let now = Instant::now();
         conn.reused = true;
         conn.idle_since = now;
-        conn.io.shrink_idle();
+        if !conn.io.park() {
+            return; // closed, failed or with stray records: not reusable
+        }
         let mut idle = self.idle.borrow_mut();
         let i = match idle.iter().position(|(k, _)| *k == conn.key) {
             Some(i) => i,
