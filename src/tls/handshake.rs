@@ -19,7 +19,7 @@ use rustls::{ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 use super::error::{rustls_err, TlsError};
 use super::inbound::Inbound;
 use super::record::{RecordCipher, Version};
-use super::stream::{TlsStream, MAX_READ, MIN_READ};
+use super::stream::{TlsStream, CLOSE_TIMEOUT, MAX_READ, MIN_READ};
 
 /// The two ends of a connection, as rustls types them.
 pub trait Side: Sized + 'static {
@@ -259,18 +259,29 @@ async fn send_handshake(tcp: &mut TcpStream, wbuf: &mut Vec<u8>) -> io::Result<(
 
 /// After a handshake error rustls has queued an alert: try to send it, so
 /// that the peer learns why (e.g. an unknown certificate authority).
+///
+/// What was encoded and not sent yet goes first: in TLS 1.3 it may hold
+/// our ServerHello, and an alert sealed with the handshake keys that
+/// follow it is noise to a client that never got it. With it, the client
+/// has the keys and reads the alert.
 async fn send_alert<S: Side>(
     tcp: &mut TcpStream,
     conn: &mut S::Conn,
     rest: &mut [u8],
     wbuf: &mut Vec<u8>,
 ) {
-    wbuf.clear();
+    // Once: rustls queues one fatal alert (asking again would make it
+    // send a second).
     if let Ok(ConnectionState::EncodeTlsData(mut enc)) = S::process(conn, rest).state {
-        wbuf.resize(1024, 0);
-        if let Ok(n) = enc.encode(wbuf) {
-            wbuf.truncate(n);
-            let _ = tcp.write_all(std::mem::take(wbuf)).await;
+        let at = wbuf.len();
+        wbuf.resize(at + 1024, 0);
+        match enc.encode(&mut wbuf[at..]) {
+            Ok(n) => wbuf.truncate(at + n),
+            Err(_) => wbuf.truncate(at),
         }
+    }
+    if !wbuf.is_empty() {
+        let write = tcp.write_all(std::mem::take(wbuf));
+        let _ = monoio::time::timeout(CLOSE_TIMEOUT, write).await;
     }
 }

@@ -679,3 +679,66 @@ fn parking_refuses_closed_and_unread_connections() {
         assert!(!ours.park());
     });
 }
+
+/// A raw client sends its ClientHello and, in the same segment, a record
+/// our server cannot open: the handshake fails after our ServerHello was
+/// encoded. The alert must be one the client can read (here: rustls, fed
+/// everything we sent, reports the alert, not a record it cannot decrypt).
+#[test]
+fn a_failed_handshake_sends_an_alert_the_client_can_read() {
+    run(async {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der: CertificateDer<'static> = c.cert.der().clone();
+        let material = ServerMaterial {
+            chain: vec![der.clone()],
+            key: PrivateKeyDer::Pkcs8(c.key_pair.serialize_der().into()),
+        };
+        let server = server_config(&ServerCerts::Static(material)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let client = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            hello.extend_from_slice(&[APPLICATION_DATA, 3, 3, 0, 32]);
+            hello.extend_from_slice(&[0x55; 32]);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ours, got) = monoio::join!(
+                async {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    accept(server.clone(), tcp).await
+                },
+                async {
+                    let mut tcp = TcpStream::connect(addr).await.unwrap();
+                    let (res, _) = tcp.write_all(hello).await;
+                    res.unwrap();
+                    let mut got = Vec::new();
+                    for _ in 0..1000 {
+                        let (res, buf) = tcp.read(vec![0u8; 16 * 1024]).await;
+                        match res {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got
+                }
+            );
+            assert!(ours.is_err(), "the handshake failed");
+            assert!(!got.is_empty(), "{version:?}: no alert at all");
+            conn.read_tls(&mut &got[..]).unwrap();
+            let err = conn.process_new_packets().unwrap_err();
+            assert!(
+                matches!(err, rustls::Error::AlertReceived(_)),
+                "{version:?}: the client got {err:?}"
+            );
+        }
+    });
+}
