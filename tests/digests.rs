@@ -310,3 +310,59 @@ fn a_cut_or_stalled_small_verified_body_is_not_called_a_digest_mismatch() {
     );
     assert!(stalled.text().contains("timed out"), "{}", stalled.text());
 }
+
+/// A `Range` request that misses the cache is relayed as the upstream
+/// answers it: a part of a blob cannot be checked against the whole blob's
+/// digest, so its bytes are not verified (docs/design.md, "What the digest
+/// hold-back guarantees"). Its length framing still holds: a cut is a cut.
+/// This pins the weaker guarantee the docs state; a whole GET of the same
+/// blob is still refused.
+#[test]
+fn a_ranged_miss_is_relayed_unverified_and_a_whole_get_is_not() {
+    let good = hubdouble::random_bytes(1 << 20, 0x5eed_000a).to_vec();
+    let digest = sha256(&good);
+    let wrong = b"0123456789".to_vec();
+    let mut partial = format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\nDocker-Content-Digest: {digest}\r\nContent-Range: bytes 0-9/{}\r\nContent-Length: 10\r\n\r\n",
+        good.len()
+    )
+    .into_bytes();
+    partial.extend_from_slice(&wrong);
+    let mut bad = good.clone();
+    bad[0] ^= 0xff;
+    let fake = FakeUpstream::start(vec![
+        Canned {
+            path: format!("/v2/library/ranged/blobs/{digest}"),
+            bytes: partial,
+            after: After::KeepAlive,
+        },
+        Canned {
+            path: format!("/v2/library/whole/blobs/{digest}"),
+            bytes: length_response("application/octet-stream", &digest, &bad),
+            after: After::KeepAlive,
+        },
+    ]);
+    let relay = Relay::start_with(&config_with_upstream(&fake.url()));
+    let mut c = relay.client();
+    let r = c
+        .get_with(
+            &format!("/v2/library/ranged/blobs/{digest}"),
+            &[("Range", "bytes=0-9")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, wrong, "the part is relayed as it came");
+    let mut raw = Raw::connect(relay.http);
+    raw.send(&request(
+        "GET",
+        &format!("/v2/library/whole/blobs/{digest}"),
+        &[],
+    ));
+    let head = raw.read_head().unwrap();
+    let len = head.content_length().expect("Content-Length") as usize;
+    let (body, _) = raw.read_to_end(Duration::from_secs(8));
+    assert!(
+        body.len() < len,
+        "a whole body failing its digest was completed"
+    );
+}

@@ -586,6 +586,33 @@ impl<S: Side> AsyncWriteRent for TlsStream<S> {
     }
 }
 
+/// A stream dropped while it owes the peer a fatal alert (an error on a
+/// path that ends without `shutdown`, such as a failed read of a request
+/// head) sends it here: one small record, written without waiting
+/// (`MSG_DONTWAIT`); if the socket cannot take it at once, the peer sees
+/// the TCP end alone.
+impl<S: Side> Drop for TlsStream<S> {
+    fn drop(&mut self) {
+        let Some(Broken::Failed(Some(desc))) = self.broken else {
+            return;
+        };
+        let mut out = Vec::with_capacity(64);
+        if self.tx.seal(ALERT, &[2, desc], &mut out).is_err() {
+            return;
+        }
+        // SAFETY: the fd is this stream's socket, open until `tcp` drops
+        // after this; send only reads `out`, which outlives the call.
+        unsafe {
+            libc::send(
+                self.tcp.as_raw_fd(),
+                out.as_ptr().cast(),
+                out.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+    }
+}
+
 impl<S: Side> AsRawFd for TlsStream<S> {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.tcp.as_raw_fd()
