@@ -13,19 +13,12 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::ClientConfig;
 
+use super::tests::run;
 use super::*;
 use crate::tls::error::alert;
 use crate::tls::inbound::MAX_KEY_UPDATES;
 use crate::tls::record::{complete_record, RecordError, HANDSHAKE, MAX_RECORD, MAX_RECORD_13};
 use crate::tls::{server_config, ServerCerts, ServerMaterial};
-
-fn run<F: std::future::Future<Output = ()>>(f: F) {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .unwrap()
-        .block_on(f);
-}
 
 /// Our client and our server, connected over loopback with `version`.
 async fn pair(version: Version) -> (ClientTls, ServerTls) {

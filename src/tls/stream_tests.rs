@@ -152,7 +152,8 @@ async fn our_side<S: Side>(mut tls: TlsStream<S>, truncate: bool) {
     tls.shutdown().await.unwrap();
 }
 
-fn run<F: std::future::Future<Output = ()>>(f: F) {
+/// A runtime with timers (the stream's shutdown and the tests' bounds).
+pub(super) fn run<F: std::future::Future<Output = ()>>(f: F) {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
