@@ -91,9 +91,8 @@ pub async fn serve<S: AsyncReadRent + ClientSink>(
                 return close_unread(io, inbuf).await;
             }
             let idle = inbuf.is_empty();
-            if let (true, Some(tls)) = (idle, io.tls()) {
-                // Buffers a burst grew are not pinned for the idle timeout.
-                tls.shrink_idle();
+            if idle {
+                io.go_idle();
             }
             if idle && served > 0 && core.draining() {
                 let _ = io.shutdown().await;

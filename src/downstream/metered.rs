@@ -99,6 +99,10 @@ impl<S: ClientSink> ClientSink for Metered<S> {
     fn sent_directly(&mut self, bytes: u64) {
         self.bytes += bytes;
     }
+
+    fn go_idle(&mut self) {
+        self.inner.go_idle();
+    }
 }
 
 impl<S: AsyncReadRent> AsyncReadRent for Metered<S> {

@@ -40,6 +40,10 @@ pub trait ClientSink: AsyncWriteRent {
     /// Notes body bytes sent through [`ClientSink::tls`] or
     /// [`ClientSink::plain_tcp`] rather than `write`.
     fn sent_directly(&mut self, _bytes: u64) {}
+
+    /// The connection waits for its next request: buffers a burst grew
+    /// are not pinned for the idle timeout.
+    fn go_idle(&mut self) {}
 }
 
 impl ClientSink for monoio::net::TcpStream {
@@ -59,6 +63,10 @@ impl ClientSink for ServerTls {
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+
+    fn go_idle(&mut self) {
+        self.shrink_idle();
     }
 }
 
