@@ -262,12 +262,10 @@ impl<S: Side> TlsStream<S> {
         let buf = std::mem::take(&mut self.rbuf).slice_mut(len..cap);
         self.broken = Some(Broken::Cancelled);
         let (res, buf) = self.tcp.read(buf).await;
-        self.broken = None;
+        // A failed read may have cut a record: nothing more is read.
+        self.broken = res.as_ref().err().map(|_| Broken::Failed(None));
         self.rbuf = buf.into_inner();
-        let n = res.map_err(|e| {
-            self.broken = Some(Broken::Failed(None));
-            e
-        })?;
+        let n = res?;
         self.last_read = (n, cap - len);
         if n == 0 {
             self.eof = true;
