@@ -479,6 +479,22 @@ fn empty_record_burst_grows_the_read_buffer_only_to_its_cap() {
     });
 }
 
+/// Buffers swapped back and forth by a relay keep the size of the one
+/// they replace: a smaller spare is not doubled past it.
+#[test]
+fn swapped_read_buffers_do_not_ratchet_up() {
+    run(async {
+        let (mut ours, _peer) = pair(Version::Tls13).await;
+        ours.rbuf = Vec::with_capacity(MAX_READ);
+        let mut spare = Vec::with_capacity(160 * 1024);
+        for _ in 0..8 {
+            let out = ours.swap_read_buffer(spare).unwrap();
+            assert!(ours.rbuf.capacity() <= MAX_READ, "{}", ours.rbuf.capacity());
+            spare = out;
+        }
+    });
+}
+
 #[test]
 fn sequence_exhaustion_ends_the_stream_without_a_partial_record() {
     run(async {

@@ -121,7 +121,10 @@ impl<S: Side> TlsStream<S> {
             return Err(TlsError::Misuse("read buffer swapped with opened data in it").into());
         }
         spare.clear();
-        spare.reserve(self.rbuf.capacity());
+        // Exactly: `reserve` may double a smaller spare past the buffer it
+        // replaces, and the two buffers, swapped back and forth, would
+        // ratchet each other up without bound.
+        spare.reserve_exact(self.rbuf.capacity());
         spare.extend_from_slice(&self.rbuf[self.rpos..]);
         self.rpos = 0;
         self.plain = 0..0;
