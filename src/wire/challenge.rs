@@ -83,45 +83,34 @@ pub fn parse_challenge(value: &[u8]) -> Option<Challenge<'_>> {
 /// Reads a quoted-string body (after the opening quote). Returns the value
 /// and the text after the closing quote.
 fn unquote(s: &str) -> Option<(Cow<'_, str>, &str)> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
     let mut owned: Option<String> = None;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
+    // By character, not byte: a quoted-pair (RFC 9110 section 5.6.4) may
+    // escape a character of several bytes, and an index into its middle
+    // would be no place to slice at.
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => {
                 let v = match owned {
                     Some(o) => Cow::Owned(o),
                     None => Cow::Borrowed(&s[..i]),
                 };
                 return Some((v, &s[i + 1..]));
             }
-            b'\\' if i + 1 < bytes.len() => {
-                let o = owned.get_or_insert_with(|| s[..i].to_string());
-                o.push(bytes[i + 1] as char);
-                i += 2;
+            '\\' => {
+                let (_, escaped) = chars.next()?;
+                owned
+                    .get_or_insert_with(|| s[..i].to_string())
+                    .push(escaped);
             }
-            b => {
+            c => {
                 if let Some(o) = owned.as_mut() {
-                    // Multi-byte UTF-8 is copied byte by byte via the str slice.
-                    let ch_len = utf8_len(b);
-                    o.push_str(&s[i..i + ch_len]);
-                    i += ch_len;
-                } else {
-                    i += 1;
+                    o.push(c);
                 }
             }
         }
     }
     None
-}
-
-fn utf8_len(b: u8) -> usize {
-    match b {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }
 
 /// Writes `value` as a quoted-string.
@@ -340,6 +329,18 @@ fn field_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `www_authenticate` fuzz target: a backslash before a
+    /// character of two bytes made the parser slice inside it, a panic on an
+    /// upstream's header (with `panic = "abort"`, the whole relay).
+    #[test]
+    fn an_escaped_multibyte_character_is_kept_whole() {
+        let v = "Bearer realm=\"a\\ǀb\\\\\",service=\"\\é\",scope=\"x\"";
+        let c = parse_challenge(v.as_bytes()).unwrap();
+        assert_eq!(c.param("realm"), Some("aǀb\\"));
+        assert_eq!(c.param("service"), Some("é"));
+        assert_eq!(c.param("scope"), Some("x"));
+    }
 
     #[test]
     fn docker_hub_challenge_parses() {
