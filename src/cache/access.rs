@@ -131,26 +131,39 @@ impl Access {
     /// duplicates, then appended to.
     pub fn open(root: &std::path::Path) -> std::io::Result<Access> {
         let path = root.join("access");
-        let mut a = Access::default();
-        let mut lines: Vec<String> = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut seen = std::collections::HashSet::new();
-            for line in text.lines() {
-                if a.load_line(line) && seen.insert(line.to_string()) {
-                    lines.push(line.to_string());
-                }
-            }
-        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let (mut a, body) = Access::load(&text);
         let tmp = root.join(format!("access.{}.tmp", std::process::id()));
-        let mut body = lines.join("\n");
-        if !body.is_empty() {
-            body.push('\n');
-        }
         std::fs::write(&tmp, body)?;
         std::fs::rename(&tmp, &path)?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
         a.journal = Some(Mutex::new(file));
         Ok(a)
+    }
+
+    /// The knowledge in a journal's text (what [`Access::open`] reads back
+    /// at start, however torn or foreign), and the journal to write in its
+    /// place: the lines understood, each once (where it last stood), in
+    /// their order.
+    pub fn load(text: &str) -> (Access, String) {
+        let a = Access::default();
+        let understood: Vec<&str> = text.lines().filter(|l| a.load_line(l)).collect();
+        // Of equal lines the last is kept, not the first: a line means what
+        // it does by where it stands among its repository's lines (a `U`
+        // after a `P` withdraws it), and the last one is the last word.
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<&str> = understood
+            .into_iter()
+            .rev()
+            .filter(|l| seen.insert(*l))
+            .collect();
+        kept.reverse();
+        let mut body = String::new();
+        for line in kept {
+            body.push_str(line);
+            body.push('\n');
+        }
+        (a, body)
     }
 
     /// One journal line: `L <registry> <repo> <digest>` (a link learnt
@@ -452,6 +465,33 @@ mod tests {
         assert!(!a.allowed(who("private/secret", Some(anon)), D));
         assert!(!a.allowed(who("private/secret", None), D));
         assert!(!a.allowed(who("library/alpine", Some(alice)), D));
+    }
+
+    /// Found by the `cache_index` fuzz target: the rewrite at start kept
+    /// the first of two equal lines, so a withdrawal (`U`) repeated after a
+    /// later confirmation (`P`) was dropped, and the repository, private
+    /// since, was served from the cache to anonymous clients after a second
+    /// restart while the upstream was down.
+    #[test]
+    fn a_restart_keeps_the_last_word_on_a_repository() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let journal = format!(
+            "L docker.io org/app {D}\nU docker.io org/app\nP docker.io org/app 1 {now}\nU docker.io org/app\n"
+        );
+        let (first, rewritten) = Access::load(&journal);
+        assert!(!first.allowed_stale(who("org/app", None), D));
+        let (second, again) = Access::load(&rewritten);
+        assert!(
+            !second.allowed_stale(who("org/app", None), D),
+            "{rewritten:?}"
+        );
+        assert_eq!(again, rewritten);
+        // Confirmed again after the withdrawal: served stale again.
+        let (third, _) = Access::load(&format!("{rewritten}P docker.io org/app 1 {now}\n"));
+        assert!(third.allowed_stale(who("org/app", None), D));
     }
 
     #[test]
