@@ -41,6 +41,24 @@ pub fn reset_on_close(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Whether the peer of the idle socket `fd` has sent anything, bytes or its
+/// end (or reset it), without taking it: a non-blocking `MSG_PEEK` of one
+/// byte. Nothing to read (`EAGAIN`) is the only "no".
+pub fn peer_spoke(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is an open socket owned by the caller's connection; recv
+    // writes at most one byte into `byte`, which lives across the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}
+
 /// The initialised bytes of an I/O buffer, at most `max` of them.
 pub fn io_buf_bytes<T: IoBuf>(buf: &T, max: usize) -> &[u8] {
     // SAFETY: `read_ptr` is valid for `bytes_init` bytes (IoBuf contract),

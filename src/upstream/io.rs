@@ -5,6 +5,7 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
+use std::os::fd::AsRawFd;
 
 /// A connection to an upstream: plain TCP (debug mode) or TLS.
 pub enum UpstreamIo {
@@ -22,6 +23,20 @@ impl UpstreamIo {
             UpstreamIo::Plain(_) => true,
             UpstreamIo::Tls(s) => s.park(),
         }
+    }
+}
+
+impl UpstreamIo {
+    /// Whether the upstream sent anything while the connection sat idle in
+    /// the pool. After a response read to its end an upstream says nothing
+    /// until asked: bytes now are past the last response's framing (they
+    /// would be read as the next answer) or its close.
+    pub fn peer_spoke(&self) -> bool {
+        let fd = match self {
+            UpstreamIo::Plain(s) => s.as_raw_fd(),
+            UpstreamIo::Tls(s) => s.as_raw_fd(),
+        };
+        crate::sys::peer_spoke(fd)
     }
 }
 

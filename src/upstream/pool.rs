@@ -208,7 +208,9 @@ impl Upstreams {
         // balancers) drop idle connections after a while, and a reused dead
         // connection costs a retry.
         while let Some(mut conn) = list.pop() {
-            if conn.idle_since.elapsed() < self.timeouts.upstream_idle {
+            // Bytes past the last response (or its close) are never taken
+            // for the next answer.
+            if conn.idle_since.elapsed() < self.timeouts.upstream_idle && !conn.io.peer_spoke() {
                 // Pooled under an older config generation, perhaps.
                 conn.read_timeout = self.timeouts.upstream_read;
                 return Some(conn);

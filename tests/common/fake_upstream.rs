@@ -23,6 +23,9 @@ pub enum After {
     /// Send the first this many bytes, pause, then the rest (a head and
     /// its body in separate writes), then wait for the next request.
     SplitAt(usize),
+    /// Reset it (RST, not FIN): an upstream that crashed or a middlebox
+    /// that dropped the connection.
+    Reset,
 }
 
 /// A canned answer of [`FakeUpstream`]: raw response bytes for a path.
@@ -129,6 +132,11 @@ impl FakeUpstream {
                 After::KeepAlive | After::SplitAt(_) => {}
                 After::Close => {
                     let _ = conn.shutdown(Shutdown::Both);
+                    return;
+                }
+                After::Reset => {
+                    // A zero linger time makes close send RST.
+                    let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
                     return;
                 }
                 After::Hold => {
