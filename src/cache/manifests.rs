@@ -40,7 +40,9 @@ impl TagRecord {
         self.checked.elapsed().unwrap_or(Duration::MAX)
     }
 
-    fn encode(&self, name: &str) -> String {
+    /// The record's file: digest, media type, size, unix seconds, name; one
+    /// a line.
+    pub fn encode(&self, name: &str) -> String {
         let secs = self
             .checked
             .duration_since(UNIX_EPOCH)
@@ -51,7 +53,9 @@ impl TagRecord {
         )
     }
 
-    fn decode(text: &str) -> Option<(TagRecord, String)> {
+    /// A record file read back at start, and the name it is for; `None` for
+    /// a torn or foreign file.
+    pub fn decode(text: &str) -> Option<(TagRecord, String)> {
         let mut l = text.lines();
         let digest = l.next()?.to_string();
         Digest::parse(&digest).ok()?;
