@@ -189,6 +189,21 @@ impl Content {
         }
     }
 
+    /// Drops a blob from every repository and from the store (and from the
+    /// generated ones), so that a long run adding new blobs (the soak's
+    /// cache misses) holds only those still in use.
+    pub fn forget_blob(&self, digest: &str) {
+        self.random
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, d| d != digest);
+        let mut store = self.write();
+        store.blobs.remove(digest);
+        for r in store.repos.values_mut() {
+            r.blobs.remove(digest);
+        }
+    }
+
     /// Stores a manifest in `repo` (creating the repo), optionally tagging it, and
     /// returns its digest. Blobs it references must be added separately.
     pub fn add_manifest(
