@@ -1,8 +1,8 @@
 //! Broken upstreams with the cache on (issue 12, hardening item 8): an
 //! upstream that resets mid-head or mid-body, stalls after the head, sends a
 //! 200 whose length is wrong (short or long), a chunked body that never
-//! ends, bytes after a complete body, a redirect loop, a 5xx storm or a CDN
-//! 403 for an expired signed URL. For each:
+//! ends, bytes after a complete body, a redirect loop, a 5xx storm, a CDN
+//! 403 for an expired signed URL, or a TLS alert mid-body. For each:
 //!
 //! - the client gets a clean error: a JSON error status when no head went
 //!   out yet, else a connection that ends before the body looks complete
@@ -449,4 +449,130 @@ fn a_5xx_storm_passes_and_leaves_nothing_behind() {
     let r = get_auth(&mut c, &path, &tok);
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), digest);
+}
+
+/// A TLS upstream that, after a head and part of a body, sends a fatal
+/// alert (sealed like any record, so the relay's record layer opens it) and
+/// keeps the connection open. `good` and the alert path are served on any
+/// connection; the alert path's blob is `data` with its digest.
+fn alerting_upstream(dir: &Path, data: Vec<u8>, good: Vec<u8>) -> std::net::SocketAddr {
+    use ocirelay::tls::record::{RecordCipher, Version, ALERT, APPLICATION_DATA};
+    use std::io::{Read, Write};
+
+    write_test_ca(dir);
+    let certs = rustls_pemfile::certs(&mut &std::fs::read(dir.join("cert.pem")).unwrap()[..])
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(dir.join("key.pem")).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.enable_secret_extraction = true;
+    config.send_tls13_tickets = 0;
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: the test makes a handful of connections.
+        for tcp in listener.incoming().take(16) {
+            let Ok(mut tcp) = tcp else { continue };
+            let (config, data, good) = (config.clone(), data.clone(), good.clone());
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut tls = rustls::ServerConnection::new(config).unwrap();
+                let mut req = Vec::new();
+                // Handshake, then the request head (one per connection: the
+                // relay's pool takes a fresh one after a cut).
+                while head_len(&req).is_none() {
+                    if tls.complete_io(&mut tcp).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    match tls.reader().read(&mut buf) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        Ok(_) => return,
+                        Err(_) => {}
+                    }
+                }
+                let alerting = String::from_utf8_lossy(&req).contains("/alert/");
+                if !alerting {
+                    // In pieces: rustls buffers 64 KiB of plaintext at most.
+                    for piece in cat(&[&ok_head(good.len()), &good]).chunks(16 << 10) {
+                        if tls.writer().write_all(piece).is_err() {
+                            return;
+                        }
+                        while tls.wants_write() {
+                            if tls.write_tls(&mut tcp).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    let _ = tcp.read(&mut [0u8; 1]); // until the relay closes it
+                    return;
+                }
+                while tls.wants_write() {
+                    let _ = tls.write_tls(&mut tcp);
+                }
+                let secrets = tls.dangerous_extract_secrets().unwrap();
+                let mut tx = RecordCipher::new(Version::Tls13, secrets.tx).unwrap();
+                let mut out = Vec::new();
+                let part = cat(&[&ok_head(data.len()), &data[..data.len() / 2]]);
+                for piece in part.chunks(16 << 10) {
+                    tx.seal(APPLICATION_DATA, piece, &mut out).unwrap();
+                }
+                // Fatal internal_error.
+                tx.seal(ALERT, &[2, 80], &mut out).unwrap();
+                let _ = tcp.write_all(&out);
+                let _ = tcp.read(&mut [0u8; 1]); // held open until the relay lets go
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_tls_alert_mid_body_cuts_the_client_and_stores_nothing() {
+    let dir = tempdir::Dir::new("tls-alert");
+    let (data, digest) = blob(0xa1e7);
+    let (good, good_digest) = blob(0x600d);
+    let addr = alerting_upstream(dir.path(), data.clone(), good.clone());
+    let cache = dir.path().join("cache");
+    let config = config_text(
+        false,
+        &format!(
+            "workers = 1\n[cache]\nenabled = true\nserve_stale = false\ndir = \"{}\"\n",
+            cache.display()
+        ),
+        Timeouts::default(),
+        &format!(
+            "[[registry]]\nname = \"docker.io\"\nupstream = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\n",
+            addr.port(),
+            dir.path().join("ca.pem").display()
+        ),
+    )
+    .replace("workers = 2\n", "");
+    let relay = Relay::start_with(&config);
+    let path = blob_path("library/alert", &digest);
+    assert_clean_failure(&relay, &path, Some(&data), "a TLS alert mid-body");
+    let r = relay
+        .client()
+        .get(&blob_path("library/good", &good_digest))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256(&r.body), good_digest);
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        wait_until(Duration::from_secs(5), || files_under(&cache).iter().all(
+            |p| !p.to_string_lossy().contains(hex) && !p.starts_with(cache.join("tmp"))
+        )),
+        "{:?}",
+        files_under(&cache)
+    );
 }
