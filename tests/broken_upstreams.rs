@@ -64,23 +64,6 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-/// Files under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// What the client saw of a broken transfer. Either an error status before
 /// any body (JSON, as the registry API has it), or a 200 whose body ended
 /// (connection cut) before its framing said it was complete, with only
@@ -346,16 +329,6 @@ fn a_redirect_loop_ends_in_a_502_after_a_bounded_number_of_hops() {
     let r = c.get(&good_path).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), good_digest);
-}
-
-/// CDN downloads of `digest` so far.
-fn cdn_downloads(hub: &HubDouble, digest: &str) -> usize {
-    let hex = digest.trim_start_matches("sha256:");
-    hub.log()
-        .for_host(Host::Cdn)
-        .iter()
-        .filter(|e| e.path().contains(hex))
-        .count()
 }
 
 #[test]

@@ -17,39 +17,12 @@ use std::time::Duration;
 
 use common::*;
 
-/// CDN downloads of `digest` so far.
-fn cdn_downloads(hub: &HubDouble, digest: &str) -> usize {
-    let hex = digest.trim_start_matches("sha256:");
-    hub.log()
-        .for_host(Host::Cdn)
-        .iter()
-        .filter(|e| e.path().contains(hex))
-        .count()
-}
-
 /// Objects and partial downloads under a cache directory (not its
 /// counters file).
 fn stored_or_partial(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v = files_under(&dir.join("blobs"));
     v.extend(files_under(&dir.join("tmp")));
     v
-}
-
-/// Files under `dir` (recursively).
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

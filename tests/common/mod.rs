@@ -73,3 +73,31 @@ pub fn head_len(bytes: &[u8]) -> Option<usize> {
         .position(|w| w == b"\r\n\r\n")
         .map(|i| i + 4)
 }
+
+/// Files under `dir`, recursively (a cache directory's objects and
+/// leftovers).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The double's CDN downloads of `digest` so far (from its request log).
+pub fn cdn_downloads(hub: &HubDouble, digest: &str) -> usize {
+    let hex = digest.trim_start_matches("sha256:");
+    hub.log()
+        .for_host(Host::Cdn)
+        .iter()
+        .filter(|e| e.path().contains(hex))
+        .count()
+}
