@@ -89,6 +89,7 @@ echo "load: $(cat "$W/load.json")"
 # Start (first sample after warm-up), max, end; growth = highest of the last quarter minus
 # the start: memory that keeps climbing shows there, a one-off peak mid-run does not.
 awk -F, -v warm="$WARMUP" -v rg="$RSS_GROWTH_KIB" -v fg="$FD_GROWTH" '
+    BEGIN { n = 0 }
     NR > 1 { t[n] = $1; r[n] = $2; f[n] = $3; n++ }
     END {
         for (i = 0; i < n && t[i] < warm; i++) {}
