@@ -147,7 +147,10 @@ impl Access {
     /// their order.
     pub fn load(text: &str) -> (Access, String) {
         let a = Access::default();
-        let understood: Vec<&str> = text.lines().filter(|l| a.load_line(l)).collect();
+        // Split at '\n' only, as the journal is written: `lines()` would also
+        // take a '\r' before it, and a line ending in several would lose one
+        // at each restart.
+        let understood: Vec<&str> = text.split('\n').filter(|l| a.load_line(l)).collect();
         // Of equal lines the last is kept, not the first: a line means what
         // it does by where it stands among its repository's lines (a `U`
         // after a `P` withdraws it), and the last one is the last word.
@@ -492,6 +495,16 @@ mod tests {
         // Confirmed again after the withdrawal: served stale again.
         let (third, _) = Access::load(&format!("{rewritten}P docker.io org/app 1 {now}\n"));
         assert!(third.allowed_stale(who("org/app", None), D));
+    }
+
+    /// Found by the `cache_index` fuzz target: a line ending in "\r\r\n"
+    /// lost a '\r' at each rewrite.
+    #[test]
+    fn a_rewritten_journal_rewrites_to_itself() {
+        let journal = format!("L docker.io org/app {D}\r\r\nU docker.io x\r\nP a b 1 5\n");
+        let (_, rewritten) = Access::load(&journal);
+        assert_eq!(rewritten, journal);
+        assert_eq!(Access::load(&rewritten).1, rewritten);
     }
 
     #[test]
