@@ -389,3 +389,27 @@ fn a_response_shaped_below_the_minimum_rate_is_not_cut() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), digest, "the whole blob, not cut");
 }
+
+#[test]
+fn a_client_that_reads_no_small_reply_is_cut_by_client_write_secs() {
+    let hub = hub();
+    let timeouts = Timeouts {
+        client_write: 2,
+        ..Timeouts::default()
+    };
+    let relay = Relay::start_with(&config_with_timeouts(&hub, "", timeouts));
+    let (pid, port) = (relay.pid(), relay.http.port());
+    // Pipelined landing-page requests, none of the answers read, on a
+    // small receive window: the relay's writes fill both socket buffers
+    // and then make no progress.
+    let mut raw = small_window_client(relay.http);
+    let one = request("GET", "/", &[("Accept-Language", "en")]);
+    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 400).collect();
+    let _ = raw.s.write_all(&many);
+    assert!(
+        wait_until(Duration::from_secs(30), || client_sockets(pid, port) == 0),
+        "a client reading nothing still holds {} sockets after 30 s (client_write_secs = 2)",
+        client_sockets(pid, port)
+    );
+    drop(raw);
+}

@@ -362,7 +362,8 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     // A request body other handlers do not read cannot be skipped safely:
     // the connection ends after the response.
     let will_close = draining || !head.keep_alive || body.framing != BodyFraming::None;
-    let mut reply = Reply::new(out, head_only, will_close, head.minor);
+    let mut reply =
+        Reply::new(out, head_only, will_close, head.minor).write_limit(w.cfg.timeouts.client_write);
     // The operator's listener answers what is the operator's, and nothing
     // else: no pulls through it.
     if cx.listener == ListenerKind::Ops {
@@ -405,7 +406,8 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         Route::Token { registry } => {
             // The token handler reads its body: keep-alive is the client's.
             let close = draining || !head.keep_alive;
-            let mut reply = Reply::new(reply.into_out(), false, close, head.minor);
+            let mut reply = Reply::new(reply.into_out(), false, close, head.minor)
+                .write_limit(w.cfg.timeouts.client_write);
             return token::token_request(w, head, registry, query, body, io, &mut reply, summary)
                 .await;
         }

@@ -16,6 +16,14 @@ use crate::wire::http::response::write_content_length;
 use crate::wire::http::{write_header, write_status, ClientFraming, RespFraming};
 use crate::wire::oci::ErrorReply;
 
+/// How long a complete small reply (an error, a token, the landing page,
+/// `/metrics`) may take to be written, unless the connection sets its
+/// `client_write_secs` (`Reply::write_limit`): the default of that. A
+/// whole-reply bound rather than a measured pace (`relay::io::Pace`)
+/// because the writer here need not be a socket; at the default minimum
+/// rate (4 KiB/s) the largest of them is out in well under a minute.
+pub const SMALL_REPLY_LIMIT: Duration = Duration::from_secs(120);
+
 /// The response to one request, being written.
 pub struct Reply<'b> {
     out: &'b mut Vec<u8>,
@@ -25,6 +33,8 @@ pub struct Reply<'b> {
     close: bool,
     /// The client's HTTP/1.x minor version (its framing needs).
     minor: u8,
+    /// How long `small` may take to write a whole reply.
+    write_limit: Duration,
 }
 
 impl<'b> Reply<'b> {
@@ -34,7 +44,14 @@ impl<'b> Reply<'b> {
             head_only,
             close,
             minor,
+            write_limit: SMALL_REPLY_LIMIT,
         }
+    }
+
+    /// The bound on writing a whole small reply (`client_write_secs`).
+    pub fn write_limit(mut self, limit: Duration) -> Self {
+        self.write_limit = limit;
+        self
     }
 
     /// Gives the output buffer back (to start another reply on it).
@@ -153,12 +170,16 @@ impl<'b> Reply<'b> {
         }
         self.end_length(body.len() as u64);
         self.body(body);
-        // Unbounded like before: a small reply fits the socket buffer.
+        // Bounded: a small reply usually fits the socket buffer, but a
+        // client that reads nothing (a landing page or /metrics is tens of
+        // KiB) would otherwise hold this connection and its task forever.
         let buf = std::mem::take(self.out);
-        let (res, buf) = monoio::io::AsyncWriteRentExt::write_all(io, buf).await;
-        *self.out = buf;
-        match res {
-            Ok(_) => self.outcome(),
+        match write_client(io, buf, &Pace::fixed(self.write_limit)).await {
+            Ok(buf) => {
+                *self.out = buf;
+                self.outcome()
+            }
+            // The buffer went with the cut write; the connection ends.
             Err(_) => Outcome::Close,
         }
     }
