@@ -161,9 +161,24 @@ fn served_cert(
 }
 
 /// Pulls alpine's manifest and first layer through `c`, checking the
-/// layer's digest.
-fn pull_alpine(relay: &Relay, hub: &HubDouble, c: &mut Client) {
-    let tok = anonymous_token(relay, c, "library/alpine");
+/// layer's digest. The config names its domain, so the challenge's realm is
+/// built from it, whatever Host the client sent, with the port of the
+/// listener the client came in on: a client that resolved the domain to
+/// this relay follows it there (here: the same connection, `Host` set).
+fn pull_alpine(hub: &HubDouble, c: &mut Client) {
+    let r = c.get("/v2/library/alpine/manifests/latest").unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let realm = challenge_param(&r, "realm").expect("realm");
+    let port = c.addr().port();
+    assert!(
+        [
+            format!("https://{DOMAIN}:{port}/token"),
+            format!("http://{DOMAIN}:{port}/token")
+        ]
+        .contains(&realm),
+        "realm {realm}: the configured domain, on the client's listener"
+    );
+    let tok = token_from_challenge(c, &r, Some(DOMAIN));
     let alpine = &hub.seeded().alpine;
     let r = c
         .get_with(
@@ -199,7 +214,7 @@ fn tls_alpn_01_gets_a_certificate_a_client_pulls_through() {
     );
     // The certificate covers every name served: the registry's host too.
     let mut c = w.tls_client(DOCKER_HOST);
-    pull_alpine(&relay, &w.hub, &mut c);
+    pull_alpine(&w.hub, &mut c);
 
     // Stored owner-only: the account key and the certificate's key and chain.
     let ca_dir = std::fs::read_dir(w.state.path())
@@ -234,7 +249,7 @@ fn http_01_gets_a_certificate_through_the_plain_listener() {
         "validated another way: {log}"
     );
     let mut c = w.tls_client(DOMAIN);
-    pull_alpine(&relay, &w.hub, &mut c);
+    pull_alpine(&w.hub, &mut c);
 }
 
 #[test]
@@ -308,7 +323,7 @@ fn a_reload_keeps_the_acme_certificate_and_names_an_acme_change_as_needing_a_res
         .unwrap_or_else(|e| panic!("no handshake after the reload: {e}\n{}", relay.stderr()));
     assert_eq!(served, issued);
     let mut c = w.tls_client(DOCKER_HOST);
-    pull_alpine(&relay, &w.hub, &mut c);
+    pull_alpine(&w.hub, &mut c);
     assert_eq!(w.pebble.orders(), orders, "a new order: {}", w.pebble.log());
 }
 
