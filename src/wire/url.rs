@@ -169,7 +169,11 @@ impl Url {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+    // `get`, not indexing: the cut may fall inside a multi-byte character
+    // (`https:/я...` in a config or an upstream's Location), which is no
+    // match rather than a panic.
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
 }
 
@@ -259,6 +263,23 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multibyte_character_where_a_scheme_would_end_is_an_error_not_a_panic() {
+        // Found by the `config` fuzz target: `https:/я` cut `"https://"`'s
+        // length inside `я`.
+        for s in [
+            "https:/\u{44f}vcr.io",
+            "http:/\u{44f}x",
+            "\u{44f}",
+            "https:/\u{44f}",
+        ] {
+            assert!(Url::parse(s).is_err(), "{s}");
+        }
+        // The same through an upstream's redirect: `Location` is joined.
+        let base = Url::parse("https://registry.example/v2/").unwrap();
+        assert!(base.join("https:/\u{44f}cdn.example/blob").is_err());
+    }
 
     #[test]
     fn absolute_urls_split_into_origin_and_path() {
