@@ -62,10 +62,13 @@ fn out_of_descriptors_the_relay_backs_off_and_health_still_answers() {
     };
     let config = config_with_timeouts(&hub, "[limits]\nmax_connections = 5000\n", timeouts);
     let mut relay = Relay::start_with_fd_limit(&config, 192);
+    // The line is written as the relay starts; its stderr is read by a
+    // thread of ours, so wait for it (bounded) rather than look once.
     assert!(
-        relay
-            .stderr()
-            .contains("file descriptors: 192 (the hard limit)"),
+        relay.wait_for_log(
+            "file descriptors: 192 (the hard limit)",
+            Duration::from_secs(10)
+        ),
         "the start-up line names the limit: {}",
         relay.stderr()
     );
@@ -121,9 +124,10 @@ fn the_derived_cap_keeps_descriptors_for_health_without_running_out() {
     let mut relay = Relay::start_with_fd_limit(&config_for(&hub, ""), 256);
     // (256 - 128 reserved) / 3 per connection.
     assert!(
-        relay
-            .stderr()
-            .contains("client connections capped at 42 (derived from the limit)"),
+        relay.wait_for_log(
+            "client connections capped at 42 (derived from the limit)",
+            Duration::from_secs(10)
+        ),
         "{}",
         relay.stderr()
     );
