@@ -61,9 +61,10 @@ impl ClientCtx {
     /// are built on it, so a client's Host must not choose where other
     /// clients are sent. `public_url` wins; where the config names its hosts
     /// (`domain`, registries' `hosts`), a Host naming one of them is used
-    /// as sent and any other gets the canonical one (`domain`, else the
-    /// first host named); otherwise the Host (checked at parse time: a plain
-    /// `host[:port]`), or the local address for an HTTP/1.0 client without.
+    /// as sent and any other gets `domain` when there is one (a registry's
+    /// `hosts` select that registry, so none stands for the mirror); otherwise
+    /// the Host (checked at parse time: a plain `host[:port]`), or the local
+    /// address for an HTTP/1.0 client without.
     pub fn base_url(&self, cfg: &Config, host: Option<&str>) -> String {
         if let Some(u) = &cfg.public_url {
             return u.origin.to_string();
@@ -78,13 +79,7 @@ impl ClientCtx {
             .iter()
             .map(String::as_str)
             .chain(cfg.host_routes.iter().map(|r| r.host.as_str()));
-        let mut named = named.peekable();
-        let Some(&canonical) = named.peek() else {
-            return match host {
-                Some(h) => format!("{scheme}://{h}"),
-                None => format!("{scheme}://{}", self.local),
-            };
-        };
+        let mut named = named;
         let asked = host.and_then(HostPort::parse);
         if let Some(h) = asked {
             let name = h.host.strip_suffix('.').unwrap_or(h.host);
@@ -92,6 +87,16 @@ impl ClientCtx {
                 return format!("{scheme}://{}", host.unwrap_or(name));
             }
         }
+        // Only `domain` stands for the mirror as a whole. A registry's
+        // `hosts` each select that registry: a realm on one of them, handed
+        // to a client of another registry, would fetch the other's token.
+        // Without a domain, the client's Host (checked at the head).
+        let Some(canonical) = cfg.domain.as_deref() else {
+            return match host {
+                Some(h) => format!("{scheme}://{h}"),
+                None => format!("{scheme}://{}", self.local),
+            };
+        };
         let default_port = if scheme == "https" { 443 } else { 80 };
         match self.local.port() {
             p if p == default_port => format!("{scheme}://{canonical}"),
