@@ -22,6 +22,7 @@ pub mod admin;
 pub mod evict;
 pub mod inflight;
 pub mod manifests;
+pub mod s3;
 pub mod serve;
 pub mod store;
 pub mod tee;

@@ -6,6 +6,7 @@ pub mod access;
 pub mod auth;
 pub mod check;
 pub mod limits;
+pub mod s3;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -167,6 +168,8 @@ pub struct CacheConfig {
     /// Serve a tag's last known manifest when the upstream is down or rate
     /// limited (with a header and a log line saying so).
     pub serve_stale: bool,
+    /// The shared tier (`[cache.s3]`), if any.
+    pub s3: Option<s3::S3Config>,
 }
 
 /// The default `tag_ttl`: 5 minutes. A CI fleet pulling `:latest` all day
@@ -580,6 +583,7 @@ struct FileCache {
     max_size: Option<Spanned<String>>,
     tag_ttl: Option<Spanned<String>>,
     serve_stale: bool,
+    s3: Option<Spanned<s3::FileS3>>,
 }
 
 impl Default for FileCache {
@@ -590,6 +594,7 @@ impl Default for FileCache {
             max_size: None,
             tag_ttl: None,
             serve_stale: true,
+            s3: None,
         }
     }
 }
@@ -712,8 +717,14 @@ impl Config {
         Config::parse(&read(path)?)
     }
 
-    /// Parses and checks config text.
+    /// Parses and checks config text (credentials named nowhere else come
+    /// from the process's environment).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::parse`] with the environment read through `env`.
+    pub fn parse_with_env(text: &str, env: s3::Env<'_>) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError {
             line: e.span().map(|s| line_of(text, s.start)),
             message: e.message().to_string(),
@@ -986,7 +997,12 @@ impl Config {
                 ),
             })?,
         };
+        let s3 = match (&file.cache.s3, file.cache.enabled) {
+            (Some(t), true) => Some(s3::parse(text, t, env)?),
+            _ => None,
+        };
         let cache = file.cache.enabled.then(|| CacheConfig {
+            s3,
             tag_ttl,
             serve_stale: file.cache.serve_stale,
             dir: file
