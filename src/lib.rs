@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Sideways in the middle only where one stage plugs into another
-//! (`cache -> relay` for the tee and for serving, `downstream -> relay` for
+//! (`cache -> relay` for the tee and for serving, `cache -> upstream` for the
+//! shared tier's S3 requests, `downstream -> relay` for
 //! the sink, `downstream -> gate` for the pacer of shaped bodies,
 //! `relay -> upstream` for the connection, `token -> pull` for the
 //! shared fetch and body phases).

@@ -43,7 +43,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     t.insert("route", foundations.to_vec());
     t.insert("gate", foundations.to_vec());
     t.insert("acme", foundations.to_vec());
-    t.insert("cache", with(&foundations, &["relay"]));
+    t.insert("cache", with(&foundations, &["relay", "upstream"]));
     t.insert("relay", with(&foundations, &["upstream"]));
     // the pacer of shaped bodies sits in the metered client stream
     t.insert("downstream", with(&foundations, &["relay", "gate"]));
