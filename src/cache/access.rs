@@ -239,6 +239,76 @@ impl Access {
             })
     }
 
+    /// What the shared tier may be told about `who`'s repository and
+    /// `digest`: `(open, confirmed unix secs)` when the link was learnt
+    /// anonymously and the repository was anonymously pullable within
+    /// [`STALE_PUBLIC_MAX`]; `None` otherwise (nothing learnt with
+    /// credentials ever leaves this node).
+    pub fn shared_note(&self, who: Who<'_>, digest: &str) -> Option<(bool, u64)> {
+        let link = self.key(&[
+            who.registry.as_bytes(),
+            who.repo.as_bytes(),
+            digest.as_bytes(),
+        ]);
+        let repo = self.key(&[who.registry.as_bytes(), who.repo.as_bytes()]);
+        let k = self.lock();
+        if !k.anon_links.contains_key(&link) {
+            return None;
+        }
+        let p = k.public.get(&repo)?;
+        let age = p.confirmed.elapsed().ok()?;
+        (age <= STALE_PUBLIC_MAX).then(|| {
+            let secs = p
+                .confirmed
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            (p.open, secs)
+        })
+    }
+
+    /// Another node's note from the shared tier (see
+    /// [`Access::shared_note`]): the link, learnt anonymously, and the
+    /// repository's anonymous pullability as confirmed at `confirmed` (unix
+    /// secs). It never makes a repository fresh ([`Access::allowed`] still
+    /// asks the upstream when it answers); it only serves while the
+    /// upstream cannot be asked, as this node's own journal would. A newer
+    /// local fact wins.
+    pub fn learn_shared(
+        &self,
+        registry: &str,
+        repo: &str,
+        digest: &str,
+        open: bool,
+        confirmed: u64,
+    ) {
+        let ok = |s: &str| !s.is_empty() && !s.contains([' ', '\n', '\r']);
+        if !(ok(registry) && ok(repo) && ok(digest)) {
+            return;
+        }
+        let r = self.key(&[registry.as_bytes(), repo.as_bytes()]);
+        let when = UNIX_EPOCH.checked_add(Duration::from_secs(confirmed));
+        let newer = {
+            let k = self.lock();
+            match (k.public.get(&r), when) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(p), Some(t)) => p.until <= Instant::now() && p.confirmed < t,
+            }
+        };
+        let mut lines = vec![format!("L {registry} {repo} {digest}")];
+        if newer {
+            lines.push(format!(
+                "P {registry} {repo} {} {confirmed}",
+                u8::from(open)
+            ));
+        }
+        for line in lines {
+            if self.load_line(&line) {
+                self.append(format!("{line}\n"));
+            }
+        }
+    }
+
     /// The upstream refused `who`'s request for its repository (401, 403,
     /// 404): if `who` held an anonymous token (or no credentials, where the
     /// upstream used to serve those), the repository is not (or no longer)

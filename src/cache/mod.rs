@@ -69,6 +69,8 @@ pub struct Cache {
     /// Shared with `Worker::access` (which exists without a cache too).
     pub access: Arc<Access>,
     pub tags: Tags,
+    /// The shared tier (`[cache.s3]`), if configured.
+    pub tier: Option<s3::tier::Tier>,
     /// The settings a reload may change: atomics, read once per use (a
     /// relaxed load), so that no worker needs a new `Cache` for them.
     policy: Policy,
@@ -122,6 +124,9 @@ pub struct Leading {
     pub fill: Arc<Fill>,
     pub tmp: PathBuf,
     pub dest: PathBuf,
+    /// This node holds the shared tier's lease on the download (given back
+    /// after the upload, or at once if the download fails).
+    pub lease: bool,
 }
 
 impl Cache {
@@ -132,6 +137,7 @@ impl Cache {
             inflight: InFlight::default(),
             access: Arc::new(Access::open(&cfg.dir)?),
             tags: Tags::open(&cfg.dir)?,
+            tier: None,
             policy: Policy::of(cfg),
         })
     }
@@ -218,6 +224,7 @@ impl Cache {
             fill,
             tmp,
             dest,
+            lease: false,
         })
     }
 }
@@ -258,7 +265,15 @@ impl Cache {
 
     /// Stores a manifest whose bytes were checked against `digest` (checked
     /// again here: nothing unverified is ever stored). False if not stored.
-    pub fn store_manifest(&self, digest: &Digest<'_>, media_type: &str, bytes: &[u8]) -> bool {
+    /// With `share`, it is queued for the shared tier too (not when it came
+    /// from there).
+    pub fn store_manifest(
+        &self,
+        digest: &Digest<'_>,
+        media_type: &str,
+        bytes: &[u8],
+        share: bool,
+    ) -> bool {
         let Some(mut v) = crate::wire::digest::Verifier::new(digest) else {
             return false;
         };
@@ -281,6 +296,8 @@ impl Cache {
             && std::fs::rename(&tmp, &dest).is_ok();
         if !ok {
             let _ = std::fs::remove_file(&tmp);
+        } else if let Some(tier) = self.tier.as_ref().filter(|_| share) {
+            tier.stored_manifest(digest, file);
         }
         ok
     }
@@ -299,6 +316,9 @@ impl Leading {
     /// No body to store after all (the upstream refused, or the answer was
     /// not a plain 200 with a length): followers make their own requests.
     pub fn abandon(self, cache: &Cache) {
+        if let (true, Some(tier), Ok(d)) = (self.lease, &cache.tier, Digest::parse(&self.key)) {
+            tier.unlease(&d);
+        }
         self.fill.abandon();
         let _ = std::fs::remove_file(&self.tmp);
         cache.inflight.end(&self.key);

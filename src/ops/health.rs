@@ -279,6 +279,15 @@ pub fn readiness(m: &Metrics, certificates: Certificates, now: SystemTime) -> Re
         Certificates::Loaded => (true, "loaded"),
         Certificates::Missing => (false, "a TLS listener has no certificate yet"),
     };
+    // The shared tier never makes a node unready: without it the node
+    // still serves from its disk and the upstream (its line says how).
+    if m.tier.state() != crate::ops::tier::TierState::Off {
+        checks.push(Check {
+            name: "shared_tier",
+            ok: true,
+            detail: m.tier.detail(),
+        });
+    }
     checks.push(Check {
         name: "certificates",
         ok,

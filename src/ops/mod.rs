@@ -9,3 +9,4 @@ pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod summary;
+pub mod tier;

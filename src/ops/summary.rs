@@ -97,16 +97,20 @@ pub enum CacheStatus {
     Revalidated,
     /// Served from the cache because the upstream could not answer.
     Stale,
+    /// Served from the shared tier (this node's disk did not have it; the
+    /// bucket did), and stored on this node's disk as it passed.
+    Shared,
 }
 
 impl CacheStatus {
     /// Every outcome where the cache took part, in index order.
-    pub const ALL: [CacheStatus; 5] = [
+    pub const ALL: [CacheStatus; 6] = [
         CacheStatus::Hit,
         CacheStatus::Miss,
         CacheStatus::Coalesced,
         CacheStatus::Revalidated,
         CacheStatus::Stale,
+        CacheStatus::Shared,
     ];
 
     /// Answered from what the cache holds, without an upstream transfer of
@@ -118,6 +122,7 @@ impl CacheStatus {
                 | CacheStatus::Coalesced
                 | CacheStatus::Revalidated
                 | CacheStatus::Stale
+                | CacheStatus::Shared
         )
     }
 
@@ -140,6 +145,7 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Revalidated => "revalidated",
             CacheStatus::Stale => "stale",
+            CacheStatus::Shared => "shared",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::wire::oci::{ErrorCode, ErrorReply, FULL_ACCEPT};
 use crate::worker::Worker;
 
 use super::fetch::{fetch, release_after, Fetch, Fetched};
+use super::shared;
 
 /// What the lookup phase decided.
 pub enum Looked {
@@ -73,6 +74,17 @@ pub async fn lookup<S: ClientSink>(
             if let Some(o) = too_large(w, probe, digest, len, client, reply).await {
                 return Looked::Answered(o);
             }
+            if let Some(tier) = &cache.tier {
+                // Redirect mode: the store sends what it is known to hold.
+                if tier.config().redirect && !head_only && tier.holds(digest.as_str()) {
+                    return Looked::Answered(
+                        shared::redirect_hit(w, tier, digest, how, client, reply, summary).await,
+                    );
+                }
+                // The bucket learns of the use (daily), or gets the object
+                // if it lacks it.
+                tier.local_hit(digest, path.clone(), len);
+            }
             let Ok(file) = monoio::fs::File::open(&path).await else {
                 return Looked::Relay; // evicted since the lookup
             };
@@ -100,7 +112,16 @@ pub async fn lookup<S: ClientSink>(
         // Only what can be verified is stored (and so only that is led).
         Lookup::Lead if range.is_none() && !head_only && Verifier::new(digest).is_some() => {
             match cache.lead(digest) {
-                Ok(l) => Looked::Lead(l),
+                // The shared tier before the upstream.
+                Ok(l) => match cache.tier.as_ref().filter(|t| t.usable()) {
+                    Some(tier) => {
+                        shared::blob_miss(
+                            w, cache, tier, l, digest, who, probe, client, reply, summary,
+                        )
+                        .await
+                    }
+                    None => Looked::Lead(l),
+                },
                 Err(Some(fill)) => {
                     follow(
                         w, cache, fill, digest, who, probe, None, client, reply, summary, stall,
@@ -185,7 +206,7 @@ async fn follow<S: ClientSink>(
 /// The admit step for a blob the cache knows the size of (`max_blob_bytes`,
 /// gate/): asked once the client may read it, so that a refusal tells
 /// nothing about a blob it could not have had anyway.
-async fn too_large<S: ClientSink>(
+pub(super) async fn too_large<S: ClientSink>(
     w: &Worker,
     probe: &Fetch<'_>,
     digest: &Digest<'_>,
@@ -225,7 +246,7 @@ pub fn accepts_lists<'a>(mut accept: impl Iterator<Item = &'a [u8]>) -> bool {
 
 /// How a request was let in to the cache.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Admitted {
+pub(super) enum Admitted {
     /// Known from fresh upstream answers, or asked now.
     Fresh,
     /// The upstream could not be asked (down, timing out, rate limiting):
@@ -236,7 +257,7 @@ enum Admitted {
 /// May `who` have `digest` from the cache? Known from earlier upstream
 /// answers, or asked now with a HEAD carrying the client's own credentials
 /// (free on Docker Hub; the answer is remembered). `None`: no.
-async fn allowed(
+pub(super) async fn allowed(
     w: &Worker,
     cache: &Cache,
     who: Who<'_>,
@@ -266,14 +287,36 @@ async fn allowed(
             None
         }
         None | Some(429 | 500..=599) => (cache.serve_stale()
-            && cache.access.allowed_stale(who, digest.as_str()))
-        .then_some(Admitted::Stale),
+            && allowed_stale(w, cache, who, digest).await)
+            .then_some(Admitted::Stale),
         Some(_) => None,
     }
 }
 
+/// [`Access::allowed_stale`](crate::cache::access::Access::allowed_stale),
+/// or, when this node never learnt it, what another node told the shared
+/// tier (see `Access::shared_note`).
+async fn allowed_stale(w: &Worker, cache: &Cache, who: Who<'_>, digest: &Digest<'_>) -> bool {
+    if cache.access.allowed_stale(who, digest.as_str()) {
+        return true;
+    }
+    let Some(tier) = cache.tier.as_ref().filter(|t| t.usable()) else {
+        return false;
+    };
+    let Some((open, secs)) = tier
+        .link(&w.upstreams, who.registry, who.repo, digest)
+        .await
+    else {
+        return false;
+    };
+    cache
+        .access
+        .learn_shared(who.registry, who.repo, digest.as_str(), open, secs);
+    cache.access.allowed_stale(who, digest.as_str())
+}
+
 /// The cache status of an answer let in as `how`.
-fn status_of(how: Admitted, fresh: CacheStatus) -> CacheStatus {
+pub(super) fn status_of(how: Admitted, fresh: CacheStatus) -> CacheStatus {
     match how {
         Admitted::Fresh => fresh,
         Admitted::Stale => CacheStatus::Stale,
@@ -281,7 +324,12 @@ fn status_of(how: Admitted, fresh: CacheStatus) -> CacheStatus {
 }
 
 /// The head of a blob answered from the cache.
-fn write_head(reply: &mut Reply<'_>, digest: &Digest<'_>, len: u64, range: Option<(u64, u64)>) {
+pub(super) fn write_head(
+    reply: &mut Reply<'_>,
+    digest: &Digest<'_>,
+    len: u64,
+    range: Option<(u64, u64)>,
+) {
     reply.status(if range.is_some() { 206 } else { 200 });
     reply.header("Content-Type", b"application/octet-stream");
     reply.header("Docker-Content-Digest", digest.as_str().as_bytes());
@@ -375,6 +423,12 @@ pub async fn lookup_manifest<S: ClientSink>(
             let stored = match cache.load_manifest(&d).await {
                 Some(s) => s,
                 None if !get => return Looked::Relay,
+                None if cache.tier.is_some() && shared::manifest(w, cache, &d).await.is_some() => {
+                    match cache.load_manifest(&d).await {
+                        Some(s) => s,
+                        None => return Looked::Relay,
+                    }
+                }
                 None => {
                     if let Some(lead) = coalesce(w, cache, d.as_str()).await {
                         return Looked::LeadManifest(lead);
@@ -416,7 +470,13 @@ pub async fn lookup_manifest<S: ClientSink>(
     };
     let name = Tags::name(who.registry, who.repo, tag.as_str());
     let mut status = CacheStatus::Hit;
-    let rec = match cache.tags.get(&name) {
+    let mut local = cache.tags.get(&name);
+    if cache.tier.is_some() {
+        if let Some(newer) = shared::tag_record(w, cache, &name, local.as_ref()).await {
+            local = Some(newer);
+        }
+    }
+    let rec = match local {
         Some(r) => r,
         None if !get => return Looked::Relay,
         None => {
@@ -435,8 +495,12 @@ pub async fn lookup_manifest<S: ClientSink>(
     let Ok(digest) = Digest::parse(&rec.digest) else {
         return Looked::Relay;
     };
-    let Some(stored) = cache.load_manifest(&digest).await else {
-        return Looked::Relay; // the record outlived its manifest (evicted)
+    let stored = match cache.load_manifest(&digest).await {
+        Some(s) => s,
+        None => match shared::manifest(w, cache, &digest).await {
+            Some(s) => s,
+            None => return Looked::Relay, // the record outlived its manifest (evicted)
+        },
     };
     if !manifests::accepts(accept(), &stored.media_type) {
         return Looked::Relay; // this client wants another variant
@@ -448,13 +512,14 @@ pub async fn lookup_manifest<S: ClientSink>(
         cache.tags.end_revalidation(&name);
         match answer {
             Revalidation::Same => {
-                cache.tags.put(
-                    &name,
-                    TagRecord {
-                        checked: std::time::SystemTime::now(),
-                        ..rec.clone()
-                    },
-                );
+                let fresh = TagRecord {
+                    checked: std::time::SystemTime::now(),
+                    ..rec.clone()
+                };
+                if let Some(tier) = &cache.tier {
+                    tier.tag_confirmed(&name, &fresh);
+                }
+                cache.tags.put(&name, fresh);
                 cache.access.learn_ok(who, Some(digest.as_str()));
                 status = CacheStatus::Revalidated;
             }
@@ -463,7 +528,7 @@ pub async fn lookup_manifest<S: ClientSink>(
                 // The upstream cannot be asked: anonymous knowledge only
                 // (credentials are never taken on trust), and a failed HEAD
                 // never turns into a GET (which would count as a pull).
-                if !cache.serve_stale() || !cache.access.allowed_stale(who, digest.as_str()) {
+                if !cache.serve_stale() || !allowed_stale(w, cache, who, &digest).await {
                     let e = ErrorReply::new(
                         503,
                         ErrorCode::Unavailable,

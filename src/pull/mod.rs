@@ -19,6 +19,7 @@ pub mod body;
 pub mod cached;
 pub mod fetch;
 pub mod head;
+pub mod shared;
 pub mod upstream_auth;
 
 use std::time::Instant;
@@ -363,7 +364,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 }
                 summary.pulled += n;
                 if let Ok(d) = Digest::parse(dcd) {
-                    if cache.store_manifest(&d, ct, &buf) {
+                    if cache.store_manifest(&d, ct, &buf, true) {
                         if cached::accepts_lists(req.headers_named("accept")) {
                             record_tag(cache, who, tag.as_str(), dcd, ct, buf.len());
                         }
@@ -395,6 +396,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 Err(e) => {
                     if let Some((l, tee, cache)) = store {
                         tee.finish(false, &l.dest, &cache.inflight, &l.key).await;
+                        share_blob(cache, &l, who, false);
                     }
                     let r = e.reply(registry_name);
                     summary.error = Some(e);
@@ -405,14 +407,18 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
                 tee.data(&body);
                 let stored = tee.finish(true, &l.dest, &cache.inflight, &l.key).await;
                 learn_verified(cache, who, stored, plan.verify.as_ref());
+                share_blob(cache, &l, who, stored);
                 if stored {
                     summary.stored = n;
                 }
             }
             if let (Some(cache), Some((Reference::Digest(d), ct, _))) = (cache, &manifest) {
-                if cache.store_manifest(d, ct, &body) {
+                if cache.store_manifest(d, ct, &body, true) {
                     summary.cache = CacheStatus::Miss;
                     summary.stored = n;
+                    if let Some(who) = who {
+                        share_note(cache, who, d);
+                    }
                 }
             }
             reply.append_relayed(&body);
@@ -443,6 +449,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             .finish(complete, &l.dest, &cache.inflight, &l.key)
             .await;
         learn_verified(cache, who, stored, plan.verify.as_ref());
+        share_blob(cache, &l, who, stored);
         if stored {
             summary.stored = l.fill.total();
         }
@@ -458,7 +465,7 @@ pub async fn registry_request<'a, S: AsyncReadRent + ClientSink>(
             body::stream(w, conn, &head, client, reply, to_client, &mut seen, summary).await;
         let complete = outcome != Outcome::Abort && summary.error.is_none();
         if let (true, Some(bytes), Ok(d)) = (complete, seen.1.whole(), Digest::parse(dcd)) {
-            if cache.store_manifest(&d, ct, bytes) {
+            if cache.store_manifest(&d, ct, bytes, true) {
                 if cached::accepts_lists(req.headers_named("accept")) {
                     record_tag(cache, who, tag.as_str(), dcd, ct, bytes.len());
                 }
@@ -653,10 +660,44 @@ fn record_tag(cache: &Cache, who: Who<'_>, tag: &str, digest: &str, media_type: 
         size: size as u64,
         checked: std::time::SystemTime::now(),
     };
-    cache
-        .tags
-        .put(&Tags::name(who.registry, who.repo, tag), rec);
+    let name = Tags::name(who.registry, who.repo, tag);
+    if let Some(tier) = &cache.tier {
+        tier.tag_confirmed(&name, &rec);
+    }
+    cache.tags.put(&name, rec);
     cache.access.learn_ok(who, Some(digest));
+    if let Ok(d) = Digest::parse(digest) {
+        share_note(cache, who, &d);
+    }
+}
+
+/// Tells the shared tier what this node learnt anonymously: `who`'s
+/// repository holds `digest` and was anonymously pullable (so that another
+/// node can serve it while the upstream is down). Nothing learnt with
+/// credentials leaves the node (see `Access::shared_note`).
+fn share_note(cache: &Cache, who: Who<'_>, digest: &Digest<'_>) {
+    if let (Some(tier), Some((open, secs))) =
+        (&cache.tier, cache.access.shared_note(who, digest.as_str()))
+    {
+        tier.note_link(who.registry, who.repo, digest, open, secs);
+    }
+}
+
+/// A download this request led has ended: a verified blob goes to the
+/// shared tier (with the lease given back after), a failed one gives the
+/// lease back now.
+fn share_blob(cache: &Cache, l: &crate::cache::Leading, who: Option<Who<'_>>, stored: bool) {
+    let (Some(tier), Ok(d)) = (&cache.tier, Digest::parse(&l.key)) else {
+        return;
+    };
+    if stored {
+        tier.stored_blob(&d, l.dest.clone(), l.fill.total(), l.lease);
+        if let Some(who) = who {
+            share_note(cache, who, &d);
+        }
+    } else if l.lease {
+        tier.unlease(&d);
+    }
 }
 
 /// The upstream cannot answer: with the cache on and `serve_stale`, a

@@ -174,7 +174,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn open_cache(cfg: &Config, metrics: &Arc<Metrics>) -> Option<Arc<Cache>> {
     let c = cfg.cache.as_ref()?;
     match Cache::open(c) {
-        Ok(cache) => {
+        Ok(mut cache) => {
+            // The shared tier: its state goes to `/readyz` and `/metrics`
+            // through the metrics' shared `TierHealth`.
+            cache.tier =
+                c.s3.as_ref()
+                    .map(|s3| crate::cache::s3::tier::Tier::new(s3, metrics.tier.clone()));
             let cache = Arc::new(cache);
             metrics.health.set_cache(CacheState::Writable);
             crate::cache::evict::start(cache.clone(), metrics.clone());

@@ -200,6 +200,23 @@ async fn serve(s: Start, uring: bool) {
             w.upstreams.close_idle();
         }
     });
+    // The shared tier's writes queued on this worker (uploads of verified
+    // objects, tag records, access notes), sent while the tier answers:
+    // never on a request.
+    let uploading = core.clone();
+    monoio::spawn(async move {
+        loop {
+            let w = uploading.worker();
+            let sent = match w.cache.as_ref().and_then(|c| c.tier.as_ref()) {
+                Some(tier) => tier.drain(&w.upstreams).await,
+                None => false,
+            };
+            drop(w);
+            if !sent {
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
     let _ = started.send(Ok(()));
     drop(started);
 

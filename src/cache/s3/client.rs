@@ -28,6 +28,17 @@ pub enum S3Error {
     Local(io::Error),
 }
 
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Error::Unreachable { op, why } => write!(f, "{op}: unreachable ({why})"),
+            S3Error::Status { op, status, code } => write!(f, "{op}: answered {status} {code}"),
+            S3Error::BadAnswer { op, why } => write!(f, "{op}: bad answer ({why})"),
+            S3Error::Local(e) => write!(f, "local file: {e}"),
+        }
+    }
+}
+
 /// What a HEAD (or a small GET) tells of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {

@@ -26,15 +26,18 @@ pub fn lease(digest: &Digest<'_>) -> Option<String> {
     Some(format!("leases/{alg}/{hex}"))
 }
 
-/// `tags/<registry>/<repo>/<tag>`: names are checked by the router
-/// (`wire::names`), so they hold no `..` and no control characters.
-pub fn tag(registry: &str, repo: &str, tag: &str) -> String {
-    format!("tags/{registry}/{repo}/{tag}")
+/// `tags/<registry>/<repo>:<tag>`, from the local record's name
+/// (`Tags::name`): names are checked by the router (`wire::names`), so
+/// they hold no `..` and no control characters.
+pub fn tag(name: &str) -> String {
+    format!("tags/{name}")
 }
 
-/// `public/<registry>/<repo>`.
-pub fn public(registry: &str, repo: &str) -> String {
-    format!("public/{registry}/{repo}")
+/// `links/<registry>/<repo>/sha256/abcd...`: the repository holds the
+/// object and was anonymously pullable (body: `<open 0|1> <unix secs>`).
+pub fn link(registry: &str, repo: &str, digest: &Digest<'_>) -> Option<String> {
+    let (alg, hex) = split(digest)?;
+    Some(format!("links/{registry}/{repo}/{alg}/{hex}"))
 }
 
 fn content(kind: &str, digest: &Digest<'_>) -> Option<String> {
@@ -63,8 +66,12 @@ mod tests {
         assert_eq!(manifest(&d).unwrap(), format!("manifests/sha256/ab/{hex}"));
         assert_eq!(lease(&d).unwrap(), format!("leases/sha256/{hex}"));
         assert_eq!(
-            tag("docker.io", "library/alpine", "3.20"),
-            "tags/docker.io/library/alpine/3.20"
+            tag("docker.io/library/alpine:3.20"),
+            "tags/docker.io/library/alpine:3.20"
+        );
+        assert_eq!(
+            link("docker.io", "library/alpine", &d).unwrap(),
+            format!("links/docker.io/library/alpine/sha256/{hex}")
         );
     }
 }

@@ -16,14 +16,17 @@
 //! ```text
 //! <prefix>blobs/sha256/ab/abcdef...        a blob, as its digest names it
 //! <prefix>manifests/sha256/ab/abcdef...    "<media type>\n<manifest bytes>"
-//! <prefix>tags/<registry>/<repo>/<tag>     a tag record (digest, checked at)
-//! <prefix>public/<registry>/<repo>         the repository was anonymously
-//!                                          pullable (body: when learnt)
+//! <prefix>tags/<registry>/<repo>:<tag>     a tag record (digest, checked at)
+//! <prefix>links/<registry>/<repo>/sha256/abcdef...
+//!                                          the repository holds the object
+//!                                          and was anonymously pullable
+//!                                          (body: "<open> <unix secs>")
 //! <prefix>leases/sha256/abcdef...          a node is downloading this blob
 //! <prefix>used/sha256/ab/abcdef...         last use of a blob (for prune)
 //! ```
 
 pub mod client;
 pub mod keys;
+pub mod tier;
 
 pub use client::{ListPage, Listed, ObjectInfo, S3Client, S3Error, Written};

@@ -68,6 +68,7 @@ impl Metrics {
         self.render_proxy(&mut out, &sums, &names);
         self.render_disk(&mut out);
         self.render_upstreams(&mut out, &names);
+        self.render_tier(&mut out);
 
         out.family(
             "ocirelay_ready",
@@ -98,6 +99,37 @@ impl Metrics {
         l.add("version", env!("CARGO_PKG_VERSION"));
         out.sample("ocirelay_build_info", &l, 1);
         out.text
+    }
+
+    /// The shared tier's series (only when one is configured).
+    fn render_tier(&self, out: &mut Expo) {
+        use crate::ops::tier::{TierCount, TierState};
+        let t = &self.tier;
+        if t.state() == TierState::Off {
+            return;
+        }
+        let none = Labels::default();
+        out.family(
+            "ocirelay_shared_tier_up",
+            "gauge",
+            "1 while the shared tier's store answers, 0 while nodes serve from disk and upstream without it.",
+        );
+        out.sample(
+            "ocirelay_shared_tier_up",
+            &none,
+            u8::from(t.state() == TierState::Up),
+        );
+        out.family(
+            "ocirelay_shared_tier_uploads_pending",
+            "gauge",
+            "Verified objects on this node's disk waiting to be uploaded to the shared tier.",
+        );
+        out.sample("ocirelay_shared_tier_uploads_pending", &none, t.pending());
+        for what in TierCount::ALL {
+            let (name, help) = what.series();
+            out.family(name, "counter", help);
+            out.sample(name, &none, t.count(what));
+        }
     }
 
     /// The distribution registry's proxy series: `type` is the route kind

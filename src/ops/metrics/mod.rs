@@ -146,6 +146,8 @@ pub struct Metrics {
     registries: Mutex<Vec<String>>,
     pub disk: Disk,
     pub health: Health,
+    /// The shared tier's state and counters (`cache::s3::tier` writes).
+    pub tier: std::sync::Arc<crate::ops::tier::TierHealth>,
 }
 
 /// Entries per worker table: room for every label combination a busy
@@ -168,6 +170,7 @@ impl Metrics {
             registries: Mutex::new(Vec::new()),
             disk: Disk::default(),
             health: Health::default(),
+            tier: Default::default(),
         }
     }
 
