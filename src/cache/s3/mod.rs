@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod prune;
 pub mod tier;
 
 pub use client::{ListPage, Listed, ObjectInfo, S3Client, S3Error, Written};
