@@ -55,17 +55,31 @@ enum CacheAction {
     Verify,
     /// Evict by age and/or down to a size, least recently used first.
     Prune {
-        /// Keep at most this much, e.g. "50GiB".
+        /// Keep at most this much, e.g. "50GiB" (shared tier: its
+        /// `[cache.s3] max_size` by default).
         #[arg(long)]
         to: Option<String>,
         /// Drop objects unused for longer than this, e.g. "30d".
         #[arg(long)]
         older_than: Option<String>,
+        /// `local` (this node's directory) or `shared` (the `[cache.s3]`
+        /// bucket every node uses: run it from one place, e.g. a cron job).
+        #[arg(long, default_value = "local")]
+        tier: PruneTier,
+        /// Shared tier: say what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Pull images through the running mirror so that its cache holds them
     /// (every platform of a multi-platform image); exits non-zero unless
     /// every object was fetched and verified.
     Warm(WarmArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PruneTier {
+    Local,
+    Shared,
 }
 
 #[derive(Args)]
@@ -150,6 +164,16 @@ fn main() -> ExitCode {
             dir,
             action: CacheAction::Warm(args),
         }) => return warm_command(&cli.config, &cli.listen, dir, args),
+        Some(Command::Cache {
+            action:
+                CacheAction::Prune {
+                    to,
+                    older_than,
+                    tier: PruneTier::Shared,
+                    dry_run,
+                },
+            ..
+        }) => return prune_shared(&cli.config, to, older_than, dry_run),
         Some(Command::Cache { dir, action }) => return cache_command(&cli.config, dir, action),
         None => {}
     }
@@ -229,7 +253,7 @@ fn cache_command(config: &Option<PathBuf>, dir: Option<PathBuf>, action: CacheAc
                 return ExitCode::FAILURE;
             }
         },
-        CacheAction::Prune { to, older_than } => {
+        CacheAction::Prune { to, older_than, .. } => {
             let to = match to.as_deref().map(|t| parse_size(t).ok_or(t)) {
                 Some(Err(t)) => {
                     eprintln!("ocirelay: --to {t:?} is not a size (e.g. \"50GiB\")");
@@ -260,6 +284,70 @@ fn cache_command(config: &Option<PathBuf>, dir: Option<PathBuf>, action: CacheAc
 
 /// `ocirelay cache warm`: through the mirror, which owns the cache
 /// directory (so `--dir` has no meaning here).
+/// `ocirelay cache prune --tier shared`: the `[cache.s3]` bucket, down to
+/// `--to` (else the table's `max_size`) and/or by `--older-than`.
+fn prune_shared(
+    config: &Option<PathBuf>,
+    to: Option<String>,
+    older_than: Option<String>,
+    dry: bool,
+) -> ExitCode {
+    use ocirelay::cache::s3::prune;
+    use ocirelay::config::{parse_duration, parse_size};
+    let cfg = match config {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default_config()),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ocirelay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(s3) = cfg.cache.as_ref().and_then(|c| c.s3.as_ref()) else {
+        eprintln!("ocirelay: --tier shared needs a [cache.s3] table in the config (--config FILE)");
+        return ExitCode::FAILURE;
+    };
+    let to = match to.as_deref().map(|t| parse_size(t).ok_or(t)) {
+        Some(Err(t)) => {
+            eprintln!("ocirelay: --to {t:?} is not a size (e.g. \"2TiB\")");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(n)) => Some(n),
+        None => s3.max_size,
+    };
+    let older_than = match older_than.as_deref().map(|t| parse_duration(t).ok_or(t)) {
+        Some(Err(t)) => {
+            eprintln!("ocirelay: --older-than {t:?} is not a duration (e.g. \"30d\")");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    let policy = prune::Policy { to, older_than };
+    match prune::run_command(s3, cfg.timeouts, policy, dry) {
+        Ok(p) => {
+            println!(
+                "{}/{}: {} {} objects ({} bytes) and {} records; {} objects ({} bytes) kept",
+                s3.endpoint.origin,
+                s3.bucket,
+                if dry { "would remove" } else { "removed" },
+                p.objects,
+                p.bytes,
+                p.records,
+                p.kept_objects,
+                p.kept_bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ocirelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn warm_command(
     config: &Option<PathBuf>,
     listen: &[SocketAddr],

@@ -63,12 +63,17 @@ pub fn plan(listing: &[Listed], now: u64, policy: Policy) -> (Vec<String>, Prune
     for o in listing {
         if let Some(rest) = o.key.strip_prefix("blobs/") {
             present.insert(rest);
-            let last = used.get(rest).map_or(o.modified_unix, |u| (*u).max(o.modified_unix));
+            let last = used
+                .get(rest)
+                .map_or(o.modified_unix, |u| (*u).max(o.modified_unix));
             content.push((o, last));
         } else if o.key.starts_with("manifests/") {
             content.push((o, o.modified_unix));
         } else if o.key.starts_with("tags/") {
-            if policy.older_than.is_some_and(|max| age(o.modified_unix) > max) {
+            if policy
+                .older_than
+                .is_some_and(|max| age(o.modified_unix) > max)
+            {
                 delete.push(o.key.clone());
                 out.records += 1;
             }
@@ -141,6 +146,39 @@ pub async fn run(
     Ok(out)
 }
 
+/// [`run`] from a command (`ocirelay cache prune --tier shared`): its own
+/// single-threaded runtime and upstream pool, trusting the store's
+/// `ca_file` (else the web roots).
+pub fn run_command(
+    cfg: &crate::config::s3::S3Config,
+    timeouts: crate::config::Timeouts,
+    policy: Policy,
+    dry: bool,
+) -> Result<Pruned, String> {
+    let roots = match &cfg.ca_file {
+        Some(p) => crate::tls::load_certs(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
+    let trust = crate::upstream::Trust {
+        key: crate::upstream::TrustKey::of(&roots),
+        config: crate::tls::client_config(&roots)?,
+    };
+    let client = S3Client::new(cfg);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let up = Upstreams::new(vec![trust], timeouts);
+        run(&client, &up, policy, now, dry)
+            .await
+            .map_err(|e| format!("shared tier {}: {e}", cfg.endpoint.origin))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +238,11 @@ mod tests {
         let listing = vec![
             obj("leases/sha256/ee1", 20, now - 2 * DAY),
             obj("leases/sha256/ff1", 20, now - 60),
-            obj("links/docker.io/library/alpine/sha256/aa1", 12, now - 8 * DAY),
+            obj(
+                "links/docker.io/library/alpine/sha256/aa1",
+                12,
+                now - 8 * DAY,
+            ),
             obj("links/docker.io/library/alpine/sha256/bb1", 12, now - DAY),
             obj("used/sha256/zz/zz1", 0, now - DAY),
         ];
