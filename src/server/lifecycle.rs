@@ -281,6 +281,15 @@ impl Fixed {
                 (_, old) => old.clone(),
             };
         }
+        // The shared tier is built with the cache, once per process.
+        let s3 = cfg.cache.as_ref().and_then(|c| c.s3.clone());
+        let running_s3 = running.cache.as_ref().and_then(|c| c.s3.clone());
+        if s3 != running_s3 {
+            changed.push("[cache.s3]");
+            if let Some(c) = cfg.cache.as_mut() {
+                c.s3 = running_s3;
+            }
+        }
         let c = &mut changed;
         keep(
             c,
