@@ -91,7 +91,7 @@ fn replay_safe(method: Method) -> bool {
     method.idempotent_read() || method == Method::Post
 }
 
-fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
+pub(super) fn build_request(ex: &Exchange<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + ex.body.map_or(0, <[u8]>::len));
     out.extend_from_slice(ex.method.as_str().as_bytes());
     out.push(b' ');
@@ -185,7 +185,10 @@ async fn send_and_read_head(
 
 /// Reads until a complete response head is buffered and parses it; skips
 /// interim 1xx responses.
-async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, UpstreamError> {
+pub(super) async fn read_head(
+    conn: &mut Conn,
+    head_only: bool,
+) -> Result<ResponseHead, UpstreamError> {
     let mut scanner = HeadScanner::new();
     let mut got_any = false;
     loop {

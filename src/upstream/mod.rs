@@ -11,9 +11,11 @@ mod exchange;
 mod io;
 mod pool;
 mod trust;
+mod upload;
 
 pub use crate::wire::http::RespFraming;
 pub use exchange::{Exchange, ResponseHead};
 pub use io::UpstreamIo;
 pub use pool::{Conn, PoolKey, Upstreams};
 pub use trust::{Trust, TrustKey};
+pub use upload::SendFileError;
