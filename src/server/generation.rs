@@ -23,6 +23,9 @@ pub struct Generation {
     pub server_tls: Vec<ServerCerts>,
     /// Extra CA roots per registry.
     pub extra_roots: Vec<Vec<CertificateDer<'static>>>,
+    /// Extra CA roots of the shared tier's store (`[cache.s3] ca_file`),
+    /// if it has one.
+    pub s3_roots: Option<Vec<CertificateDer<'static>>>,
     /// What is known of who may read what (see `Worker::access`).
     pub access: Option<Arc<Access>>,
     /// ACME's certificate store and challenge answers (with `[acme]`; the
@@ -88,6 +91,20 @@ impl Generation {
         for roots in &extra_roots {
             tls::client_config(roots).map_err(LoadError::Tls)?;
         }
+        let s3_roots = cfg
+            .cache
+            .as_ref()
+            .and_then(|c| c.s3.as_ref())
+            .map(|s3| {
+                s3.ca_file
+                    .as_deref()
+                    .map_or(Ok(Vec::new()), tls::load_certs)
+            })
+            .transpose()
+            .map_err(|e| LoadError::Tls(e.to_string()))?;
+        if let Some(roots) = &s3_roots {
+            tls::client_config(roots).map_err(LoadError::Tls)?;
+        }
         // Upstream credentials need access knowledge (whose token is
         // anonymous, which repository is public) even without a cache: a
         // memory-only one, made the first time a config has an account.
@@ -103,6 +120,7 @@ impl Generation {
             cfg: Arc::new(cfg),
             server_tls,
             extra_roots,
+            s3_roots,
             access,
             acme,
         })

@@ -320,14 +320,17 @@ fn trusts(
 ) -> io::Result<(Vec<Trust>, Vec<TrustKey>)> {
     let keys: Vec<TrustKey> = g.extra_roots.iter().map(|r| TrustKey::of(r)).collect();
     let mut trusts: Vec<Trust> = Vec::new();
-    for (key, roots) in keys.iter().zip(&g.extra_roots) {
-        if trusts.iter().any(|t| t.key == *key) {
+    // The shared tier's store is verified under a trust of its own, named
+    // by no registry (`S3Client::trust` computes the same key).
+    let s3 = g.s3_roots.iter().map(|r| (TrustKey::of(r), r));
+    for (key, roots) in keys.iter().copied().zip(&g.extra_roots).chain(s3) {
+        if trusts.iter().any(|t| t.key == key) {
             continue;
         }
-        let trust = match known(*key) {
+        let trust = match known(key) {
             Some(t) => t,
             None => Trust {
-                key: *key,
+                key,
                 config: tls::client_config(roots).map_err(io::Error::other)?,
             },
         };

@@ -14,6 +14,8 @@
 //! - [`pebble`]: Let's Encrypt's test CA (Debian's `pebble`) for the ACME
 //!   tests.
 //! - [`scrape`]: `/metrics` parsed, and `promtool` to check it.
+//! - [`seaweed`]: a replicated SeaweedFS cluster (S3 gateway) for the
+//!   shared cache tier.
 //! - [`tmpfs`]: a small tmpfs to fill or make read-only (needs root).
 //!
 //! Not every test crate uses every helper, hence the module-wide allows.
@@ -26,6 +28,7 @@ pub mod process;
 pub mod raw;
 pub mod relay;
 pub mod scrape;
+pub mod seaweed;
 pub mod tmpfs;
 
 use std::time::{Duration, Instant};
@@ -39,6 +42,7 @@ pub use process::*;
 pub use raw::*;
 pub use relay::*;
 pub use scrape::*;
+pub use seaweed::Seaweed;
 pub use tmpfs::*;
 
 /// A Docker Hub double with the default options.
