@@ -601,20 +601,7 @@ impl S3Client {
                     MAX_XML_ANSWER,
                 )
                 .await?;
-            match CompleteMultipartUploadResponse::parse(&body) {
-                Ok(_) => Ok(()),
-                Err(e) => match error_code(body.as_bytes()) {
-                    Some(code) => Err(S3Error::Status {
-                        op: OP,
-                        status: 200,
-                        code,
-                    }),
-                    None => Err(S3Error::BadAnswer {
-                        op: OP,
-                        why: format!("XML: {e}"),
-                    }),
-                },
-            }
+            completed(&body)
         })
         .await
     }
@@ -847,6 +834,27 @@ async fn fill(conn: &mut Conn) -> Result<(), String> {
     }
 }
 
+/// The outcome of a CompleteMultipartUpload answered 200: only a
+/// `CompleteMultipartUploadResult` is success; an `<Error>` is the store's
+/// failure (its `<Code>`), anything else a bad answer.
+fn completed(body: &str) -> Result<(), S3Error> {
+    const OP: &str = "complete multipart upload";
+    match CompleteMultipartUploadResponse::parse(body) {
+        Ok(_) => Ok(()),
+        Err(e) => match error_code(body.as_bytes()) {
+            Some(code) => Err(S3Error::Status {
+                op: OP,
+                status: 200,
+                code,
+            }),
+            None => Err(S3Error::BadAnswer {
+                op: OP,
+                why: format!("XML: {e}"),
+            }),
+        },
+    }
+}
+
 /// S3's `<Code>` of an `<Error>` body.
 fn error_code(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
@@ -963,6 +971,23 @@ mod tests {
             Some(1_796_565_472)
         );
         assert_eq!(http_date_unix("yesterday"), None);
+    }
+
+    #[test]
+    fn a_complete_answered_200_with_an_error_body_is_a_failure() {
+        let ok = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Location>http://x/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"abc-3\"</ETag></CompleteMultipartUploadResult>";
+        assert!(completed(ok).is_ok());
+        let late_error = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\n<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
+        match completed(late_error) {
+            Err(S3Error::Status {
+                status: 200, code, ..
+            }) => assert_eq!(code, "InternalError"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            completed("<html>proxy error</html>"),
+            Err(S3Error::BadAnswer { .. })
+        ));
     }
 
     #[test]
