@@ -16,7 +16,7 @@ use common::{free_port, Seaweed};
 use ocirelay::cache::s3::{S3Client, S3Error, Written};
 use ocirelay::config::s3::{S3Config, S3Credentials};
 use ocirelay::config::Timeouts;
-use ocirelay::upstream::{Conn, RespFraming, ResponseHead, Upstreams};
+use ocirelay::upstream::{Conn, RespFraming, ResponseHead, Trust, TrustKey, Upstreams};
 use ocirelay::wire::url::Url;
 
 const MIB: u64 = 1 << 20;
@@ -56,6 +56,11 @@ fn cluster(bucket: &str) -> Option<(Seaweed, S3Client)> {
 /// Runs `f` on a monoio runtime with a worker's `Upstreams` (plain http:
 /// no TLS trust needed).
 fn on_worker<F: Future<Output = ()>>(f: impl FnOnce(Upstreams) -> F) {
+    on_worker_with(Vec::new(), f)
+}
+
+/// [`on_worker`] with the worker's TLS trusts.
+fn on_worker_with<F: Future<Output = ()>>(trusts: Vec<Trust>, f: impl FnOnce(Upstreams) -> F) {
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
         upstream_read: Duration::from_secs(10),
@@ -66,7 +71,7 @@ fn on_worker<F: Future<Output = ()>>(f: impl FnOnce(Upstreams) -> F) {
         client_body: Duration::from_secs(10),
         drain: Duration::from_secs(10),
     };
-    let up = Upstreams::new(Vec::new(), timeouts);
+    let up = Upstreams::new(trusts, timeouts);
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build()
@@ -417,6 +422,43 @@ fn reads_go_on_with_one_volume_server_killed() {
             }
             let (conn, head) = s3.get(&up, "blobs/big", None).await.unwrap().unwrap();
             assert!(body_of(&up, conn, head).await == *big);
+        }
+    });
+}
+
+#[test]
+fn an_https_store_is_verified_with_its_ca_file() {
+    let Some(sw) = Seaweed::start_tls() else {
+        return;
+    };
+    sw.bucket("tls");
+    let endpoint = format!("https://127.0.0.1:{}", sw.https_port);
+    let mut cfg = config(&endpoint, "tls", SECRET_KEY);
+    cfg.ca_file = Some(sw.ca_file());
+    let with_ca = S3Client::new(&cfg);
+    let without = S3Client::new(&config(&endpoint, "tls", SECRET_KEY));
+    // What `server` registers for a worker: the web roots, and the CA
+    // file's roots under the key of their content.
+    let roots = ocirelay::tls::load_certs(&sw.ca_file()).unwrap();
+    let trusts = vec![
+        Trust {
+            key: TrustKey::of(&[]),
+            config: ocirelay::tls::client_config(&[]).unwrap(),
+        },
+        Trust {
+            key: TrustKey::of(&roots),
+            config: ocirelay::tls::client_config(&roots).unwrap(),
+        },
+    ];
+    on_worker_with(trusts, |up| async move {
+        let w = with_ca.put_small(&up, "k", b"over tls", false).await;
+        assert_eq!(w.unwrap(), Written::Created);
+        let (body, _) = with_ca.get_small(&up, "k", 100).await.unwrap().unwrap();
+        assert_eq!(body, b"over tls");
+        // The web roots alone do not vouch for the store's own CA.
+        match without.head(&up, "k").await {
+            Err(S3Error::Unreachable { why, .. }) => assert!(why.contains("TLS"), "{why}"),
+            other => panic!("no ca_file: {other:?}"),
         }
     });
 }

@@ -345,3 +345,40 @@ fn server_configs(g: &Generation) -> io::Result<Vec<Arc<rustls::ServerConfig>>> 
         .map(|m| tls::server_config(m).map_err(io::Error::other))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::s3::S3Client;
+    use crate::config::Config;
+
+    #[test]
+    fn the_shared_tiers_ca_file_is_a_worker_trust_under_the_clients_key() {
+        let dir = std::env::temp_dir().join(format!("ocirelay-s3trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let cfg = Config::parse(&format!(
+            "listen = [\"127.0.0.1:1\"]\n[cache]\ndir = \"{}\"\n[cache.s3]\n\
+             endpoint = \"https://s3.example\"\nbucket = \"mirror\"\npath_style = true\n\
+             access_key_id = \"a\"\nsecret_access_key = \"b\"\nca_file = \"{}\"\n",
+            dir.join("cache").display(),
+            ca.display()
+        ))
+        .unwrap();
+        let client = S3Client::new(cfg.cache.as_ref().unwrap().s3.as_ref().unwrap());
+        let registries = cfg.registries.len();
+        let g = Generation::load(1, cfg, None, None).unwrap();
+        let (trusts, keys) = trusts(&g, |_| None).unwrap();
+        assert_eq!(keys.len(), registries, "one key per registry, as before");
+        assert!(
+            trusts.iter().any(|t| t.key == client.trust()),
+            "the store's trust is registered"
+        );
+        assert_ne!(client.trust(), TrustKey::of(&[]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -19,7 +19,7 @@ use hubdouble::client::Client;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::pebble::free_port;
-use super::relay::tempdir;
+use super::relay::{tempdir, write_test_ca};
 use super::wait_until;
 
 /// The gateway's one identity.
@@ -53,6 +53,8 @@ pub struct Seaweed {
     nodes: Vec<Node>,
     /// The S3 gateway's port on 127.0.0.1.
     pub s3_port: u16,
+    /// Its https port (with [`Seaweed::start_tls`]).
+    pub https_port: u16,
     filer_port: u16,
     dir: tempdir::Dir,
 }
@@ -61,6 +63,17 @@ impl Seaweed {
     /// A cluster ready to serve S3 requests; `None` (with a message) when
     /// `weed` is not installed and `OCIRELAY_REQUIRE_S3` is not set.
     pub fn start() -> Option<Seaweed> {
+        Seaweed::start_with(false)
+    }
+
+    /// [`Seaweed::start`], the gateway also serving https on
+    /// [`Seaweed::https_port`] with a certificate for 127.0.0.1 from a test
+    /// CA of its own ([`Seaweed::ca_file`]).
+    pub fn start_tls() -> Option<Seaweed> {
+        Seaweed::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Seaweed> {
         let Some(weed) = weed_binary() else {
             assert!(
                 std::env::var_os("OCIRELAY_REQUIRE_S3").is_none(),
@@ -93,9 +106,18 @@ impl Seaweed {
         let master_addr = format!("127.0.0.1:{master}.{master_grpc}");
         let (filer, filer_grpc) = (free_port(), free_port());
         let (s3, s3_grpc) = (free_port(), free_port());
+        let https = free_port();
+        let mut tls_args = Vec::new();
+        if tls {
+            write_test_ca(&root);
+            tls_args.push(format!("-port.https={https}"));
+            tls_args.push(format!("-cert.file={}", root.join("cert.pem").display()));
+            tls_args.push(format!("-key.file={}", root.join("key.pem").display()));
+        }
         let mut sw = Seaweed {
             nodes: Vec::new(),
             s3_port: s3,
+            https_port: https,
             filer_port: filer,
             dir,
         };
@@ -150,6 +172,7 @@ impl Seaweed {
                 // Its Iceberg and Lance catalogs listen on fixed ports by
                 // default: off (tests run side by side).
                 .args(["-port.iceberg=0", "-port.lance=0"])
+                .args(&tls_args)
                 .arg(format!("-filer=127.0.0.1:{filer}.{filer_grpc}"))
                 .arg(format!("-config={}", s3_json.display())),
         );
@@ -167,6 +190,7 @@ impl Seaweed {
                 .iter()
                 .all(|p| text.contains(&format!("127.0.0.1:{p}")))
                 && TcpStream::connect(("127.0.0.1", s3)).is_ok()
+                && (!tls || TcpStream::connect(("127.0.0.1", https)).is_ok())
         });
         assert!(ready, "SeaweedFS did not start: {}", sw.logs());
         Some(sw)
@@ -190,6 +214,11 @@ impl Seaweed {
     /// `http://127.0.0.1:<port>`: the S3 endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The test CA of the https gateway (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// A presigned URL (path style) for an action on `bucket`, relative to
