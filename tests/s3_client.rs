@@ -342,7 +342,14 @@ fn a_wrong_secret_is_a_403_with_s3s_code() {
         return;
     };
     let s3 = S3Client::new(&config(&sw.endpoint(), "secret", "not-the-secret"));
+    let dir = tempdir::Dir::new("s3-secret");
+    let file = write_file(dir.path(), "f", &pattern(2 * MIB));
     on_worker(|up| async move {
+        // Refused before the body is read: the status still shows.
+        match s3.put_file(&up, "blob", &file, 2 * MIB).await {
+            Err(S3Error::Status { status: 403, .. }) => {}
+            other => panic!("wrong secret, streamed upload: {other:?}"),
+        }
         match s3.put_small(&up, "k", b"x", false).await {
             Err(e @ S3Error::Status { status: 403, .. }) => {
                 let S3Error::Status { ref code, .. } = e else {

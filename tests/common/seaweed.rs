@@ -121,14 +121,18 @@ impl Seaweed {
             filer_port: filer,
             dir,
         };
-        let loopback = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"];
+        // `weed <kind>` on loopback with its HTTP and gRPC ports.
+        let server = |kind: &str, port: u16, grpc: u16| {
+            let mut c = Command::new(&weed);
+            c.arg(kind)
+                .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+                .arg(format!("-port={port}"))
+                .arg(format!("-port.grpc={grpc}"));
+            c
+        };
         sw.spawn(
             "master",
-            Command::new(&weed)
-                .arg("master")
-                .args(loopback)
-                .arg(format!("-port={master}"))
-                .arg(format!("-port.grpc={master_grpc}"))
+            server("master", master, master_grpc)
                 .arg(format!("-mdir={}", d("master")))
                 .arg("-defaultReplication=001")
                 // Small volumes: a bucket's first write allocates several.
@@ -140,11 +144,7 @@ impl Seaweed {
             volume_ports.push(port);
             sw.spawn(
                 &format!("volume{i}"),
-                Command::new(&weed)
-                    .arg("volume")
-                    .args(loopback)
-                    .arg(format!("-port={port}"))
-                    .arg(format!("-port.grpc={grpc}"))
+                server("volume", port, grpc)
                     .arg(format!("-dir={}", d(&format!("volume{i}"))))
                     .arg("-max=20")
                     // A test machine's disk may be nearly full.
@@ -154,21 +154,13 @@ impl Seaweed {
         }
         sw.spawn(
             "filer",
-            Command::new(&weed)
-                .arg("filer")
-                .args(loopback)
-                .arg(format!("-port={filer}"))
-                .arg(format!("-port.grpc={filer_grpc}"))
+            server("filer", filer, filer_grpc)
                 .arg(format!("-defaultStoreDir={}", d("filer")))
                 .arg(format!("-master={master_addr}")),
         );
         sw.spawn(
             "s3",
-            Command::new(&weed)
-                .arg("s3")
-                .arg("-ip.bind=127.0.0.1")
-                .arg(format!("-port={s3}"))
-                .arg(format!("-port.grpc={s3_grpc}"))
+            server("s3", s3, s3_grpc)
                 // Its Iceberg and Lance catalogs listen on fixed ports by
                 // default: off (tests run side by side).
                 .args(["-port.iceberg=0", "-port.lance=0"])

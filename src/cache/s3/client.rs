@@ -375,14 +375,7 @@ impl S3Client {
                 OP,
                 &self.bucket.delete_object(Some(&self.credentials), &key),
             )?;
-            let (conn, head) = self.send(up, OP, Method::Delete, &url, &[], None).await?;
-            match head.status {
-                200 | 204 | 404 => {
-                    self.discard(up, conn, head).await;
-                    Ok(())
-                }
-                _ => Err(self.failed(up, OP, conn, head).await),
-            }
+            self.send_delete(up, OP, &url).await
         })
         .await
     }
@@ -618,14 +611,7 @@ impl S3Client {
             let action =
                 AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), key, upload_id);
             let url = self.url(OP, &action)?;
-            let (conn, head) = self.send(up, OP, Method::Delete, &url, &[], None).await?;
-            match head.status {
-                200 | 204 | 404 => {
-                    self.discard(up, conn, head).await;
-                    Ok(())
-                }
-                _ => Err(self.failed(up, OP, conn, head).await),
-            }
+            self.send_delete(up, OP, &url).await
         })
         .await
     }
@@ -678,6 +664,24 @@ impl S3Client {
             op,
             why: e.to_string(),
         })
+    }
+
+    /// A DELETE (of an object, of a multipart upload): gone or absent is
+    /// fine.
+    async fn send_delete(
+        &self,
+        up: &Upstreams,
+        op: &'static str,
+        url: &Url,
+    ) -> Result<(), S3Error> {
+        let (conn, head) = self.send(up, op, Method::Delete, url, &[], None).await?;
+        match head.status {
+            200 | 204 | 404 => {
+                self.discard(up, conn, head).await;
+                Ok(())
+            }
+            _ => Err(self.failed(up, op, conn, head).await),
+        }
     }
 
     /// A request whose 200 answer is a small text body (XML), read whole.
