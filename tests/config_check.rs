@@ -175,3 +175,32 @@ fn every_problem_is_reported_in_line_order() {
         .collect();
     assert_eq!(lines, [5, 8, 12]);
 }
+
+#[test]
+fn the_default_configs_commented_shared_tier_example_passes_when_uncommented() {
+    let dir = Dir::new("check-s3-example");
+    let default = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/default.toml"),
+    )
+    .unwrap();
+    // The `# [cache.s3]` block: commented lines up to the first blank one.
+    let example: Vec<&str> = default
+        .lines()
+        .skip_while(|l| *l != "# [cache.s3]")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches("# "))
+        .collect();
+    assert!(example.len() > 10, "no [cache.s3] example in default.toml");
+    // Files named in the example do not exist here: the rest must be right.
+    let table: String = example
+        .iter()
+        .filter(|l| !l.starts_with("ca_file") && !l.starts_with("credentials_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cache = dir.path().join("cache");
+    let (ok, said) = check(
+        dir.path(),
+        &format!("{TOP}[cache]\ndir = \"{}\"\n{table}", cache.display()),
+    );
+    assert!(ok, "{said}\n{table}");
+}
