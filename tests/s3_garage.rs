@@ -122,3 +122,20 @@ fn a_read_still_works_with_one_of_three_nodes_killed() {
         (200, b"after the kill".to_vec())
     );
 }
+
+#[test]
+fn the_clusters_cache_s3_table_is_a_valid_ocirelay_config() {
+    let Some(g) = Garage::start_or_skip("the_clusters_cache_s3_table_is_a_valid_ocirelay_config")
+    else {
+        return;
+    };
+    let dir = common::tempdir::Dir::new("garage-cfg");
+    let table = g.cache_s3_table(1);
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[cache]\ndir = \"{}\"\n{table}",
+        dir.path().join("cache").display()
+    );
+    let (ok, said) = common::config_check(&text);
+    assert!(ok, "{said}\n{text}");
+    assert!(table.contains(&g.endpoint_of(1)) && table.contains(&g.key_id));
+}

@@ -323,6 +323,21 @@ impl Garage {
         self.endpoint_of(0)
     }
 
+    /// A `[cache.s3]` table for ocirelay on this cluster, through node `i`
+    /// (plain http, path style, the key in the table; Garage's conditional
+    /// writes left to `auto`, the probe finds they are ignored).
+    pub fn cache_s3_table(&self, i: usize) -> String {
+        format!(
+            "[cache.s3]\nendpoint = \"{}\"\nbucket = \"{}\"\nregion = \"{}\"\n\
+             path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            self.endpoint_of(i),
+            self.bucket,
+            self.region,
+            self.key_id,
+            self.secret
+        )
+    }
+
     /// The credentials of the key.
     pub fn credentials(&self) -> Credentials {
         Credentials::new(self.key_id.clone(), self.secret.clone())
