@@ -123,26 +123,6 @@ fn line_starting(yaml: &str, prefix: &str) -> String {
     found[0].to_string()
 }
 
-/// Runs `ocirelay config check` on `text` with `env` added to (or, for
-/// `None`, removed from) its environment: (success, what it said).
-fn config_check(text: &str, env: &[(&str, Option<&str>)]) -> (bool, String) {
-    let dir = common::tempdir::Dir::new("k8s");
-    let path = dir.path().join("ocirelay.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocirelay"));
-    cmd.args(["config", "check"]).arg(&path);
-    for (k, v) in env {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let out = cmd.output().unwrap();
-    let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
-    said.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), said)
-}
-
 #[test]
 fn the_kubernetes_example_config_passes_config_check_with_the_secrets_env() {
     let yaml = std::fs::read_to_string(deploy(K8S)).unwrap();
@@ -152,7 +132,7 @@ fn the_kubernetes_example_config_passes_config_check_with_the_secrets_env() {
     let id = line_starting(&yaml, "AWS_ACCESS_KEY_ID:");
     let secret = line_starting(&yaml, "AWS_SECRET_ACCESS_KEY:");
     assert!(id.contains("replace-me") && secret.contains("replace-me"));
-    let (ok, said) = config_check(
+    let (ok, said) = common::config_check_env(
         &config,
         &[
             ("AWS_ACCESS_KEY_ID", Some("AKIDEXAMPLE")),
@@ -161,7 +141,7 @@ fn the_kubernetes_example_config_passes_config_check_with_the_secrets_env() {
     );
     assert!(ok, "{said}\n{config}");
     // Without the Secret in the environment the config names no credentials.
-    let (ok, said) = config_check(
+    let (ok, said) = common::config_check_env(
         &config,
         &[("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None)],
     );
