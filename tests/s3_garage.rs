@@ -41,13 +41,14 @@ fn put(
     r.status
 }
 
-/// GET `key` through node `i`: (status, body).
-fn get(g: &Garage, i: usize, key: &str) -> (u16, Vec<u8>) {
+/// GET `key` through node `i`: (status, body as text, so that a failure
+/// shows the store's error message).
+fn get(g: &Garage, i: usize, key: &str) -> (u16, String) {
     let bucket = g.s3_bucket(i);
     let creds = g.credentials();
     let url = bucket.get_object(Some(&creds), key).sign(SIGNED_FOR);
     let r = send_presigned("GET", &url, &[], None).expect("GET from garage");
-    (r.status, r.body)
+    (r.status, r.text())
 }
 
 #[test]
@@ -60,7 +61,7 @@ fn an_object_put_through_one_node_is_read_through_another() {
     for i in 0..3 {
         assert_eq!(
             get(&g, i, "blobs/sha256/ab/abcd"),
-            (200, b"layer bytes".to_vec()),
+            (200, "layer bytes".to_string()),
             "node {i}"
         );
     }
@@ -92,7 +93,7 @@ fn garage_does_not_refuse_a_conditional_put_to_an_existing_key() {
     );
     assert_eq!(
         get(&g, 2, key),
-        (200, b"node-b".to_vec()),
+        (200, "node-b".to_string()),
         "the second write won"
     );
 }
@@ -108,7 +109,7 @@ fn a_read_still_works_with_one_of_three_nodes_killed() {
     for i in 0..2 {
         assert_eq!(
             get(&g, i, "blobs/sha256/cd/cdef"),
-            (200, b"replicated".to_vec()),
+            (200, "replicated".to_string()),
             "node {i}"
         );
     }
@@ -119,7 +120,7 @@ fn a_read_still_works_with_one_of_three_nodes_killed() {
     );
     assert_eq!(
         get(&g, 0, "blobs/sha256/ef/ef01"),
-        (200, b"after the kill".to_vec())
+        (200, "after the kill".to_string())
     );
 }
 
@@ -138,4 +139,21 @@ fn the_clusters_cache_s3_table_is_a_valid_ocirelay_config() {
     let (ok, said) = common::config_check(&text);
     assert!(ok, "{said}\n{text}");
     assert!(table.contains(&g.endpoint_of(1)) && table.contains(&g.key_id));
+}
+
+#[test]
+fn a_restarted_node_serves_what_was_written_while_it_was_down() {
+    let Some(mut g) =
+        Garage::start_or_skip("a_restarted_node_serves_what_was_written_while_it_was_down")
+    else {
+        return;
+    };
+    g.kill_node(2);
+    let key = "blobs/sha256/12/1234";
+    assert_eq!(put(&g, 0, key, b"written while node 2 was down", &[]), 200);
+    g.restart_node(2);
+    assert_eq!(
+        get(&g, 2, key),
+        (200, "written while node 2 was down".to_string())
+    );
 }

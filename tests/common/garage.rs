@@ -40,6 +40,8 @@ struct Node {
     log: PathBuf,
     s3: SocketAddr,
     rpc: SocketAddr,
+    /// `<node id>@<rpc address>`, known once the node has started.
+    id: String,
 }
 
 /// A running three-node Garage cluster with one bucket and one key.
@@ -130,9 +132,10 @@ impl Garage {
         }
 
         // Node ids exist once a node has started (its key is made then).
-        let ids: Vec<String> = (0..3)
-            .map(|i| g.cli(i, &["node", "id", "-q"]).trim().to_string())
-            .collect();
+        for i in 0..3 {
+            g.nodes[i].id = g.cli(i, &["node", "id", "-q"]).trim().to_string();
+        }
+        let ids: Vec<String> = g.nodes.iter().map(|n| n.id.clone()).collect();
         for id in &ids[1..] {
             g.cli(0, &["node", "connect", id]);
         }
@@ -222,6 +225,7 @@ impl Garage {
             log: root.join("garage.log"),
             s3,
             rpc,
+            id: String::new(),
         }
     }
 
@@ -361,6 +365,30 @@ impl Garage {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again after [`Garage::kill_node`] (same config,
+    /// data and identity) and waits (bounded) until every node sees a
+    /// healthy cluster again: a store that comes back.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "garage node {i} is running");
+        self.spawn(i);
+        self.wait_listening(i);
+        // The others would find it again on their own, but only after
+        // their reconnection back-off (tens of seconds): tell them.
+        for n in (0..self.nodes.len()).filter(|&n| n != i) {
+            if self.nodes[n].child.is_some() {
+                self.cli(n, &["node", "connect", &self.nodes[i].id]);
+            }
+        }
+        for n in 0..self.nodes.len() {
+            let healthy = wait_until(WAIT, || self.healthy(n));
+            assert!(
+                healthy,
+                "garage node {n} never saw node {i} back: {}",
+                self.log(i)
+            );
         }
     }
 
