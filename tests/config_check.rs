@@ -175,3 +175,76 @@ fn every_problem_is_reported_in_line_order() {
         .collect();
     assert_eq!(lines, [5, 8, 12]);
 }
+
+#[test]
+fn the_default_configs_commented_shared_tier_example_passes_when_uncommented() {
+    let dir = Dir::new("check-s3-example");
+    let default = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/default.toml"),
+    )
+    .unwrap();
+    // The `# [cache.s3]` block: commented lines up to the first blank one.
+    let example: Vec<&str> = default
+        .lines()
+        .skip_while(|l| *l != "# [cache.s3]")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches("# "))
+        .collect();
+    assert!(example.len() > 10, "no [cache.s3] example in default.toml");
+    // Files named in the example do not exist here: the rest must be right.
+    let table: String = example
+        .iter()
+        .filter(|l| !l.starts_with("ca_file") && !l.starts_with("credentials_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cache = dir.path().join("cache");
+    let (ok, said) = check(
+        dir.path(),
+        &format!("{TOP}[cache]\ndir = \"{}\"\n{table}", cache.display()),
+    );
+    assert!(ok, "{said}\n{table}");
+}
+
+#[test]
+fn the_readmes_shared_tier_examples_pass_config_check() {
+    let dir = Dir::new("check-readme-s3");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let examples: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("[cache.s3]"))
+        .collect();
+    assert!(examples.len() >= 3, "AWS, R2, self-hosted: {examples:?}");
+    // What the examples leave to the operator: a credentials file, an
+    // account id in the R2 host name.
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n",
+    )
+    .unwrap();
+    for example in examples {
+        let table: String = example
+            .replace("<account-id>", "0123abcd")
+            .lines()
+            .map(|l| match l.starts_with("credentials_file") {
+                true => format!("credentials_file = \"{}\"\n", creds.display()),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        let text = format!(
+            "{TOP}[cache]\ndir = \"{}\"\n{table}",
+            dir.path().join("cache").display()
+        );
+        let (ok, said) = common::config_check_env(
+            &text,
+            &[
+                ("AWS_ACCESS_KEY_ID", Some("AK")),
+                ("AWS_SECRET_ACCESS_KEY", Some("SK")),
+            ],
+        );
+        assert!(ok, "{said}\n{text}");
+    }
+}

@@ -67,3 +67,20 @@ if [ ! -x "$WEED_VENV/bin/weed" ]; then
     exit 1
   fi
 fi
+
+# Garage, the S3 store without conditional writes for the shared cache tier's
+# tests (tests/common/garage.rs). Not packaged by Debian: built from
+# crates.io, pinned to the version the tests were written against. About 10
+# minutes on a 2-core machine, once (the tests find it in this root).
+GARAGE_ROOT=/opt/ocirelay-garage
+GARAGE_VERSION=2.5.0
+if [ -z "${OCIRELAY_GARAGE:-}" ] && ! [ -x "$GARAGE_ROOT/bin/garage" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "tests/deps.sh: building garage $GARAGE_VERSION into $GARAGE_ROOT"
+    cargo install garage --locked --version "$GARAGE_VERSION" --root "$GARAGE_ROOT"
+  else
+    echo "tests/deps.sh: garage is missing (the S3 tests need it): run this script as root," >&2
+    echo "  or: cargo install garage --locked --version $GARAGE_VERSION --root DIR and set OCIRELAY_GARAGE=DIR/bin/garage" >&2
+    exit 1
+  fi
+fi

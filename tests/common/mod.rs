@@ -8,6 +8,8 @@
 //!   JSON error bodies.
 //! - [`raw`]: a raw TCP client for byte-exact requests and for watching how
 //!   the relay ends a connection.
+//! - [`garage`]: a three-node Garage cluster (an S3 store that ignores
+//!   conditional writes) for the shared tier's tests.
 //! - [`fake_upstream`]: a scriptable plain-HTTP upstream for faults the
 //!   double will not produce.
 //! - [`process`]: a process's memory, read from /proc.
@@ -22,6 +24,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod fake_upstream;
+pub mod garage;
 pub mod oci;
 pub mod pebble;
 pub mod process;
@@ -34,6 +37,7 @@ pub mod tmpfs;
 use std::time::{Duration, Instant};
 
 pub use fake_upstream::*;
+pub use garage::*;
 pub use hubdouble::client::{basic_auth, Client, Response};
 pub use hubdouble::{Host, HubDouble, Options};
 pub use oci::*;

@@ -149,14 +149,24 @@ pub fn config_with_upstream(upstream: &str) -> String {
 /// Runs `ocirelay config check` on `text`: whether it passed, and what it
 /// wrote to stderr.
 pub fn config_check(text: &str) -> (bool, String) {
+    config_check_env(text, &[])
+}
+
+/// [`config_check`] with `env` set in (a `None` value: removed from) the
+/// command's environment, e.g. the `AWS_*` credentials of `[cache.s3]`.
+pub fn config_check_env(text: &str, env: &[(&str, Option<&str>)]) -> (bool, String) {
     let dir = tempdir::Dir::new("cfg");
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ocirelay"))
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocirelay"));
+    cmd.args(["config", "check"]).arg(&path);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
