@@ -208,7 +208,10 @@ async fn serve(s: Start, uring: bool) {
         loop {
             let w = uploading.worker();
             let sent = match w.cache.as_ref().and_then(|c| c.tier.as_ref()) {
-                Some(tier) => tier.drain(&w.upstreams).await,
+                Some(tier) => {
+                    tier.heartbeat(&w.upstreams).await;
+                    tier.drain(&w.upstreams).await
+                }
                 None => false,
             };
             drop(w);

@@ -18,6 +18,8 @@
 //! - [`scrape`]: `/metrics` parsed, and `promtool` to check it.
 //! - [`seaweed`]: a replicated SeaweedFS cluster (S3 gateway) for the
 //!   shared cache tier.
+//! - [`tier`]: what the shared tier's tests share (node configs, pulls,
+//!   waits on uploads).
 //! - [`tmpfs`]: a small tmpfs to fill or make read-only (needs root).
 //!
 //! Not every test crate uses every helper, hence the module-wide allows.
@@ -32,6 +34,7 @@ pub mod raw;
 pub mod relay;
 pub mod scrape;
 pub mod seaweed;
+pub mod tier;
 pub mod tmpfs;
 
 use std::time::{Duration, Instant};
@@ -47,6 +50,7 @@ pub use raw::*;
 pub use relay::*;
 pub use scrape::*;
 pub use seaweed::Seaweed;
+pub use tier::*;
 pub use tmpfs::*;
 
 /// A Docker Hub double with the default options.

@@ -51,6 +51,10 @@ pub const LEASE_SETTLE: Duration = Duration::from_millis(150);
 const LEASE_STALE_FACTOR: u32 = 2;
 /// How often a node waiting on another's lease looks for the object.
 const LEASE_POLL: Duration = Duration::from_millis(200);
+/// With no request to the store for this long, one worker asks it (a HEAD
+/// of a key nobody writes), so that `/readyz` and the metrics of a node that
+/// needs nothing from the bucket still say how it stands.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A node notes a blob's use in the bucket (`used/`) at most this often.
 pub const USED_EVERY: Duration = Duration::from_secs(86_400);
 /// Per-worker memory of what the bucket holds (and when its use was last
@@ -140,6 +144,8 @@ pub struct Tier {
     conditional: AtomicU8,
     /// While down: when to ask again (unix ms).
     retry_at_ms: AtomicU64,
+    /// The last time the store answered or was asked (unix ms).
+    asked_ms: AtomicU64,
     /// This process, in lease bodies (which node holds a lease).
     node: String,
 }
@@ -160,6 +166,7 @@ impl Tier {
             health,
             conditional: AtomicU8::new(conditional as u8),
             retry_at_ms: AtomicU64::new(0),
+            asked_ms: AtomicU64::new(now_ms()),
             node: id.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
@@ -225,6 +232,7 @@ impl Tier {
 
     /// Records how a request went; `Ok` passes through.
     fn seen<T>(&self, r: Result<T, S3Error>) -> Result<T, S3Error> {
+        self.asked_ms.store(now_ms(), Ordering::Relaxed);
         match &r {
             Ok(_) => self.answered(),
             // The store answered, with a refusal: it is up, but this
@@ -379,27 +387,51 @@ impl Tier {
 
     // ---- leases ----
 
-    /// Takes the lease on downloading `digest` upstream.
+    /// Takes the lease on downloading `digest` upstream. A lease taken
+    /// just after another node uploaded the blob and gave its lease back
+    /// (between this node's lookup and its lease) is given back at once and
+    /// reported as `Theirs`: the blob is there to read.
     pub async fn lease(&self, up: &Upstreams, digest: &Digest<'_>) -> Lease {
         let Some(key) = keys::lease(digest) else {
             return Lease::Unavailable;
         };
+        let got = self.take_lease(up, &key).await;
+        if got != Lease::Mine {
+            return got;
+        }
+        let blob = keys::blob(digest).unwrap_or_default();
+        match self.seen(self.client.head(up, &blob).await) {
+            Ok(Some(_)) => {
+                let _ = self.seen(self.client.delete(up, &key).await);
+                Lease::Theirs
+            }
+            _ => Lease::Mine,
+        }
+    }
+
+    async fn take_lease(&self, up: &Upstreams, key: &str) -> Lease {
         if self.conditional(up).await == Conditional::Ignored {
-            return self.lease_by_readback(up, &key).await;
+            return self.lease_by_readback(up, key).await;
         }
         for _ in 0..2 {
             match self.seen(
                 self.client
-                    .put_small(up, &key, self.lease_body().as_bytes(), true)
+                    .put_small(up, key, self.lease_body().as_bytes(), true)
                     .await,
             ) {
                 Ok(Written::Created) => return Lease::Mine,
                 Ok(Written::Exists) => {
-                    if !self.stale_lease(up, &key).await {
+                    if !self.stale_lease(up, key).await {
                         return Lease::Theirs;
                     }
                     // A dead node's: taken over (once).
-                    let _ = self.seen(self.client.delete(up, &key).await);
+                    crate::event!(
+                        Level::Warn,
+                        None,
+                        "shared tier: {key} held for over {}s: a dead node's, taken over",
+                        (self.cfg.lease_wait * LEASE_STALE_FACTOR).as_secs()
+                    );
+                    let _ = self.seen(self.client.delete(up, key).await);
                 }
                 Err(_) => return Lease::Unavailable,
             }
@@ -572,6 +604,22 @@ impl Tier {
         }
     }
 
+    /// Asks the store how it stands if nobody did for [`HEARTBEAT`] (one
+    /// worker of the process: the first to find it due).
+    pub async fn heartbeat(&self, up: &Upstreams) {
+        let now = now_ms();
+        let last = self.asked_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= HEARTBEAT.as_millis() as u64
+            && self
+                .asked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if due && self.usable() {
+            let key = format!("leases/heartbeat-{}", self.node);
+            let _ = self.seen(self.client.head(up, &key).await);
+        }
+    }
+
     /// Sends this worker's queued writes while the tier answers: small ones
     /// first, then at most one blob upload, then returns (the caller's loop
     /// comes back). False when nothing was sent (idle or down).
@@ -624,6 +672,9 @@ impl Tier {
                 let d = Digest::parse(digest).map_err(|_| S3Error::bad("upload", "digest"))?;
                 let key = keys::blob(&d).ok_or_else(|| S3Error::bad("upload", "digest"))?;
                 let r = self.upload_blob(up, &key, path, *len).await;
+                if r.is_ok() {
+                    self.known(digest);
+                }
                 if *lease {
                     if let Some(l) = keys::lease(&d) {
                         let _ = self.seen(self.client.delete(up, &l).await);
