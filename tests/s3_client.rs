@@ -382,8 +382,23 @@ fn a_dead_or_silent_store_is_unreachable_within_the_timeout() {
         SECRET_KEY,
     );
     cfg.timeout = Duration::from_millis(300);
+    cfg.part_size = 16 * MIB;
     let quiet = S3Client::new(&cfg);
+    let dir = tempdir::Dir::new("s3-silent");
+    // More than the loopback socket buffers hold: the upload stalls.
+    let file = write_file(dir.path(), "f", &pattern(12 * MIB));
     on_worker(|up| async move {
+        // The test's own bound: without the client's, this would hang.
+        let upload = quiet.put_file(&up, "k", &file, 12 * MIB);
+        let Ok(result) = monoio::time::timeout(Duration::from_secs(20), upload).await else {
+            panic!("a stalled upload was not given up");
+        };
+        match result {
+            Err(S3Error::Unreachable { op: "put", why }) => {
+                assert!(why.contains("timed out"), "{why}")
+            }
+            other => panic!("silent store, upload: {other:?}"),
+        }
         match s3.head(&up, "k").await {
             Err(S3Error::Unreachable { op: "head", .. }) => {}
             other => panic!("dead store: {other:?}"),
