@@ -484,3 +484,25 @@ fn an_https_store_is_verified_with_its_ca_file() {
         }
     });
 }
+
+#[test]
+fn a_listing_of_more_than_a_thousand_keys_comes_in_pages_of_a_thousand() {
+    let Some((_sw, s3)) = cluster("thousand") else {
+        return;
+    };
+    on_worker(|up| async move {
+        for i in 0..1001 {
+            s3.put_small(&up, &format!("used/{i:04}"), b"", false)
+                .await
+                .unwrap();
+        }
+        let first = s3.list(&up, "used/", None).await.unwrap();
+        assert_eq!(first.objects.len(), 1000);
+        assert_eq!(first.objects[999].key, "used/0999");
+        let token = first.next.expect("a second page");
+        let second = s3.list(&up, "used/", Some(&token)).await.unwrap();
+        let keys: Vec<&str> = second.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["used/1000"]);
+        assert!(second.next.is_none());
+    });
+}
