@@ -382,8 +382,23 @@ fn a_dead_or_silent_store_is_unreachable_within_the_timeout() {
         SECRET_KEY,
     );
     cfg.timeout = Duration::from_millis(300);
+    cfg.part_size = 16 * MIB;
     let quiet = S3Client::new(&cfg);
+    let dir = tempdir::Dir::new("s3-silent");
+    // More than the loopback socket buffers hold: the upload stalls.
+    let file = write_file(dir.path(), "f", &pattern(12 * MIB));
     on_worker(|up| async move {
+        // The test's own bound: without the client's, this would hang.
+        let upload = quiet.put_file(&up, "k", &file, 12 * MIB);
+        let Ok(result) = monoio::time::timeout(Duration::from_secs(20), upload).await else {
+            panic!("a stalled upload was not given up");
+        };
+        match result {
+            Err(S3Error::Unreachable { op: "put", why }) => {
+                assert!(why.contains("timed out"), "{why}")
+            }
+            other => panic!("silent store, upload: {other:?}"),
+        }
         match s3.head(&up, "k").await {
             Err(S3Error::Unreachable { op: "head", .. }) => {}
             other => panic!("dead store: {other:?}"),
@@ -467,5 +482,27 @@ fn an_https_store_is_verified_with_its_ca_file() {
             Err(S3Error::Unreachable { why, .. }) => assert!(why.contains("TLS"), "{why}"),
             other => panic!("no ca_file: {other:?}"),
         }
+    });
+}
+
+#[test]
+fn a_listing_of_more_than_a_thousand_keys_comes_in_pages_of_a_thousand() {
+    let Some((_sw, s3)) = cluster("thousand") else {
+        return;
+    };
+    on_worker(|up| async move {
+        for i in 0..1001 {
+            s3.put_small(&up, &format!("used/{i:04}"), b"", false)
+                .await
+                .unwrap();
+        }
+        let first = s3.list(&up, "used/", None).await.unwrap();
+        assert_eq!(first.objects.len(), 1000);
+        assert_eq!(first.objects[999].key, "used/0999");
+        let token = first.next.expect("a second page");
+        let second = s3.list(&up, "used/", Some(&token)).await.unwrap();
+        let keys: Vec<&str> = second.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["used/1000"]);
+        assert!(second.next.is_none());
     });
 }
