@@ -170,7 +170,7 @@ fn the_kubernetes_deployment_agrees_with_its_embedded_config() {
     assert!(cache.s3.is_some(), "the example has a shared tier");
     let lines = [
         format!("- {{ name: ops, containerPort: {} }}", addr.port()),
-        "httpGet: { path: /readyz, port: ops }".into(),
+        "httpGet: { path: \"/readyz?exclude=upstreams\", port: ops }".into(),
         "httpGet: { path: /healthz, port: ops }".into(),
         format!("- {{ name: http, containerPort: {http} }}"),
         format!("- {{ name: cache, mountPath: {} }}", cache.dir.display()),

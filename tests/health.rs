@@ -108,6 +108,20 @@ fn readyz_fails_while_the_upstream_does_not_answer_and_recovers_with_it() {
     );
     let s = Scrape::of(&relay);
     assert_eq!(s.value("ocirelay_ready", &[("check", "upstreams")]), 0.0);
+    // A fleet that serves from its caches may leave the upstream out of
+    // the verdict (Kubernetes' own `exclude=` convention): shown, not
+    // counted.
+    let mut m = relay.metrics_client();
+    let r = m.get("/readyz?exclude=upstreams").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("upstreams: failing, excluded (failing: docker.io"),
+        "{}",
+        r.text()
+    );
+    let r = m.get("/readyz?exclude=cache").unwrap();
+    assert_eq!(r.status, 503, "another check excluded: still not ready");
 
     hub.set_down(Host::Registry, false).unwrap();
     assert_eq!(relay.client().get("/v2/").unwrap().status, 401);

@@ -369,7 +369,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
     if cx.listener == ListenerKind::Ops {
         let refusal = match route {
             Route::Health => return local::health(io, &mut reply).await,
-            Route::Ready => return local::ready(w, io, &mut reply).await,
+            Route::Ready => return local::ready(w, query, io, &mut reply).await,
             Route::Metrics => return local::metrics(w, io, &mut reply).await,
             _ => ErrorReply::new(
                 404,
@@ -416,7 +416,7 @@ async fn dispatch<'a, S: AsyncReadRent + ClientSink>(
         Route::AcmeChallenge { token } => {
             return local::acme_challenge(w, token, io, &mut reply).await
         }
-        Route::Ready => return local::ready(w, io, &mut reply).await,
+        Route::Ready => return local::ready(w, query, io, &mut reply).await,
         Route::Metrics if w.cfg.metrics == MetricsListen::Public => {
             return local::metrics(w, io, &mut reply).await
         }

@@ -77,10 +77,11 @@ pub async fn acme_challenge<S: AsyncWriteRent>(
 /// only: no I/O of its own.
 pub async fn ready<S: AsyncWriteRent>(
     w: &Worker,
+    query: Option<&str>,
     client: &mut S,
     reply: &mut Reply<'_>,
 ) -> Outcome {
-    let r = readiness_now(w);
+    let r = readiness_now(w).excluding(query);
     let status = if r.ready() { 200 } else { 503 };
     let headers: &[(&str, &[u8])] = &[
         ("Content-Type", b"text/plain; charset=utf-8"),

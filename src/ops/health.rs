@@ -207,6 +207,8 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// Left out of the verdict by the asker (`/readyz?exclude=NAME`).
+    pub excluded: bool,
 }
 
 /// Every readiness check, in the order `/readyz` lists them.
@@ -217,7 +219,24 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+        self.checks.iter().all(|c| c.ok || c.excluded)
+    }
+
+    /// The checks named in `query`'s `exclude=NAME` parameters (as
+    /// Kubernetes' own `/readyz?exclude=`) are shown but do not count. A
+    /// fleet whose nodes all serve from their caches and the shared tier
+    /// may prefer to stay in rotation while the upstream is down:
+    /// `/readyz?exclude=upstreams`.
+    pub fn excluding(mut self, query: Option<&str>) -> Readiness {
+        let names: Vec<&str> = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|p| p.strip_prefix("exclude="))
+            .collect();
+        for c in &mut self.checks {
+            c.excluded = names.contains(&c.name);
+        }
+        self
     }
 
     /// The text `/readyz` answers: `ready` or `not ready`, then one line
@@ -229,7 +248,11 @@ impl Readiness {
             "not ready\n"
         });
         for c in &self.checks {
-            let verdict = if c.ok { "ok" } else { "failing" };
+            let verdict = match (c.ok, c.excluded) {
+                (true, _) => "ok",
+                (false, false) => "failing",
+                (false, true) => "failing, excluded",
+            };
             out.push_str(&format!("{}: {verdict} ({})\n", c.name, c.detail));
         }
         out
@@ -262,6 +285,7 @@ pub fn readiness(m: &Metrics, certificates: Certificates, now: SystemTime) -> Re
         } else {
             "starting".into()
         },
+        excluded: false,
     });
     let (ok, detail) = match h.cache() {
         CacheState::Off => (true, "off"),
@@ -273,6 +297,7 @@ pub fn readiness(m: &Metrics, certificates: Certificates, now: SystemTime) -> Re
         name: "cache",
         ok,
         detail: detail.into(),
+        excluded: false,
     });
     let (ok, detail) = match certificates {
         Certificates::NotNeeded => (true, "no TLS listener"),
@@ -286,12 +311,14 @@ pub fn readiness(m: &Metrics, certificates: Certificates, now: SystemTime) -> Re
             name: "shared_tier",
             ok: true,
             detail: m.tier.detail(),
+            excluded: false,
         });
     }
     checks.push(Check {
         name: "certificates",
         ok,
         detail: detail.into(),
+        excluded: false,
     });
     let (mut answering, mut failing) = (Vec::new(), Vec::new());
     for (label, seen) in m.upstreams() {
@@ -320,6 +347,7 @@ pub fn readiness(m: &Metrics, certificates: Certificates, now: SystemTime) -> Re
         name: "upstreams",
         ok,
         detail: detail.join("; "),
+        excluded: false,
     });
     Readiness { checks }
 }
