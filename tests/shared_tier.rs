@@ -127,7 +127,9 @@ fn what_one_node_pulled_another_serves_from_the_bucket_with_the_upstream_down() 
 fn concurrent_cold_pulls_over_three_nodes_download_once() {
     let Some(sw) = cluster() else { return };
     let hub = hub();
-    let digest = hub.add_random_blob("library/alpine", 6 << 20, 4242);
+    // Large enough that its download outlasts every node's lookup: without
+    // the lease each node would fetch it.
+    let digest = hub.add_random_blob("library/alpine", 24 << 20, 4242);
     let dirs: Vec<_> = (0..3)
         .map(|i| tempdir::Dir::new(&format!("tier-n{i}")))
         .collect();

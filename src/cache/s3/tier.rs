@@ -123,6 +123,15 @@ pub enum Lease {
     Unavailable,
 }
 
+/// Who holds a lease another node wrote.
+enum Holder {
+    Alive,
+    /// Older than `LEASE_STALE_FACTOR` x `lease_wait`: its node died.
+    Dead,
+    /// Given back already.
+    Gone,
+}
+
 /// What the bucket has for a blob. Returned once per lookup and moved
 /// straight into the body phase: not worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -420,19 +429,20 @@ impl Tier {
                     .await,
             ) {
                 Ok(Written::Created) => return Lease::Mine,
-                Ok(Written::Exists) => {
-                    if !self.stale_lease(up, key).await {
-                        return Lease::Theirs;
+                Ok(Written::Exists) => match self.lease_state(up, key).await {
+                    Holder::Alive => return Lease::Theirs,
+                    // Given back between the PUT and the HEAD: ask again.
+                    Holder::Gone => {}
+                    Holder::Dead => {
+                        crate::event!(
+                            Level::Warn,
+                            None,
+                            "shared tier: {key} held for over {}s: a dead node's, taken over",
+                            (self.cfg.lease_wait * LEASE_STALE_FACTOR).as_secs()
+                        );
+                        let _ = self.seen(self.client.delete(up, key).await);
                     }
-                    // A dead node's: taken over (once).
-                    crate::event!(
-                        Level::Warn,
-                        None,
-                        "shared tier: {key} held for over {}s: a dead node's, taken over",
-                        (self.cfg.lease_wait * LEASE_STALE_FACTOR).as_secs()
-                    );
-                    let _ = self.seen(self.client.delete(up, key).await);
-                }
+                },
                 Err(_) => return Lease::Unavailable,
             }
         }
@@ -468,11 +478,11 @@ impl Tier {
         format!("{} {}", self.node, now_ms() / 1000)
     }
 
-    async fn stale_lease(&self, up: &Upstreams, key: &str) -> bool {
+    async fn lease_state(&self, up: &Upstreams, key: &str) -> Holder {
         match self.seen(self.client.head(up, key).await) {
-            Ok(Some(info)) => self.is_stale(&info),
-            Ok(None) => true, // released since: take it
-            Err(_) => false,
+            Ok(Some(info)) if self.is_stale(&info) => Holder::Dead,
+            Ok(None) => Holder::Gone,
+            _ => Holder::Alive,
         }
     }
 
