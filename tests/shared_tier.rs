@@ -14,7 +14,10 @@
 //!   metrics say so;
 //! - manifests and tag records come from the bucket (no second counted
 //!   manifest GET upstream);
-//! - redirect mode: a 307 to a presigned URL, after the access check.
+//! - redirect mode: a 307 to a presigned URL, after the access check;
+//! - uploads queued while the store was down are sent when it is back;
+//! - `ocirelay cache prune --tier shared`: least recently used first, a dry
+//!   run deletes nothing.
 
 mod common;
 
@@ -384,4 +387,111 @@ fn redirect_mode_sends_a_presigned_url_after_the_access_check() {
     let res = get_auth(&mut c, &p, &tok);
     assert_ne!(res.status, 307);
     assert_ne!(res.status, 200);
+}
+
+#[test]
+fn uploads_queued_while_the_store_was_down_are_sent_when_it_is_back() {
+    let Some(sw) = cluster() else { return };
+    let hub = hub();
+    let switch = Switch::to(([127, 0, 0, 1], sw.s3_port).into());
+    let (da, db) = (tempdir::Dir::new("tier-ua"), tempdir::Dir::new("tier-ub"));
+    let a = Relay::start_with(&node_config(&hub, da.path(), &switch.endpoint(), ""));
+    switch.set(false);
+    // Pulled while the store is down: served from the upstream, queued.
+    let blobs = pull_alpine(&hub, &a);
+    let s = Scrape::of(&a);
+    assert_eq!(
+        s.value("ocirelay_shared_tier_up", &[]),
+        0.0,
+        "{}",
+        a.stderr()
+    );
+    assert!(s.value("ocirelay_shared_tier_uploads_pending", &[]) >= blobs.len() as f64);
+    assert!(
+        a.stderr().contains("serving from disk and upstream"),
+        "{}",
+        a.stderr()
+    );
+    // Back: the queue drains (one probe every 5 s at most) ...
+    switch.set(true);
+    uploaded(&a, blobs.len() as f64);
+    assert!(
+        a.wait_for_log("answers again", Duration::from_secs(5)),
+        "{}",
+        a.stderr()
+    );
+    // ... and another node, with the upstream gone, serves what was queued.
+    for host in Host::ALL {
+        hub.set_down(host, true).unwrap();
+    }
+    let b = Relay::start_with(&node_config(&hub, db.path(), &switch.endpoint(), ""));
+    let mut c = b.client();
+    let t = c
+        .get("/token?service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull")
+        .unwrap();
+    let tok = t.json().unwrap()["token"].as_str().unwrap().to_string();
+    for d in &blobs {
+        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
+        assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), b.stderr());
+        assert_eq!(&sha256(&r.body), d);
+    }
+    // The shared tier's series pass promtool.
+    let text = a.metrics_client().get("/metrics").unwrap().text();
+    promtool_check(&text).unwrap();
+}
+
+#[test]
+fn prune_keeps_the_bucket_under_a_size_least_recently_used_first() {
+    let Some(sw) = cluster() else { return };
+    let hub = hub();
+    let old = hub.add_random_blob("library/alpine", 1 << 20, 31);
+    let new = hub.add_random_blob("library/alpine", 1 << 20, 32);
+    let da = tempdir::Dir::new("tier-p");
+    let cfg = node_config(&hub, da.path(), &sw.endpoint(), "");
+    let a = Relay::start_with(&cfg);
+    let mut c = a.client();
+    let tok = anonymous_token(&a, &mut c, "library/alpine");
+    for d in [&old, &new] {
+        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
+        assert_eq!(&sha256(&r.body), d);
+        uploaded(&a, if d == &old { 1.0 } else { 2.0 });
+        // Upload times a second apart at least (S3 dates are in seconds).
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let prune = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ocirelay"))
+            .args(["--config", a.config_path().to_str().unwrap()])
+            .args(["cache", "prune", "--tier", "shared"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let head = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        let url = sw.signed(BUCKET, |b, cr| {
+            b.head_object(Some(cr), &key)
+                .sign(Duration::from_secs(60))
+                .to_string()
+        });
+        sw.client().head(&url).unwrap().status
+    };
+    // A dry run deletes nothing.
+    let text = prune(&["--to", "1500KiB", "--dry-run"]);
+    assert!(
+        text.contains("would remove 1 objects (1048576 bytes)"),
+        "{text}"
+    );
+    assert_eq!((head(&old), head(&new)), (200, 200));
+    // Down to 1.5 MiB: the least recently used goes.
+    let text = prune(&["--to", "1500KiB"]);
+    assert!(text.contains("removed 1 objects (1048576 bytes)"), "{text}");
+    assert_eq!((head(&old), head(&new)), (404, 200));
+    // By age: nothing here is an hour old.
+    let text = prune(&["--older-than", "1h"]);
+    assert!(text.contains("removed 0 objects"), "{text}");
 }

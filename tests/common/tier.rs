@@ -82,3 +82,102 @@ pub fn pull_alpine(hub: &HubDouble, relay: &Relay) -> Vec<String> {
     }
     blobs
 }
+
+/// A TCP forwarder on loopback in front of a store, that can be switched
+/// off (connections accepted and closed at once: the store "down") and on
+/// again, on the same address, so that a node sees its store go and come
+/// back. Its threads end with it (bounded: a 20 ms accept poll, 200 ms
+/// reads).
+pub struct Switch {
+    pub addr: std::net::SocketAddr,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Switch {
+    /// A forwarder to `to`, on.
+    pub fn to(to: std::net::SocketAddr) -> Switch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let on = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (on2, stop2) = (on.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                if !on2.load(Ordering::Relaxed) {
+                    drop(client); // refused, as a store that is down
+                    continue;
+                }
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                let on3 = on2.clone();
+                for (mut a, mut b) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let on4 = on3.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        use std::io::{Read, Write};
+                        // Ends when either side closes, or when switched off
+                        // (checked between reads; reads time out at 200 ms).
+                        let _ = a.set_read_timeout(Some(Duration::from_millis(200)));
+                        loop {
+                            if !on4.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            match a.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if b.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = a.shutdown(std::net::Shutdown::Both);
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Switch {
+            addr,
+            on,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `http://<addr>`, the endpoint nodes are given.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
