@@ -412,7 +412,14 @@ fn uploads_queued_while_the_store_was_down_are_sent_when_it_is_back() {
         "{}",
         a.stderr()
     );
-    // Back: the queue drains (one probe every 5 s at most) ...
+    // The worker's queue tries while the store is down (a probe every 5 s):
+    // what it tried is kept for later, not lost.
+    let errors = s.value("ocirelay_shared_tier_errors_total", &[]);
+    let tried = wait_until(Duration::from_secs(15), || {
+        Scrape::of(&a).value("ocirelay_shared_tier_errors_total", &[]) > errors
+    });
+    assert!(tried, "{}", a.stderr());
+    // Back: the queue drains ...
     switch.set(true);
     uploaded(&a, blobs.len() as f64);
     assert!(
@@ -430,6 +437,14 @@ fn uploads_queued_while_the_store_was_down_are_sent_when_it_is_back() {
         .get("/token?service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull")
         .unwrap();
     let tok = t.json().unwrap()["token"].as_str().unwrap().to_string();
+    let m = c
+        .get_with(
+            "/v2/library/alpine/manifests/latest",
+            &[("Authorization", &bearer(&tok)), ("Accept", ACCEPT)],
+        )
+        .unwrap();
+    assert_eq!(m.status, 200, "{}\n{}", m.text(), b.stderr());
+    assert_eq!(m.body, hub.seeded().alpine.manifest_bytes);
     for d in &blobs {
         let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
         assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), b.stderr());

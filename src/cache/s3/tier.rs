@@ -636,7 +636,14 @@ impl Tier {
     pub async fn drain(&self, up: &Upstreams) -> bool {
         let mut sent = false;
         loop {
-            if self.health.state() == crate::ops::tier::TierState::Down && !self.usable() {
+            // An empty queue must not take the probe of a tier that is
+            // down: another worker's queue (or a request) may need it.
+            let empty = QUEUE.with(|q| {
+                let q = q.borrow();
+                q.0.is_empty() && q.1.is_empty()
+            });
+            if empty || (self.health.state() == crate::ops::tier::TierState::Down && !self.usable())
+            {
                 return sent;
             }
             let job = QUEUE.with(|q| {
