@@ -96,10 +96,23 @@ fn what_one_node_pulled_another_serves_from_the_bucket_with_the_upstream_down() 
         .unwrap();
     assert_eq!(m.status, 200, "{}\n{}", m.text(), b.stderr());
     assert_eq!(m.body, img.manifest_bytes);
+    // A client resuming a pull: a range of a blob B's disk lacks, from the
+    // bucket, after the same access check.
+    let last = blobs.last().unwrap();
+    let part = c
+        .get_with(
+            &format!("/v2/library/alpine/blobs/{last}"),
+            &[("Authorization", &bearer(&tok)), ("Range", "bytes=1-")],
+        )
+        .unwrap();
+    assert_eq!(part.status, 206, "{}\n{}", part.text(), b.stderr());
     for d in &blobs {
         let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
         assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), b.stderr());
         assert_eq!(&sha256(&r.body), d);
+        if d == last {
+            assert_eq!(part.body, r.body[1..], "the range's bytes");
+        }
     }
     let s = Scrape::of(&b);
     assert!(

@@ -131,7 +131,18 @@ pub async fn lookup<S: ClientSink>(
                 Err(None) => Looked::Relay,
             }
         }
-        Lookup::Lead => Looked::Relay,
+        // A range of a blob the disk lacks: from the bucket if it has it.
+        Lookup::Lead => {
+            let tier = cache.tier.as_ref().filter(|t| t.usable());
+            match (tier, range, head_only) {
+                (Some(tier), Some(r), false) => shared::blob_range(
+                    w, cache, tier, digest, r, who, probe, client, reply, summary,
+                )
+                .await
+                .map_or(Looked::Relay, Looked::Answered),
+                _ => Looked::Relay,
+            }
+        }
     }
 }
 

@@ -299,3 +299,47 @@ pub async fn tag_record(
     cache.tags.put(name, rec.clone());
     Some(rec)
 }
+
+/// A range of a blob this node's disk lacks, from the bucket (a client
+/// resuming a pull): after the same access check as any hit. `None`: the
+/// bucket cannot answer it (the caller relays the request upstream).
+#[allow(clippy::too_many_arguments)]
+pub async fn blob_range<S: ClientSink>(
+    w: &Worker,
+    cache: &Arc<Cache>,
+    tier: &Tier,
+    digest: &Digest<'_>,
+    range: &[u8],
+    who: Who<'_>,
+    probe: &Fetch<'_>,
+    client: &mut S,
+    reply: &mut Reply<'_>,
+    summary: &mut RequestSummary<'_>,
+) -> Option<Outcome> {
+    let Found::Present(len) = tier.blob(&w.upstreams, digest, true).await else {
+        return None;
+    };
+    let want = crate::cache::parse_range(range, len)?;
+    let how = allowed(w, cache, who, digest, probe).await?;
+    if let Some(o) = too_large(w, probe, digest, len, client, reply).await {
+        return Some(o);
+    }
+    let (mut conn, head) = tier.blob_part(&w.upstreams, digest, want).await?;
+    conn.consume(head.head_len);
+    write_head(reply, digest, len, Some(want));
+    summary.cache = status_of(how, CacheStatus::Shared);
+    let mut no_tap: Option<Verifier> = None;
+    Some(
+        body::stream(
+            w,
+            conn,
+            &head,
+            client,
+            reply,
+            ClientFraming::Same,
+            &mut no_tap,
+            summary,
+        )
+        .await,
+    )
+}

@@ -294,6 +294,29 @@ impl Tier {
         found
     }
 
+    /// Bytes `range` = (offset, length) of the blob `digest`: the 206's
+    /// connection, its head read. A part cannot be checked against the
+    /// digest (as a range from the upstream cannot): the caller serves it
+    /// only to a request for that range.
+    pub async fn blob_part(
+        &self,
+        up: &Upstreams,
+        digest: &Digest<'_>,
+        range: (u64, u64),
+    ) -> Option<(Conn, ResponseHead)> {
+        let key = keys::blob(digest)?;
+        match self.seen(self.client.get(up, &key, Some(range)).await) {
+            Ok(Some((conn, head)))
+                if head.status == 206
+                    && head.framing == crate::upstream::RespFraming::Length(range.1) =>
+            {
+                self.health.add(TierCount::ServedBytes, range.1);
+                Some((conn, head))
+            }
+            _ => None,
+        }
+    }
+
     /// A manifest from the bucket, checked against `digest`: its media type
     /// and bytes. A wrong one is deleted (and never returned).
     pub async fn manifest(&self, up: &Upstreams, digest: &Digest<'_>) -> Option<(String, Vec<u8>)> {
