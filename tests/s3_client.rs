@@ -404,8 +404,10 @@ fn a_dead_or_silent_store_is_unreachable_within_the_timeout() {
             other => panic!("dead store: {other:?}"),
         }
         match quiet.get_small(&up, "k", 10).await {
+            // The store's `timeout` bounds the whole request and each read
+            // (whichever fires first says so).
             Err(S3Error::Unreachable { op: "get", why }) => {
-                assert!(why.contains("within"), "{why}")
+                assert!(why.contains("within") || why.contains("timed out"), "{why}")
             }
             other => panic!("silent store: {other:?}"),
         }

@@ -523,3 +523,23 @@ fn prune_keeps_the_bucket_under_a_size_least_recently_used_first() {
     let text = prune(&["--older-than", "1h"]);
     assert!(text.contains("removed 0 objects"), "{text}");
 }
+
+#[test]
+fn a_store_refusing_the_credentials_is_down_and_the_node_serves_without_it() {
+    let Some(sw) = cluster() else { return };
+    let hub = hub();
+    let dir = tempdir::Dir::new("tier-403");
+    let table = format!(
+        "[cache.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
+         access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"not-the-secret\"\n",
+        sw.endpoint()
+    );
+    let a = Relay::start_with(&tier_node_config(&hub, dir.path(), &table, ""));
+    pull_alpine(&hub, &a);
+    let r = a.metrics_client().get("/readyz").unwrap();
+    let text = r.text();
+    assert_eq!(r.status, 200, "{text}");
+    assert!(text.contains("shared_tier: ok (down for"), "{text}");
+    assert!(text.contains("403"), "the reason is shown: {text}");
+    assert!(!text.contains("not-the-secret") && !a.stderr().contains("not-the-secret"));
+}

@@ -93,6 +93,7 @@ async fn follow(w: &Worker, mut f: Fetch<'_>) -> Result<Fetched, UpstreamError> 
             trust: w.trust(f.registry),
             headers: &f.headers,
             body: f.body,
+            read_timeout: None,
         };
         let (conn, head) = w.upstreams.send(&ex).await?;
         let remaining = head

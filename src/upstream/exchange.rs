@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
+use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
 
@@ -28,6 +29,10 @@ pub struct Exchange<'a> {
     /// Header lines to send besides Host and Content-Length.
     pub headers: &'a [(&'a str, &'a [u8])],
     pub body: Option<&'a [u8]>,
+    /// How long a response (and each read of its body) may take; `None`:
+    /// the config's `upstream_read`. The shared tier's store has a
+    /// `timeout` of its own.
+    pub read_timeout: Option<Duration>,
 }
 
 /// A parsed response head. Header names and values are ranges into the
@@ -66,7 +71,13 @@ impl Upstreams {
     pub async fn send(&self, ex: &Exchange<'_>) -> Result<(Conn, ResponseHead), UpstreamError> {
         let mut req = build_request(ex);
         let head_only = ex.method == Method::Head;
-        if let Some(conn) = self.checkout(&ex.url.origin, ex.trust) {
+        let timed = |mut conn: Conn| {
+            if let Some(t) = ex.read_timeout {
+                conn.read_timeout = t;
+            }
+            conn
+        };
+        if let Some(conn) = self.checkout(&ex.url.origin, ex.trust).map(timed) {
             match attempt(conn, req, head_only).await {
                 Ok(r) => return Ok(r),
                 Err((e, back)) if e.retryable() && replay_safe(ex.method) => req = back,
@@ -77,7 +88,7 @@ impl Upstreams {
             origin: ex.url.origin.clone(),
             trust: ex.trust,
         };
-        let conn = self.connect(&key).await?;
+        let conn = timed(self.connect(&key).await?);
         attempt(conn, req, head_only).await.map_err(|(e, _)| e)
     }
 }

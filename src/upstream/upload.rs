@@ -64,9 +64,16 @@ impl Upstreams {
             trust: ex.trust,
             headers: &headers,
             body: None,
+            read_timeout: None,
         });
         let mut buf = Vec::with_capacity(CHUNK);
-        if let Some(conn) = self.checkout(&ex.url.origin, ex.trust) {
+        // The connection's own reads (the response head, then its body)
+        // are bounded by `stall` too, not by the registries' `upstream_read`.
+        let timed = |mut conn: Conn| {
+            conn.read_timeout = stall;
+            conn
+        };
+        if let Some(conn) = self.checkout(&ex.url.origin, ex.trust).map(timed) {
             match stream_file(conn, &head, file, offset, len, stall, buf).await {
                 Ok(r) => return Ok(r),
                 Err((SendFileError::Upstream(e), back)) if e.retryable() => buf = back,
@@ -77,7 +84,7 @@ impl Upstreams {
             origin: ex.url.origin.clone(),
             trust: ex.trust,
         };
-        let conn = self.connect(&key).await.map_err(SendFileError::Upstream)?;
+        let conn = timed(self.connect(&key).await.map_err(SendFileError::Upstream)?);
         stream_file(conn, &head, file, offset, len, stall, buf)
             .await
             .map_err(|(e, _)| e)

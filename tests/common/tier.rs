@@ -14,17 +14,23 @@ use super::{sha256, wait_until};
 pub const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
 
 /// A node's config: the cache in `dir`, the shared tier's `table` (a
-/// `[cache.s3]` block) plus `s3_extra` keys, short store timeouts.
+/// `[cache.s3]` block) plus `s3_extra` keys; a 3 s store timeout unless
+/// `s3_extra` sets one.
 pub fn tier_node_config(
     hub: &HubDouble,
     dir: &std::path::Path,
     table: &str,
     s3_extra: &str,
 ) -> String {
+    let timeout = if s3_extra.contains("timeout =") {
+        ""
+    } else {
+        "timeout = \"3s\"\n"
+    };
     config_for(
         hub,
         &format!(
-            "[cache]\nenabled = true\ndir = \"{}\"\n{table}timeout = \"3s\"\nlease_wait = \"30s\"\n{s3_extra}",
+            "[cache]\nenabled = true\ndir = \"{}\"\n{table}{timeout}lease_wait = \"30s\"\n{s3_extra}",
             dir.display()
         ),
     )

@@ -527,6 +527,7 @@ impl S3Client {
             trust: self.trust,
             headers: &[],
             body: None,
+            read_timeout: Some(self.cfg.timeout),
         };
         let (mut conn, head) = up
             .send_file(&ex, file, offset, len, self.cfg.timeout)
@@ -659,6 +660,7 @@ impl S3Client {
             trust: self.trust,
             headers,
             body,
+            read_timeout: Some(self.cfg.timeout),
         };
         up.send(&ex).await.map_err(|e| S3Error::Unreachable {
             op,

@@ -155,6 +155,8 @@ pub struct Tier {
     retry_at_ms: AtomicU64,
     /// The last time the store answered or was asked (unix ms).
     asked_ms: AtomicU64,
+    /// The last refusal logged (unix ms).
+    warned_ms: AtomicU64,
     /// This process, in lease bodies (which node holds a lease).
     node: String,
 }
@@ -176,6 +178,7 @@ impl Tier {
             conditional: AtomicU8::new(conditional as u8),
             retry_at_ms: AtomicU64::new(0),
             asked_ms: AtomicU64::new(now_ms()),
+            warned_ms: AtomicU64::new(0),
             node: id.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
@@ -244,13 +247,24 @@ impl Tier {
         self.asked_ms.store(now_ms(), Ordering::Relaxed);
         match &r {
             Ok(_) => self.answered(),
-            // The store answered, with a refusal: it is up, but this
-            // request failed (counted; a 403 on everything is a config
-            // problem the log shows).
-            Err(e @ S3Error::Status { status, .. }) if *status < 500 => {
+            // The store answered, with a refusal of this request: it is up
+            // (counted, logged at most once a minute). A 401 or 403 is the
+            // credentials or the bucket's policy, the same for every
+            // request: the tier is down until that changes (`/readyz`
+            // says why).
+            Err(e @ S3Error::Status { status, .. }) if !matches!(status, 401 | 403 | 500..) => {
                 self.health.add(TierCount::Errors, 1);
                 self.answered();
-                crate::event!(Level::Warn, None, "shared tier: {e}");
+                let now = now_ms();
+                let last = self.warned_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 60_000
+                    && self
+                        .warned_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    crate::event!(Level::Warn, None, "shared tier: {e}");
+                }
             }
             Err(e) => self.failed(e),
         }
@@ -834,11 +848,12 @@ impl S3Error {
         }
     }
 
-    /// The store did not answer (as opposed to answering with a refusal).
+    /// The store did not answer, or refuses every request (credentials):
+    /// a queued write waits for it rather than being dropped.
     pub fn is_unavailable(&self) -> bool {
         match self {
             S3Error::Unreachable { .. } => true,
-            S3Error::Status { status, .. } => *status >= 500,
+            S3Error::Status { status, .. } => matches!(status, 401 | 403 | 500..),
             S3Error::BadAnswer { .. } | S3Error::Local(_) => false,
         }
     }
