@@ -157,24 +157,7 @@ fn concurrent_cold_pulls_over_three_nodes_download_once() {
         .iter()
         .map(|n| anonymous_token(n, &mut n.client(), "library/alpine"))
         .collect();
-    let path = format!("/v2/library/alpine/blobs/{digest}");
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let (node, tok, path, digest) = (&nodes[i % 3], &tokens[i % 3], &path, &digest);
-                s.spawn(move || {
-                    let mut c = node.client();
-                    c.set_timeout(Duration::from_secs(60));
-                    let r = get_auth(&mut c, path, tok);
-                    assert_eq!(r.status, 200, "pull {i}: {}", r.text());
-                    assert_eq!(&sha256(&r.body), digest, "pull {i}");
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-    });
+    pull_concurrently(&nodes, &tokens, &digest, 8);
     let gets = cdn_gets(&hub, &digest);
     let logs: String = nodes.iter().map(|n| n.stderr()).collect();
     assert_eq!(

@@ -89,6 +89,30 @@ pub fn pull_alpine(hub: &HubDouble, relay: &Relay) -> Vec<String> {
     blobs
 }
 
+/// `n` concurrent GETs of the blob `digest` of library/alpine, spread
+/// over `nodes` (request i through node i % len, with its token), each on a
+/// connection of its own: every one 200 and right.
+pub fn pull_concurrently(nodes: &[Relay], tokens: &[String], digest: &str, n: usize) {
+    let path = format!("/v2/library/alpine/blobs/{digest}");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (node, tok, path) = (&nodes[i % nodes.len()], &tokens[i % nodes.len()], &path);
+                s.spawn(move || {
+                    let mut c = node.client();
+                    c.set_timeout(Duration::from_secs(60));
+                    let r = get_auth(&mut c, path, tok);
+                    assert_eq!(r.status, 200, "pull {i}: {}", r.text());
+                    assert_eq!(sha256(&r.body), digest, "pull {i}");
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
 /// A TCP forwarder on loopback in front of a store, that can be switched
 /// off (connections accepted and closed at once: the store "down") and on
 /// again, on the same address, so that a node sees its store go and come
