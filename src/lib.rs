@@ -10,6 +10,8 @@
 //! admit     gate/        per-client limits (in conn)                     -> 429
 //! pull      pull/        target -> admit -> plan -> lookup -> fetch -> head -> body
 //!   admit   gate/        allow/deny lists, largest blob                  -> 403
+//!   lookup  cache/       disk hit | follow | lead; a miss asks the shared
+//!                        tier (cache::s3, pull::shared) before the upstream
 //!   fetch   upstream/    pool -> connect -> exchange (redirects in pull::fetch)
 //!   body    relay/       bounded buffers, taps (digest check), TLS-to-TLS in place
 //! respond   downstream/  Reply writes heads; keep-alive | close | reset

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! target   which registry, and the repository's upstream name   (route/)
-//! admit    may this client have it                               (gate/, to come)
+//! admit    may this client have it                               (gate/)
 //! plan     the upstream path, forwarded headers, digest to check
 //! lookup   the cache: hit, follow, or lead a download            (cached.rs, cache/)
+//!          a miss asks the shared tier first; upload after       (shared.rs, cache::s3)
 //! fetch    upstream pool -> exchange, redirects followed         (fetch.rs)
 //! head     the response head rewritten for the client            (head.rs)
 //! body     relayed through bounded buffers and taps              (body.rs, relay/)
