@@ -1901,4 +1901,166 @@ offline_pull() {
 check "cache offline: ocirelay on the warm cache, upstream dead ($P_DEAD)" offline_start
 check "cache offline: skopeo, podman and containerd pull everything cached, digests checked" offline_pull
 
+# ---- the shared tier (issue 13), with real clients: a replicated SeaweedFS cluster on
+# loopback (master with replication 001, three volume servers, filer, S3 gateway; separate
+# processes) holds one bucket for three ocirelay nodes. A pulls through the real upstream and
+# uploads; B (fresh disk, upstream dead) serves everything from the bucket; with one volume
+# server killed, C (fresh disk, upstream dead) still pulls; with the whole cluster stopped,
+# A serves from its disk and the upstream and says the tier is down.
+WEED=${OCIRELAY_WEED:-}
+if [[ -z $WEED ]]; then
+    for w in /opt/ocirelay-venv/bin/weed "$(command -v weed || true)"; do
+        [[ -n $w && -x $w ]] && WEED=$w && break
+    done
+fi
+[[ -n $WEED ]] || die "no weed binary (SeaweedFS): set OCIRELAY_WEED or run tests/deps.sh"
+S3_KEY=e2e-shared-key
+S3_SECRET=e2e-shared-secret-0123456789
+S3_BUCKET=mirror
+SW=$WORK/seaweed
+mkdir -p "$SW"/{master,filer,volume1,volume2,volume3}
+for v in P_SWM P_SWMG P_SWF P_SWFG P_SWS P_SWSG P_SWV1 P_SWV1G P_SWV2 P_SWV2G P_SWV3 P_SWV3G \
+    P_TA P_TAM P_TB P_TBM P_TC P_TCM P_TDEAD; do
+    pick_port "$v"
+done
+SW_MASTER=127.0.0.1:$P_SWM.$P_SWMG
+printf '{"identities":[{"name":"ocirelay","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+    "$S3_KEY" "$S3_SECRET" >"$SW/s3.json"
+SW_COMMON=(-ip=127.0.0.1 -ip.bind=127.0.0.1)
+start weed-master "$WEED" master "${SW_COMMON[@]}" -port="$P_SWM" -port.grpc="$P_SWMG" \
+    -mdir="$SW/master" -defaultReplication=001 -volumeSizeLimitMB=64
+wait_tcp weed-master 127.0.0.1 "$P_SWM" 20
+for i in 1 2 3; do
+    vp=P_SWV$i
+    vg=P_SWV${i}G
+    start "weed-volume$i" "$WEED" volume "${SW_COMMON[@]}" -port="${!vp}" -port.grpc="${!vg}" \
+        -dir="$SW/volume$i" -max=20 -minFreeSpace=1MiB -master="$SW_MASTER"
+done
+start weed-filer "$WEED" filer "${SW_COMMON[@]}" -port="$P_SWF" -port.grpc="$P_SWFG" \
+    -defaultStoreDir="$SW/filer" -master="$SW_MASTER"
+start weed-s3 "$WEED" s3 "${SW_COMMON[@]}" -port="$P_SWS" -port.grpc="$P_SWSG" \
+    -filer="127.0.0.1:$P_SWF.$P_SWFG" -config="$SW/s3.json"
+for i in 1 2 3; do
+    vp=P_SWV$i
+    wait_tcp "weed-volume$i" 127.0.0.1 "${!vp}" 20
+done
+wait_tcp weed-filer 127.0.0.1 "$P_SWF" 20
+wait_tcp weed-s3 127.0.0.1 "$P_SWS" 20
+
+# shared_node NAME LISTEN-PORT METRICS-PORT UPSTREAM: an ocirelay node on the bucket
+shared_node() {
+    cat >"$WORK/ocirelay-$1.toml" <<EOF
+listen = ["$IP_RELAY:$2"]
+workers = 2
+metrics_listen = "$IP_RELAY:$3"
+
+[[registry]]
+name = "docker.io"
+upstream = "$4"
+ca_file = "$CERTS/ca.pem"
+default = true
+
+[cache]
+dir = "$WORK/cache-$1"
+tag_ttl = "1h"
+
+[cache.s3]
+endpoint = "http://127.0.0.1:$P_SWS"
+bucket = "$S3_BUCKET"
+access_key_id = "$S3_KEY"
+secret_access_key = "$S3_SECRET"
+EOF
+    start "ocirelay-$1" "$OCIRELAY_BIN" --config "$WORK/ocirelay-$1.toml"
+}
+metric() { # metric METRICS-PORT NAME: the sum of the series' samples (0 if absent)
+    curl -sf --max-time 5 "http://$IP_RELAY:$1/metrics" |
+        awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s }'
+}
+# wait_metric METRICS-PORT NAME OP VALUE SECS: until the metric compares so (bounded)
+wait_metric() {
+    local i v
+    for ((i = 0; i < $5 * 5; i++)); do
+        v=$(metric "$1" "$2" || echo -1)
+        test "$v" "-$3" "$4" && return 0
+        sleep 0.2
+    done
+    fail "$2 on :$1 is $v, wanted -$3 $4 within $5s"
+}
+sh_pull() { # sh_pull PREFIX RELAY: skopeo small, --all multi, big through RELAY, checked
+    sk_pull small "$1-small" "${HTTP_SRC[@]}" "docker://$2/library/small:latest"
+    sk_pull multi "$1-multi" --all "${HTTP_SRC[@]}" "docker://$2/library/multi:latest"
+    sk_pull big "$1-big" "${HTTP_SRC[@]}" "docker://$2/library/big:latest"
+}
+
+sw_bucket() { # the cluster takes writes: the bucket is created (bounded retries)
+    local i out
+    for ((i = 0; i < 30; i++)); do
+        out=$(echo "s3.bucket.create -name $S3_BUCKET" | timeout 20 "$WEED" shell -master="$SW_MASTER" 2>&1 || true)
+        if echo "s3.bucket.list" | timeout 20 "$WEED" shell -master="$SW_MASTER" 2>&1 | grep -q "$S3_BUCKET"; then
+            return 0
+        fi
+        sleep 1
+    done
+    echo "$out"
+    fail "bucket $S3_BUCKET not created"
+}
+check "shared tier: SeaweedFS (master, 3 volume servers, filer, S3) on loopback, bucket $S3_BUCKET" sw_bucket
+
+shared_node shared-a "$P_TA" "$P_TAM" "https://$REG"
+shared_a() {
+    wait_tcp ocirelay-shared-a "$IP_RELAY" "$P_TA" 20
+    sh_pull sha "$IP_RELAY:$P_TA"
+    alive ocirelay-shared-a || fail "ocirelay-shared-a is not running any more"
+    wait_metric "$P_TAM" ocirelay_shared_tier_uploads_total gt 0 60
+    wait_metric "$P_TAM" ocirelay_shared_tier_uploads_pending eq 0 90
+    echo "A uploaded $(metric "$P_TAM" ocirelay_shared_tier_uploads_total) objects"
+}
+check "shared tier: node A pulls through the upstream (skopeo small, --all multi, big) and uploads all" shared_a
+
+shared_node shared-b "$P_TB" "$P_TBM" "https://127.0.0.1:$P_TDEAD"
+shared_b() {
+    wait_tcp ocirelay-shared-b "$IP_RELAY" "$P_TB" 20
+    local b=$IP_RELAY:$P_TB
+    sh_pull shb "$b"
+    p_fresh
+    p_pull small "$b/library/small:latest" --tls-verify=false
+    c_pull small "$b/library/small:latest" --plain-http
+    alive ocirelay-shared-b || fail "ocirelay-shared-b is not running any more"
+    wait_metric "$P_TBM" ocirelay_shared_tier_blob_hits_total gt 0 5
+    echo "B blob hits: $(metric "$P_TBM" ocirelay_shared_tier_blob_hits_total)"
+    grep -q "offline token" "$LOGS/ocirelay-shared-b.log" || fail "B's token step did not come from the cache"
+}
+check "shared tier: node B (fresh disk, upstream dead) serves skopeo, podman and ctr from the bucket" shared_b
+
+stop weed-volume3
+shared_node shared-c "$P_TC" "$P_TCM" "https://127.0.0.1:$P_TDEAD"
+shared_c() {
+    ! alive weed-volume3 || fail "volume server 3 still runs"
+    wait_tcp ocirelay-shared-c "$IP_RELAY" "$P_TC" 20
+    sk_pull small shc-small "${HTTP_SRC[@]}" "docker://$IP_RELAY:$P_TC/library/small:latest"
+    wait_metric "$P_TCM" ocirelay_shared_tier_blob_hits_total gt 0 5
+}
+check "shared tier: one volume server killed, node C (fresh disk, upstream dead) pulls small from the bucket" shared_c
+
+stop weed-s3
+stop weed-filer
+stop weed-volume2
+stop weed-volume1
+stop weed-master
+shared_down() {
+    local i ready=
+    sk_pull small shd-small "${HTTP_SRC[@]}" "docker://$IP_RELAY:$P_TA/library/small:latest"
+    sk_pull big shd-big "${HTTP_SRC[@]}" "docker://$IP_RELAY:$P_TA/library/big:latest"
+    for ((i = 0; i < 100; i++)); do
+        ready=$(curl -s --max-time 5 "http://$IP_RELAY:$P_TAM/readyz" || true)
+        grep -q '^shared_tier: ok (down' <<<"$ready" && break
+        sleep 0.2
+    done
+    echo "$ready"
+    grep -q '^shared_tier: ok (down' <<<"$ready" || fail "A's /readyz does not say the shared tier is down"
+    wait_metric "$P_TAM" ocirelay_shared_tier_up eq 0 20
+    alive ocirelay-shared-a || fail "ocirelay-shared-a is not running any more"
+}
+check "shared tier: whole cluster stopped, node A serves from disk and upstream; /readyz and metrics say down" shared_down
+
 summary_and_exit
