@@ -1919,8 +1919,7 @@ S3_SECRET=e2e-shared-secret-0123456789
 S3_BUCKET=mirror
 SW=$WORK/seaweed
 mkdir -p "$SW"/{master,filer,volume1,volume2,volume3}
-for v in P_SWM P_SWMG P_SWF P_SWFG P_SWS P_SWSG P_SWV1 P_SWV1G P_SWV2 P_SWV2G P_SWV3 P_SWV3G \
-    P_TA P_TAM P_TB P_TBM P_TC P_TCM P_TDEAD; do
+for v in P_SWM P_SWMG P_SWF P_SWFG P_SWS P_SWSG P_SWV1 P_SWV1G P_SWV2 P_SWV2G P_SWV3 P_SWV3G; do
     pick_port "$v"
 done
 SW_MASTER=127.0.0.1:$P_SWM.$P_SWMG
@@ -1947,6 +1946,11 @@ done
 wait_tcp weed-filer 127.0.0.1 "$P_SWF" 20
 wait_tcp weed-s3 127.0.0.1 "$P_SWS" 20
 
+# The nodes' ports are picked only now: the cluster's gRPC clients take ephemeral ports
+# from the range pick_port draws from (a port picked before them was once taken).
+for v in P_TA P_TAM P_TB P_TBM P_TC P_TCM P_TDEAD; do
+    pick_port "$v"
+done
 # shared_node NAME LISTEN-PORT METRICS-PORT UPSTREAM: an ocirelay node on the bucket
 shared_node() {
     cat >"$WORK/ocirelay-$1.toml" <<EOF
