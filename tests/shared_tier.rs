@@ -428,24 +428,7 @@ fn uploads_queued_while_the_store_was_down_are_sent_when_it_is_back() {
         hub.set_down(host, true).unwrap();
     }
     let b = Relay::start_with(&node_config(&hub, db.path(), &switch.endpoint(), ""));
-    let mut c = b.client();
-    let t = c
-        .get("/token?service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull")
-        .unwrap();
-    let tok = t.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &bearer(&tok)), ("Accept", ACCEPT)],
-        )
-        .unwrap();
-    assert_eq!(m.status, 200, "{}\n{}", m.text(), b.stderr());
-    assert_eq!(m.body, hub.seeded().alpine.manifest_bytes);
-    for d in &blobs {
-        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
-        assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), b.stderr());
-        assert_eq!(&sha256(&r.body), d);
-    }
+    pull_alpine_offline(&hub, &b, &blobs);
     // The shared tier's series pass promtool.
     let text = a.metrics_client().get("/metrics").unwrap().text();
     promtool_check(&text).unwrap();

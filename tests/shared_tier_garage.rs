@@ -43,25 +43,7 @@ fn on_garage_another_node_serves_from_the_bucket_with_the_upstream_down() {
         hub.set_down(host, true).unwrap();
     }
     let b = node(&hub, &g, 1, dirs[1].path());
-    let mut c = b.client();
-    let t = c
-        .get("/token?service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull")
-        .unwrap();
-    assert_eq!(t.status, 200, "{}", t.text());
-    let tok = t.json().unwrap()["token"].as_str().unwrap().to_string();
-    let m = c
-        .get_with(
-            "/v2/library/alpine/manifests/latest",
-            &[("Authorization", &bearer(&tok)), ("Accept", ACCEPT)],
-        )
-        .unwrap();
-    assert_eq!(m.status, 200, "{}\n{}", m.text(), b.stderr());
-    assert_eq!(m.body, hub.seeded().alpine.manifest_bytes);
-    for d in &blobs {
-        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
-        assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), b.stderr());
-        assert_eq!(&sha256(&r.body), d);
-    }
+    pull_alpine_offline(&hub, &b, &blobs);
     assert!(
         Scrape::of(&b).value("ocirelay_shared_tier_blob_hits_total", &[]) >= blobs.len() as f64
     );

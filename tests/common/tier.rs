@@ -89,6 +89,31 @@ pub fn pull_alpine(hub: &HubDouble, relay: &Relay) -> Vec<String> {
     blobs
 }
 
+/// alpine:latest through `relay` while the upstream is down: the token
+/// from ocirelay itself (anonymous), the manifest by tag and every blob in
+/// `blobs`, each checked.
+pub fn pull_alpine_offline(hub: &HubDouble, relay: &Relay, blobs: &[String]) {
+    let mut c = relay.client();
+    let t = c
+        .get("/token?service=registry.docker.io&scope=repository%3Alibrary%2Falpine%3Apull")
+        .unwrap();
+    assert_eq!(t.status, 200, "{}", t.text());
+    let tok = t.json().unwrap()["token"].as_str().unwrap().to_string();
+    let m = c
+        .get_with(
+            "/v2/library/alpine/manifests/latest",
+            &[("Authorization", &bearer(&tok)), ("Accept", ACCEPT)],
+        )
+        .unwrap();
+    assert_eq!(m.status, 200, "{}\n{}", m.text(), relay.stderr());
+    assert_eq!(m.body, hub.seeded().alpine.manifest_bytes);
+    for d in blobs {
+        let r = get_auth(&mut c, &format!("/v2/library/alpine/blobs/{d}"), &tok);
+        assert_eq!(r.status, 200, "{d}: {}\n{}", r.text(), relay.stderr());
+        assert_eq!(&sha256(&r.body), d);
+    }
+}
+
 /// `n` concurrent GETs of the blob `digest` of library/alpine, spread
 /// over `nodes` (request i through node i % len, with its token), each on a
 /// connection of its own: every one 200 and right.
