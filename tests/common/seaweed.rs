@@ -86,6 +86,23 @@ impl Seaweed {
             );
             return None;
         };
+        // Ports are picked free, then bound by the processes a moment later:
+        // with several clusters starting side by side (tests run in
+        // parallel) another one can take a port in between, and this
+        // cluster never becomes ready. A fresh set of ports, up to 3 times.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Seaweed::launch(&weed, tls) {
+                Ok(sw) => return Some(sw),
+                Err(logs) => last = logs,
+            }
+        }
+        panic!("SeaweedFS did not start (3 tries): {last}");
+    }
+
+    /// One try at starting the cluster: `Err` (its logs) if it did not
+    /// become ready; its processes are then stopped (drop).
+    fn launch(weed: &Path, tls: bool) -> Result<Seaweed, String> {
         let dir = tempdir::Dir::new("seaweed");
         let root = dir.path().to_path_buf();
         let d = |name: &str| {
@@ -123,7 +140,7 @@ impl Seaweed {
         };
         // `weed <kind>` on loopback with its HTTP and gRPC ports.
         let server = |kind: &str, port: u16, grpc: u16| {
-            let mut c = Command::new(&weed);
+            let mut c = Command::new(weed);
             c.arg(kind)
                 .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
                 .arg(format!("-port={port}"))
@@ -184,8 +201,10 @@ impl Seaweed {
                 && TcpStream::connect(("127.0.0.1", s3)).is_ok()
                 && (!tls || TcpStream::connect(("127.0.0.1", https)).is_ok())
         });
-        assert!(ready, "SeaweedFS did not start: {}", sw.logs());
-        Some(sw)
+        if !ready {
+            return Err(sw.logs());
+        }
+        Ok(sw)
     }
 
     fn spawn(&mut self, name: &str, cmd: &mut Command) {
